@@ -1,0 +1,138 @@
+"""The public entry points: the functional :func:`rankseg` and the :class:`RankSEG` class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _dispatch
+from ._validate import check_config, check_probs_structure
+
+
+def rankseg(
+    probs: Any,
+    metric: str = "dice",
+    smooth: float = 0.0,
+    output_mode: str = "multiclass",
+    solver: str = "RMA",
+    pruning_prob: float = 0.5,
+    **solver_params: Any,
+) -> Any:
+    r"""Turn probability maps into the masks that maximise the expected Dice or IoU.
+
+    Parameters
+    ----------
+    probs : array, shape (B, C, \*spatial)
+        Per-pixel class probabilities in [0, 1], float16/float32/float64, any
+        number of spatial axes and any strides.  A NumPy array runs on the
+        CPU; other array types are dispatched by type (see the README).
+        Never modified.
+    metric : {'dice', 'iou', 'acc', 'accuracy'}, default 'dice'
+        The per-image metric to maximise (case-insensitive).
+    smooth : float, default 0.0
+        Smoothing ``gamma >= 0`` added to the metric's numerator and denominator.
+    output_mode : {'multiclass', 'multilabel'}, default 'multiclass'
+        ``'multiclass'``: one label per pixel, int64 array ``(B, *spatial)``.
+        ``'multilabel'``: one boolean mask per class, ``(B, C, *spatial)``.
+    solver : str, default 'RMA'
+        ``'RMA'`` (reciprocal moment approximation) or ``'exact'`` for Dice and
+        IoU; ``'BA'``, ``'TRNA'``, ``'BA+TRNA'`` for Dice multilabel;
+        ``'argmax'`` (multiclass) or ``'TR'`` (threshold at 1/2) for accuracy.
+    pruning_prob : float in [0, 1], default 0.5
+        A class whose largest probability in an image is ``<= pruning_prob``
+        gets an empty mask and takes no part in multiclass resolution.
+    **solver_params
+        ``unassigned_policy`` ({'max_score', 'void'}) and ``void_index`` (int
+        outside ``[0, C)``, only with ``'void'``) for RMA/exact multiclass;
+        ``eps`` in (0, 1) for BA/TRNA; ``safe_screening`` is accepted for
+        compatibility with ``rankseg`` and has no effect.
+
+    Returns
+    -------
+    array
+        Labels ``(B, *spatial)`` int64 (multiclass) or masks
+        ``(B, C, *spatial)`` bool (multilabel), of the caller's array type.
+
+    Raises
+    ------
+    TypeError
+        ``probs`` is not an array or not floating point; an argument has the
+        wrong type; an unknown solver parameter.
+    ValueError
+        Bad values (NaN, inf, outside [0, 1]), bad shapes, or an argument
+        outside its allowed values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rankseg_np import rankseg
+    >>> probs = np.array([[[0.9, 0.6, 0.4, 0.1]]])        # one image, one class, 4 pixels
+    >>> rankseg(probs, output_mode="multilabel")             # the 0.4 pixel raises expected Dice
+    array([[[ True,  True,  True, False]]])
+    >>> (probs > 0.5).astype(int)                            # thresholding keeps two
+    array([[[1, 1, 0, 0]]])
+    """
+    native, solve, restore = _dispatch.prepare(probs)
+    check_probs_structure(native)
+    cfg = check_config(
+        int(native.shape[1]), metric, smooth, output_mode, solver, pruning_prob, **solver_params
+    )
+    return restore(solve(native, cfg))
+
+
+class RankSEG:
+    r"""Metric-optimal segmentation post-processing, as an object.
+
+    ``RankSEG(...).predict(probs)`` is ``rankseg(probs, ...)``: the arguments
+    have the same names and meanings (see :func:`rankseg`), which follow the
+    PyTorch package ``rankseg`` so that switching is a change of import.
+    Arguments are checked when :meth:`predict` is called, when the number of
+    classes is known.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rankseg_np import RankSEG
+    >>> rng = np.random.default_rng(0)
+    >>> logits = rng.normal(size=(2, 3, 8, 8))
+    >>> probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    >>> labels = RankSEG(metric="dice").predict(probs)
+    >>> labels.shape, labels.dtype
+    ((2, 8, 8), dtype('int64'))
+    """
+
+    def __init__(
+        self,
+        metric: str = "dice",
+        smooth: float = 0.0,
+        output_mode: str = "multiclass",
+        solver: str = "RMA",
+        pruning_prob: float = 0.5,
+        **solver_params: Any,
+    ) -> None:
+        self.metric = metric
+        self.smooth = smooth
+        self.output_mode = output_mode
+        self.solver = solver
+        self.pruning_prob = pruning_prob
+        self.solver_params = dict(solver_params)
+
+    def predict(self, probs: Any) -> Any:
+        """Masks or labels for ``probs`` ``(B, C, *spatial)``; see :func:`rankseg`."""
+        return rankseg(
+            probs,
+            metric=self.metric,
+            smooth=self.smooth,
+            output_mode=self.output_mode,
+            solver=self.solver,
+            pruning_prob=self.pruning_prob,
+            **self.solver_params,
+        )
+
+    __call__ = predict
+
+    def __repr__(self) -> str:
+        params = "".join(f", {k}={v!r}" for k, v in self.solver_params.items())
+        return (
+            f"RankSEG(metric={self.metric!r}, smooth={self.smooth!r}, output_mode={self.output_mode!r}, "
+            f"solver={self.solver!r}, pruning_prob={self.pruning_prob!r}{params})"
+        )

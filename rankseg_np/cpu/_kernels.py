@@ -1,0 +1,97 @@
+"""Small Numba kernels shared by every CPU solver.
+
+Rows are the (image, class) pairs of a ``(B, C, d)`` array viewed as
+``(B*C, d)``.  Every sum is accumulated in float64, sequentially within a row,
+so results do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# Pixels per parallel task when a kernel splits rows into blocks: large enough
+# to amortise scheduling, small enough to balance a handful of huge rows.
+BLOCK = 1 << 16
+
+
+@njit(cache=True, nogil=True)
+def first_pass(row):
+    """One read of a row: (sum, max, any value outside [0, 1] or NaN, sum and count above 1/2)."""
+    total = 0.0
+    peak = -np.inf
+    bad = False
+    s_half = 0.0
+    n_half = 0
+    for i in range(row.size):
+        v = row[i]
+        # NaN fails both comparisons, so this one test also catches NaN and inf.
+        if not (v >= 0.0 and v <= 1.0):
+            bad = True
+        total += v
+        if v > peak:
+            peak = v
+        if v > 0.5:
+            s_half += v
+            n_half += 1
+    return total, peak, bad, s_half, n_half
+
+
+@njit(cache=True, nogil=True)
+def sum_above(row, t):
+    """Sum and count of the entries strictly above ``t`` (float64 accumulation)."""
+    s = 0.0
+    n = 0
+    for i in range(row.size):
+        v = row[i]
+        if v > t:
+            s += v
+            n += 1
+    return s, n
+
+
+@njit(parallel=True, cache=True)
+def row_stats(p2):
+    """Per row: sum (float64), maximum, and whether any value is NaN/inf/outside [0, 1]."""
+    rows = p2.shape[0]
+    mu = np.zeros(rows)
+    peak = np.zeros(rows)
+    bad = np.zeros(rows, dtype=np.bool_)
+    for r in prange(rows):
+        total, mx, b, _, _ = first_pass(p2[r])
+        mu[r] = total
+        peak[r] = mx
+        bad[r] = b
+    return mu, peak, bad
+
+
+@njit(cache=True, nogil=True)
+def tie_cut(row, value, count):
+    """Index just past the ``count``-th entry equal to ``value`` (0 when count == 0)."""
+    if count <= 0:
+        return 0
+    seen = 0
+    for i in range(row.size):
+        if row[i] == value:
+            seen += 1
+            if seen == count:
+                return i + 1
+    return row.size
+
+
+@njit(parallel=True, cache=True)
+def materialize(p2, threshold, tie_end, out):
+    """out[r, i] = p2[r, i] > t_r or (p2[r, i] == t_r and i < k_r), in (row, block) tasks."""
+    rows, d = p2.shape
+    nblk = (d + BLOCK - 1) // BLOCK
+    for task in prange(rows * nblk):
+        r = task // nblk
+        i0 = (task % nblk) * BLOCK
+        i1 = min(d, i0 + BLOCK)
+        t = threshold[r]
+        k = tie_end[r]
+        row = p2[r]
+        o = out[r]
+        for i in range(i0, i1):
+            v = row[i]
+            o[i] = v > t or (v == t and i < k)
