@@ -1,0 +1,230 @@
+"""The Numba RMA path against the NumPy reference (MATH sections 4-5) and brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rankseg_np import RankSEG, rankseg
+from rankseg_np import _reference as ref
+from rankseg_np._validate import check_config
+from strategies import make_probs, prob_arrays, rma_params
+
+# Two float64 evaluations of the same objective on different masks agree to
+# within a few ulps times the number of summed terms (d <= ~10^3 here), far
+# below 1e-12 relative; a genuinely worse mask loses by at least
+# min |p_i - p_j| / (mu + d) ~ 1e-4 for these inputs.
+TIE_RTOL = 1e-12
+
+
+def objectives(p2, masks, metric, smooth):
+    return np.array([ref.rma_objective(p, m, metric, smooth) for p, m in zip(p2, masks)])
+
+
+def assert_masks_optimal_like_reference(probs, ours, params):
+    """Equal masks, or (a tie) the same float64 RMA objective as the reference's."""
+    b, c = probs.shape[:2]
+    cfg = check_config(c, **{**params, "output_mode": "multilabel"})
+    expected = ref.rankseg_reference(probs, cfg)
+    p2 = probs.astype(np.float64).reshape(b * c, -1)
+    ours2, exp2 = ours.reshape(b * c, -1), expected.reshape(b * c, -1)
+    differ = np.flatnonzero((ours2 != exp2).any(axis=1))
+    for r in differ:  # a tie: both masks attain the same objective
+        a = ref.rma_objective(p2[r], ours2[r], cfg.metric, cfg.smooth)
+        e = ref.rma_objective(p2[r], exp2[r], cfg.metric, cfg.smooth)
+        assert a == pytest.approx(e, rel=TIE_RTOL, abs=1e-15), (r, p2[r], ours2[r], exp2[r])
+    return expected
+
+
+@settings(max_examples=150)
+@given(prob_arrays(), rma_params(output_mode="multilabel"))
+def test_multilabel_matches_reference(probs, params):
+    ours = rankseg(probs, **params)
+    assert ours.dtype == np.bool_ and ours.shape == probs.shape
+    assert_masks_optimal_like_reference(probs, ours, params)
+
+
+@settings(max_examples=150)
+@given(prob_arrays(min_class=2), rma_params(output_mode="multiclass"))
+def test_multiclass_matches_reference(probs, params):
+    ours = rankseg(probs, **params)
+    b, c = probs.shape[:2]
+    assert ours.dtype == np.int64 and ours.shape == (b,) + probs.shape[2:]
+    ml = {k: v for k, v in params.items() if k not in ("unassigned_policy", "void_index")}
+    masks = rankseg(probs, **{**ml, "output_mode": "multilabel"})
+    expected_masks = assert_masks_optimal_like_reference(probs, masks, ml)
+    if not np.array_equal(masks, expected_masks):
+        return  # different (tied) per-class masks legitimately lead to different labels
+    cfg = check_config(c, **params)
+    _, active = ref.binary_masks(probs, cfg)
+    expected = ref.resolve(probs, expected_masks, active, cfg).reshape(ours.shape)
+    differ = ours != expected
+    if differ.any():
+        # Only exact ties of the increment score may differ (partial sums in
+        # another order): the two classes must score the same.
+        p3 = probs.astype(np.float64).reshape(b, c, -1)
+        m3 = expected_masks.reshape(b, c, -1)
+        sole = m3 & (m3.sum(axis=1) == 1)[:, None]
+        inc = ref.increments(p3, sole.sum(2).astype(float), (p3 * sole).sum(2), p3.sum(2), cfg.metric, cfg.smooth)
+        o, e = ours.reshape(b, -1), expected.reshape(b, -1)
+        for bi, i in zip(*np.nonzero(differ.reshape(b, -1))):
+            assert o[bi, i] < c and e[bi, i] < c
+            assert inc[bi, o[bi, i], i] == pytest.approx(inc[bi, e[bi, i], i], rel=1e-12, abs=1e-15)
+
+
+@settings(max_examples=120)
+@given(
+    st.integers(1, 12),
+    st.sampled_from(["softmax", "ties", "zero_one", "uniform"]),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["dice", "iou"]),
+    st.sampled_from([0.0, 0.3, 2.0]),
+)
+def test_threshold_solution_maximises_rma_over_all_masks(d, kind, seed, metric, smooth):
+    """Brute force over all 2^d masks: no mask beats the solver's (MATH section 4)."""
+    p = make_probs((1, 1, d), np.float64, kind, seed)
+    p[0, 0, 0] = max(p[0, 0, 0], 0.75)  # keep the row active
+    ours = rankseg(p, metric=metric, smooth=smooth, output_mode="multilabel")[0, 0]
+    allm = np.array(list(itertools.product([False, True], repeat=d)))
+    if smooth == 0.0:
+        allm = allm[allm.any(axis=1)]  # the empty mask is no candidate when smooth = 0
+    q = p[0, 0]
+    s, tau, mu = allm @ q, allm.sum(axis=1), q.sum()
+    if metric == "dice":
+        pi = 2 * s / (mu + tau + smooth + 1) + smooth / (mu + tau + smooth)
+    else:
+        pi = (s + smooth) / (mu - s + tau + smooth)
+    best = pi.max()
+    got = ref.rma_objective(q, ours, metric, smooth)
+    assert got == pytest.approx(best, rel=TIE_RTOL, abs=1e-15)
+    assert got >= best - 1e-12
+
+
+@settings(max_examples=60)
+@given(prob_arrays(dtypes=(np.float64,)), rma_params(), st.integers(0, 2**32 - 1))
+def test_pixel_permutation_permutes_answer(probs, params, seed):
+    # Continuous values: the tie rule (lowest index first) is then never needed.
+    probs = make_probs(probs.shape, np.float64, "softmax" if probs.shape[1] > 1 else "sigmoid", seed)
+    if params["output_mode"] == "multiclass" and probs.shape[1] == 1:
+        params["output_mode"] = "multilabel"
+        params.pop("unassigned_policy", None), params.pop("void_index", None)
+    b, c = probs.shape[:2]
+    flat = probs.reshape(b, c, -1)
+    perm = np.random.default_rng(seed).permutation(flat.shape[2])
+    base = rankseg(flat, **params)
+    permuted = rankseg(flat[:, :, perm], **params)
+    np.testing.assert_array_equal(permuted, base[..., perm])
+
+
+@settings(max_examples=40)
+@given(prob_arrays(min_class=2, max_batch=4), rma_params())
+def test_images_are_independent(probs, params):
+    whole = rankseg(probs, **params)
+    for i in range(probs.shape[0]):
+        np.testing.assert_array_equal(rankseg(probs[i : i + 1], **params), whole[i : i + 1])
+    if params["output_mode"] == "multilabel":  # and rows (classes) too
+        for k in range(probs.shape[1]):
+            np.testing.assert_array_equal(rankseg(probs[:, k : k + 1], **params)[:, 0], whole[:, k])
+
+
+@pytest.mark.parametrize("params", [dict(), dict(metric="iou", smooth=1.0), dict(smooth=2.0, output_mode="multilabel")])
+def test_deterministic_across_runs_and_thread_counts(params):
+    probs = make_probs((3, 5, 70, 90), np.float32, "softmax", 7)
+    first = rankseg(probs, **params)
+    threads = numba.get_num_threads()
+    try:
+        results = []
+        for n in sorted({1, threads}):
+            numba.set_num_threads(n)
+            results.append(rankseg(probs, **params))
+    finally:
+        numba.set_num_threads(threads)
+    for r in results + [rankseg(probs, **params)]:
+        np.testing.assert_array_equal(r, first)
+
+
+@settings(max_examples=40)
+@given(prob_arrays(dtypes=(np.float16, np.float32)), rma_params())
+def test_dtype_and_layout_do_not_change_the_answer(probs, params):
+    if params["output_mode"] == "multiclass" and probs.shape[1] == 1:
+        return
+    as64 = rankseg(probs.astype(np.float64), **params)
+    np.testing.assert_array_equal(rankseg(probs, **params), as64)
+    # non-contiguous view with the same values, and a read-only array
+    wide = np.zeros(probs.shape[:-1] + (2 * probs.shape[-1],), dtype=probs.dtype)
+    wide[..., ::2] = probs
+    np.testing.assert_array_equal(rankseg(wide[..., ::2], **params), as64)
+    frozen = probs.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(rankseg(frozen, **params), as64)
+    fortran = np.asfortranarray(probs)
+    np.testing.assert_array_equal(rankseg(fortran, **params), as64)
+
+
+@settings(max_examples=30)
+@given(prob_arrays(), rma_params())
+def test_callers_array_is_not_modified(probs, params):
+    if params["output_mode"] == "multiclass" and probs.shape[1] == 1:
+        return
+    before = probs.copy()
+    rankseg(probs, **params)
+    np.testing.assert_array_equal(probs, before)
+
+
+def test_all_pruned_image_falls_back_to_all_classes():
+    """Every class pruned: 'max_score' lets all classes compete; 'void' abstains everywhere."""
+    probs = make_probs((2, 4, 6, 6), np.float64, "softmax", 3) * 0.4  # every value <= 0.4
+    cfg = check_config(4)
+    labels = rankseg(probs)
+    np.testing.assert_array_equal(labels, ref.rankseg_reference(probs, cfg))
+    # With nothing claimed, tau = m = 0 and Delta_c = 2 p_c / (mu_c + 2): not argmax of p.
+    mu = probs.sum(axis=(2, 3), keepdims=True)
+    np.testing.assert_array_equal(labels, np.argmax(2 * probs / (mu + 2), axis=1))
+    void = rankseg(probs, unassigned_policy="void", void_index=-7)
+    assert (void == -7).all()
+
+
+def test_empty_batch_and_single_pixel():
+    assert rankseg(np.zeros((0, 3, 4, 4))).shape == (0, 4, 4)
+    assert rankseg(np.zeros((0, 3, 4, 4)), output_mode="multilabel").shape == (0, 3, 4, 4)
+    one = np.array([[[0.7]], [[0.2]]]).reshape(2, 1, 1)
+    np.testing.assert_array_equal(rankseg(one, output_mode="multilabel").ravel(), [True, False])
+
+
+def test_smooth_band_splits_a_tie_group_when_that_is_optimal():
+    """Dice with smooth > 0 is a sum of two ratios: the best top-tau set may cut a tie group.
+
+    The reference scans every volume; the solver must find the same value.
+    """
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        p = np.round(rng.uniform(0, 1, (1, 1, rng.integers(1, 30))), 2)
+        p[0, 0, 0] = 0.9
+        smooth = float(rng.choice([0.05, 0.5, 3.0, 30.0]))
+        ours = rankseg(p, smooth=smooth, output_mode="multilabel")
+        assert_masks_optimal_like_reference(p, ours, dict(smooth=smooth))
+
+
+def test_class_and_functional_agree():
+    probs = make_probs((2, 3, 16, 16), np.float32, "softmax", 11)
+    model = RankSEG(metric="iou", smooth=0.5, pruning_prob=0.3)
+    np.testing.assert_array_equal(model.predict(probs), rankseg(probs, metric="iou", smooth=0.5, pruning_prob=0.3))
+    np.testing.assert_array_equal(model(probs), model.predict(probs))
+    assert "iou" in repr(model)
+
+
+def test_accuracy_solvers():
+    probs = make_probs((2, 3, 5, 5), np.float32, "softmax", 2)
+    np.testing.assert_array_equal(rankseg(probs, metric="acc", solver="argmax"), probs.argmax(axis=1))
+    np.testing.assert_array_equal(rankseg(probs, metric="accuracy", solver="TR", output_mode="multilabel"), probs > 0.5)
+    with pytest.warns(UserWarning, match="one-hot"):
+        onehot = rankseg(probs, metric="acc", solver="argmax", output_mode="multilabel")
+    np.testing.assert_array_equal(onehot.argmax(axis=1), probs.argmax(axis=1))
+    assert (onehot.sum(axis=1) == 1).all()
+    single = probs[:, :1]
+    np.testing.assert_array_equal(rankseg(single, metric="acc", solver="tr", output_mode="multilabel"), single > 0.5)
