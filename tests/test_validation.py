@@ -1,0 +1,112 @@
+"""Every bad input gets one clear TypeError/ValueError naming the argument, and the input is untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rankseg_np import RankSEG, rankseg
+
+GOOD = np.full((1, 2, 3, 3), 0.5)
+
+
+def _probs(value, dtype=np.float64):
+    p = np.full((1, 2, 3, 3), 0.5, dtype=dtype)
+    p[0, 1, 1, 1] = value
+    return p
+
+
+BAD_PROBS = [
+    (_probs(np.nan), ValueError, "finite"),
+    (_probs(np.inf), ValueError, "finite"),
+    (_probs(-np.inf, np.float32), ValueError, "finite"),
+    (_probs(1.5), ValueError, r"\[0, 1\]"),
+    (_probs(-0.01, np.float32), ValueError, r"\[0, 1\]"),
+    (_probs(np.nan, np.float16), ValueError, "finite"),
+    (np.full((2, 3), 0.5), ValueError, "shape"),
+    (np.full((4,), 0.5), ValueError, "shape"),
+    (np.zeros((1, 0, 3, 3)), ValueError, "class"),
+    (np.zeros((1, 2, 0, 3)), ValueError, "spatial"),
+    (np.ones((1, 2, 3, 3), dtype=np.int64), TypeError, "dtype"),
+    (np.ones((1, 2, 3, 3), dtype=bool), TypeError, "dtype"),
+    (np.ones((1, 2, 3, 3), dtype=np.complex128), TypeError, "dtype"),
+    (np.ones((1, 2, 3, 3), dtype=object), TypeError, "dtype"),
+    ([[[0.5, 0.5]]], TypeError, "probs must be an array"),
+    ("probs", TypeError, "probs must be an array"),
+    (None, TypeError, "probs must be an array"),
+    (0.5, TypeError, "probs must be an array"),
+]
+
+
+@pytest.mark.parametrize("probs, error, match", BAD_PROBS)
+@pytest.mark.parametrize("params", [dict(), dict(metric="iou", output_mode="multilabel"), dict(metric="acc", solver="argmax")])
+def test_bad_probs(probs, error, match, params):
+    before = probs.copy() if isinstance(probs, np.ndarray) else None
+    with pytest.raises(error, match=match):
+        rankseg(probs, **params)
+    if before is not None:
+        np.testing.assert_array_equal(probs, before)  # NaN == NaN here
+
+
+BAD_ARGS = [
+    (dict(metric="dsc"), ValueError, "metric must be one of"),
+    (dict(metric=3), TypeError, "metric must be a string"),
+    (dict(output_mode="overlap"), ValueError, "output_mode must be one of"),
+    (dict(output_mode=None), TypeError, "output_mode"),
+    (dict(solver="fast"), ValueError, "solver 'fast' is not supported.*supported solvers: 'RMA', 'exact'"),
+    (dict(solver=None), TypeError, "solver must be a string"),
+    (dict(metric="iou", solver="BA", output_mode="multilabel"), ValueError, "not supported"),
+    (dict(solver="BA"), ValueError, "not supported for metric='dice' with output_mode='multiclass'"),
+    (dict(metric="acc"), ValueError, "supported solvers: 'argmax'"),
+    (dict(smooth=-1.0), ValueError, "smooth must be >= 0"),
+    (dict(smooth=np.inf), ValueError, "smooth must be finite"),
+    (dict(smooth=np.nan), ValueError, "smooth must be finite"),
+    (dict(smooth="1"), TypeError, "smooth must be a real number"),
+    (dict(smooth=True), TypeError, "smooth must be a real number"),
+    (dict(pruning_prob=1.5), ValueError, r"pruning_prob must lie in \[0, 1\]"),
+    (dict(pruning_prob=-0.1), ValueError, r"pruning_prob must lie in \[0, 1\]"),
+    (dict(pruning_prob=np.nan), ValueError, "pruning_prob must be finite"),
+    (dict(pruning_prob=None), TypeError, "pruning_prob"),
+    (dict(unassigned_policy="ignore"), ValueError, "unassigned_policy must be one of 'max_score', 'void'"),
+    (dict(unassigned_policy=1), TypeError, "unassigned_policy must be a string"),
+    (dict(void_index=255), ValueError, "void_index is only accepted together with unassigned_policy='void'"),
+    (dict(unassigned_policy="void", void_index=1), ValueError, r"outside the class range \[0, 2\)"),
+    (dict(unassigned_policy="void", void_index=1.5), TypeError, "void_index must be an int"),
+    (dict(unassigned_policy="void", void_index=True), TypeError, "void_index must be an int"),
+    (dict(unassigned_policy="void", void_index=2**70), ValueError, "int64"),
+    (dict(output_mode="multilabel", unassigned_policy="void"), TypeError, "does not accept parameter"),
+    (dict(foo=1), TypeError, "does not accept parameter.*foo.*allowed parameters"),
+    (dict(eps=0.1), TypeError, "does not accept parameter.*eps"),
+    (dict(output_mode="multilabel", solver="BA", eps=0.0), ValueError, "eps must lie strictly between 0 and 1"),
+    (dict(output_mode="multilabel", solver="BA", eps=np.nan), ValueError, "eps must be finite"),
+    (dict(safe_screening="sometimes"), TypeError, "safe_screening"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD_ARGS)
+def test_bad_arguments(kwargs, error, match):
+    probs = GOOD.copy()
+    with pytest.raises(error, match=match):
+        rankseg(probs, **kwargs)
+    with pytest.raises(error, match=match):
+        RankSEG(**kwargs).predict(probs)
+    np.testing.assert_array_equal(probs, GOOD)
+
+
+def test_single_channel_multiclass_tells_the_user_what_to_do():
+    with pytest.raises(ValueError, match="multilabel.*two channels"):
+        rankseg(np.full((1, 1, 4, 4), 0.7))
+
+
+def test_strings_are_case_insensitive_and_stripped():
+    probs = np.random.default_rng(0).uniform(size=(2, 3, 5, 5))
+    base = rankseg(probs, metric="iou", output_mode="multilabel", solver="RMA")
+    np.testing.assert_array_equal(rankseg(probs, metric=" IoU ", output_mode="MultiLabel ", solver=" rma"), base)
+    base = rankseg(probs, unassigned_policy="void", void_index=9)
+    np.testing.assert_array_equal(rankseg(probs, unassigned_policy=" VOID", void_index=np.int16(9)), base)
+
+
+def test_safe_screening_is_accepted_and_changes_nothing():
+    probs = np.random.default_rng(1).uniform(size=(2, 3, 6, 6))
+    for value in (True, False, "auto"):
+        np.testing.assert_array_equal(rankseg(probs, safe_screening=value), rankseg(probs))
