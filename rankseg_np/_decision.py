@@ -16,6 +16,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+# Ties in the increment score go to the lowest class index (MATH 5).  Ties are
+# meant in exact arithmetic: two classes with equal increments can differ in
+# the last bits because their row sums were accumulated in different orders,
+# so scores within this relative distance of the best count as tied (at most
+# a 1e-12 relative loss of objective, far below anything float32 inputs carry).
+DELTA_TIE_RTOL = 1e-12
+
 
 class RowDecision(NamedTuple):
     threshold: Any  # float64 (B, C)

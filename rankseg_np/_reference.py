@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._decision import DELTA_TIE_RTOL
 from ._validate import Config
 
 
@@ -101,7 +102,10 @@ def resolve(probs: np.ndarray, masks: np.ndarray, active: np.ndarray, cfg: Confi
     # Unclaimed pixels: active classes compete, or every class if none is active.
     eligible_unclaimed = active | ~active.any(axis=1, keepdims=True)
     eligible = np.where(count[:, None, :] > 0, masks, eligible_unclaimed[:, :, None])
-    labels = np.argmax(np.where(eligible, inc, -np.inf), axis=1).astype(np.int64)
+    inc = np.where(eligible, inc, -np.inf)
+    best = inc.max(axis=1, keepdims=True)
+    # Ties (to float64 noise, DELTA_TIE_RTOL) go to the lowest class index.
+    labels = np.argmax(inc >= best - DELTA_TIE_RTOL * np.abs(best), axis=1).astype(np.int64)
     if cfg.unassigned_policy == "void":
         labels[count == 0] = cfg.void_index
     return labels

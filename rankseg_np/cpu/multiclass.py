@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._decision import RowDecision
+from .._decision import DELTA_TIE_RTOL, RowDecision
 from .._validate import Config
 
 TILE = 4096
@@ -80,6 +80,7 @@ def _conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smoot
         for c in range(n_cls):
             any_active = any_active or active[b, c]
         lab = labels[b]
+        inc = np.empty(n_cls)
         for i in range(i0, i1):
             state = lab[i]
             if state >= 0:
@@ -88,8 +89,8 @@ def _conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smoot
                 lab[i] = void_index
                 continue
             best = -np.inf
-            arg = 0
             for c in range(n_cls):
+                inc[c] = -np.inf
                 v = p3[b, c, i]
                 if state == MANY:  # only claimants compete
                     t = threshold[b, c]
@@ -97,11 +98,19 @@ def _conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smoot
                         continue
                 elif any_active and not active[b, c]:  # unclaimed: active classes compete
                     continue
-                inc = _increment(v, metric, smooth, tau[b, c], mu[b, c], m[b, c])
-                if inc > best:
-                    best = inc
-                    arg = c
-            lab[i] = arg
+                inc[c] = _increment(v, metric, smooth, tau[b, c], mu[b, c], m[b, c])
+                best = max(best, inc[c])
+            lab[i] = _first_within(inc, best)
+
+
+@njit(cache=True, nogil=True)
+def _first_within(inc, best):
+    """Lowest class whose increment ties the best one (to float64 noise, DELTA_TIE_RTOL)."""
+    floor = best - DELTA_TIE_RTOL * abs(best)
+    for c in range(inc.size):
+        if inc[c] >= floor:
+            return c
+    return 0
 
 
 def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config) -> np.ndarray:
