@@ -1,0 +1,120 @@
+"""RMA speed and memory against ``np.argmax`` and ``rankseg`` 0.0.8, in one process.
+
+    python benchmarks/bench_rma.py            # (4, 21, 512, 512) and (1, 3, 128, 256, 256)
+    python benchmarks/bench_rma.py --quick    # small shapes, a smoke test
+
+Times are the best of ``--repeat`` runs after a warm-up (Numba compiles on the
+warm-up); ratios divide by ``np.argmax(probs, axis=1)`` measured in the same
+process on the same array.  Peak memory is the rise of the process's peak RSS
+(``VmHWM``, reset through ``/proc/self/clear_refs`` before each method) above
+the RSS before the call: what the method allocates beyond its input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rankseg_np import rankseg
+
+
+def softmax_probs(shape, seed=0, scale=3.0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
+    x -= x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=1, keepdims=True)
+    return x
+
+
+def _status(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_extra_bytes(fn):
+    """Peak RSS above the current RSS while ``fn`` runs (Linux; 0 elsewhere)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return 0
+    before = _status("VmRSS")
+    fn()
+    return max(0, _status("VmHWM") - before)
+
+
+def best_time(fn, repeat):
+    fn()  # warm-up (compilation, caches)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def methods(probs):
+    out = {
+        "np.argmax(probs, axis=1)": lambda: np.argmax(probs, axis=1),
+        "rankseg_np RMA dice multiclass": lambda: rankseg(probs, metric="dice"),
+        "rankseg_np RMA iou multiclass": lambda: rankseg(probs, metric="iou"),
+        "rankseg_np RMA dice multilabel": lambda: rankseg(probs, metric="dice", output_mode="multilabel"),
+        "rankseg_np RMA iou multilabel": lambda: rankseg(probs, metric="iou", output_mode="multilabel"),
+        "rankseg_np RMA dice smooth=1 multiclass": lambda: rankseg(probs, metric="dice", smooth=1.0),
+    }
+    try:
+        import rankseg as rs
+        import torch
+    except ImportError:
+        print("(rankseg / torch not installed: pip install -e '.[compat]' to compare)")
+        return out
+    tensor = torch.from_numpy(probs)
+    out["rankseg 0.0.8 RMA dice multiclass"] = lambda: rs.RankSEG(metric="dice").predict(tensor)
+    out["rankseg 0.0.8 RMA dice multiclass safe_screening"] = lambda: rs.RankSEG(
+        metric="dice", safe_screening=True
+    ).predict(tensor)
+    out["rankseg 0.0.8 RMA iou multiclass"] = lambda: rs.RankSEG(metric="iou").predict(tensor)
+    return out
+
+
+def run(shape, repeat):
+    probs = softmax_probs(shape)
+    print(f"\n## probs {shape} float32 ({probs.nbytes / 2**20:.0f} MiB)\n")
+    print(f"| method | time (s) | x argmax | peak extra memory (MiB) |")
+    print("|---|---:|---:|---:|")
+    base = None
+    results = {}
+    for name, fn in methods(probs).items():
+        slow = name.startswith("rankseg 0.0.8")
+        t = best_time(fn, 1 if slow else repeat)
+        mem = peak_extra_bytes(fn)
+        base = base or t
+        results[name] = t
+        print(f"| {name} | {t:.4f} | {t / base:.2f} | {mem / 2**20:.0f} |", flush=True)
+    ours = results["rankseg_np RMA dice multiclass"]
+    for ref_name in ("rankseg 0.0.8 RMA dice multiclass", "rankseg 0.0.8 RMA dice multiclass safe_screening"):
+        if ref_name in results:
+            print(f"\nspeed-up of rankseg_np RMA dice multiclass over {ref_name}: {results[ref_name] / ours:.1f}x")
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    import numba
+
+    print(f"numba threads: {numba.get_num_threads()}")
+    shapes = [(2, 21, 128, 128), (1, 3, 32, 64, 64)] if args.quick else [(4, 21, 512, 512), (1, 3, 128, 256, 256)]
+    for shape in shapes:
+        run(shape, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
