@@ -1,0 +1,121 @@
+"""The framework examples in ``examples/`` run, and their outputs mean what they say.
+
+Each example trains a tiny model for a few steps (small sizes here) and
+post-processes its probabilities with RankSEG.  The tests check the plumbing
+against independent computations: ONNX Runtime against PyTorch, the example's
+labels against the PyTorch reference package ``rankseg`` on the same
+probabilities, the reported Dice against a direct recount.  Skipped when the
+framework is not installed (``pip install -e .[examples]``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SMALL = dict(train_images=4, test_images=3, size=32, num_class=4, steps=15)
+
+
+def load(name: str):
+    """Import ``examples/<name>.py`` the way ``python examples/<name>.py`` would see its folder."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def naive_mean_dice(labels: np.ndarray, truth: np.ndarray, num_class: int) -> float:
+    """Mean over images of the mean foreground Dice over classes present in prediction or truth (plain loops)."""
+    per_image = []
+    for lab, tru in zip(labels, truth):
+        scores = []
+        for c in range(1, num_class):
+            p, t = lab == c, tru == c
+            if p.any() or t.any():
+                scores.append(2.0 * np.sum(p & t) / (p.sum() + t.sum()))
+        per_image.append(np.mean(scores))
+    return float(np.mean(per_image))
+
+
+def rankseg_reference(probs: np.ndarray, **kwargs) -> np.ndarray:
+    rankseg = pytest.importorskip("rankseg")
+    torch = pytest.importorskip("torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # non-writable array -> tensor; we only read it
+        return rankseg.RankSEG(**kwargs).predict(torch.from_numpy(np.array(probs))).numpy()
+
+
+def test_pytorch_onnx_runtime_pipeline():
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    out = load("pytorch_onnx").main(**SMALL)
+    b, c, h, w = out["probs"].shape
+    assert (b, c, h, w) == (SMALL["test_images"], SMALL["num_class"], SMALL["size"], SMALL["size"])
+    # ONNX Runtime computes the same network as PyTorch.
+    np.testing.assert_allclose(out["logits"], out["torch_logits"], rtol=1e-4, atol=1e-4)
+    assert out["probs"].dtype == np.float32
+    np.testing.assert_allclose(out["probs"].sum(axis=1), 1.0, atol=1e-5)
+    labels = out["labels"]
+    assert labels.shape == (b, h, w) and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() < c
+    np.testing.assert_array_equal(labels, rankseg_reference(out["probs"], metric="dice"))
+    assert out["dice_rankseg"] == pytest.approx(naive_mean_dice(labels, out["truth"], c))
+    assert out["dice_argmax"] == pytest.approx(naive_mean_dice(out["probs"].argmax(1), out["truth"], c))
+
+
+def test_segformer_upsampled_probabilities():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    out = load("segformer").main(**SMALL)
+    probs = out["probs"]
+    # SegFormer predicts at 1/4 resolution; the example upsamples to the image size.
+    assert probs.shape == (SMALL["test_images"], SMALL["num_class"], SMALL["size"], SMALL["size"])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    labels = out["labels"]
+    assert labels.shape == (SMALL["test_images"], SMALL["size"], SMALL["size"])
+    np.testing.assert_array_equal(labels, rankseg_reference(probs, metric="dice"))
+    assert out["dice_rankseg"] == pytest.approx(naive_mean_dice(labels, out["truth"], SMALL["num_class"]))
+
+
+def test_jax_multilabel_pipeline():
+    pytest.importorskip("jax")
+    out = load("jax_model").main(**SMALL)
+    probs, masks, truth = out["probs"], out["masks"], out["truth"]
+    assert probs.shape == (SMALL["test_images"], SMALL["num_class"] - 1, SMALL["size"], SMALL["size"])
+    assert masks.shape == probs.shape and masks.dtype == np.bool_
+    assert ((probs >= 0) & (probs <= 1)).all()
+    np.testing.assert_array_equal(masks, rankseg_reference(probs, metric="dice", output_mode="multilabel"))
+    inter = (masks & truth).sum(axis=(2, 3))
+    den = masks.sum(axis=(2, 3)) + truth.sum(axis=(2, 3))
+    direct = np.where(den > 0, 2.0 * inter / np.maximum(den, 1), 0.0).mean()
+    assert out["dice_rankseg"] == pytest.approx(direct)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, needs",
+    [
+        ("pytorch_onnx.py", ("torch", "onnx", "onnxruntime")),
+        ("segformer.py", ("torch", "transformers")),
+        ("jax_model.py", ("jax",)),
+    ],
+)
+def test_example_runs_as_a_script(script, needs):
+    for module in needs:
+        pytest.importorskip(module)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--steps", "10", "--test-images", "2"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "RankSEG" in result.stdout
