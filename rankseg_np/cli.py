@@ -439,7 +439,12 @@ def _plan(args: argparse.Namespace) -> tuple[list[Job], bool]:
     """
     inputs, many = _expand_inputs(args.inputs)
     out = args.output
-    to_dir = many or os.path.isdir(out) and not _is_zarr_store(out) and not out.rstrip("/\\").endswith(".zarr")
+    is_zarr_name = out.rstrip("/\\").endswith(".zarr")
+    to_dir = (
+        many
+        or (os.path.isdir(out) and not _is_zarr_store(out) and not is_zarr_name)
+        or (out.endswith(("/", os.sep)) and not is_zarr_name)  # "-o results/" names a directory
+    )
     jobs: list[Job] = []
     if not to_dir:
         (src, err), = inputs
@@ -593,7 +598,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 err.write(f"{PROG} predict: error: {job.source}: the output would overwrite the input\n")
                 return EXIT_USAGE
     many = len(jobs) > 1
-    keep_going = True if args.keep_going is None else args.keep_going
     if to_dir:
         os.makedirs(args.output, exist_ok=True)
     else:
@@ -602,6 +606,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
             err.write(f"{PROG} predict: error: output directory {parent!r} does not exist\n")
             return EXIT_USAGE
 
+    with _terminate_as_exit():
+        return _run_jobs(jobs, args, kw, many)
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """Turn SIGTERM (a batch scheduler stopping the job) into SystemExit(143).
+
+    The exception unwinds through :func:`_atomic_path`, which deletes the
+    temporary file, so even a terminated run leaves no debris and no partial
+    output.  (SIGKILL cannot be caught: then a hidden ``.NAME.*.tmp`` file may
+    remain, but never a partial file under the output's name.)
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ANN001
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_jobs(jobs: list[Job], args: argparse.Namespace, kw: dict[str, Any], many: bool) -> int:
+    err = sys.stderr
+    keep_going = True if args.keep_going is None else args.keep_going
     progress = _Progress(len(jobs), err, enabled=many and not args.quiet and err.isatty())
     failures: list[str] = []
     written = skipped = 0

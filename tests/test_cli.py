@@ -497,6 +497,38 @@ def test_interrupted_write_leaves_old_output(tmp_path, capsys, monkeypatch, fmt,
     assert run(["predict", tmp_path / "in.npy", "-o", dst], capsys)[0] == 0
 
 
+def test_sigterm_cleans_up(tmp_path, capsys, monkeypatch):
+    """A scheduler's SIGTERM mid-write: exit 143, old output intact, temporary file removed."""
+    import signal
+
+    np.save(tmp_path / "in.npy", probs_for(33))
+    dst = tmp_path / "out.npy"
+    dst.write_bytes(b"previous result")
+
+    def terminated_write(f, *args, **kwargs):
+        f.write(b"\x93NUMPY partial")
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the Python-level handler runs between bytecodes
+            pass
+        raise AssertionError("SIGTERM handler did not run")
+
+    monkeypatch.setattr(np, "save", terminated_write)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        main(["predict", str(tmp_path / "in.npy"), "-o", str(dst)])
+    assert info.value.code == 128 + signal.SIGTERM
+    assert dst.read_bytes() == b"previous result"
+    assert sorted(os.listdir(tmp_path)) == ["in.npy", "out.npy"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the CLI's handler is not left behind
+
+
+def test_trailing_separator_means_directory(tmp_path, capsys):
+    np.save(tmp_path / "a.npy", probs_for(34))
+    rc, _, err = run(["predict", tmp_path / "a.npy", "-o", str(tmp_path / "res") + os.sep], capsys)
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "res" / "a.npy"), rankseg(probs_for(34)))
+
+
 def test_skip_existing_resumes(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
@@ -663,14 +695,39 @@ def test_chunks_through_dask_match_in_memory(tmp_path, capsys, chunks):
 
 
 def test_zarr_in_and_out(tmp_path, capsys):
-    _dask_ready()
+    """Zarr in, Zarr and .npy out; in memory, and lazily through Dask when rankseg_np.dask exists."""
+    da = pytest.importorskip("dask.array")
     zarr = pytest.importorskip("zarr")
-    import dask.array as da
 
     probs = probs_for(81, (2, 3, 10, 8))
     da.from_array(probs, chunks=(1, 3, 5, 8)).to_zarr(str(tmp_path / "p.zarr"))
-    for extra in ([], ["--chunks", "1,-1,5,-1"]):
+    runs = [[]]
+    try:
+        import rankseg_np.dask  # noqa: F401
+        runs.append(["--chunks", "1,-1,5,-1"])
+    except ImportError:
+        pass
+    for extra in runs:
+        rc, _, err = run(["predict", tmp_path / "p.zarr", "-o", tmp_path / "o.npy", *extra], capsys)
+        assert rc == 0, err
+        np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), rankseg(probs))
         rc, _, err = run(["predict", tmp_path / "p.zarr", "-o", tmp_path / "o.zarr", *extra], capsys)
         assert rc == 0, err
         np.testing.assert_array_equal(zarr.open(str(tmp_path / "o.zarr"), mode="r")[...], rankseg(probs))
+    # an existing store is swapped for the new one whole
+    rc, _, err = run(["predict", tmp_path / "p.zarr", "-o", tmp_path / "o.zarr", "--metric", "iou", "--dtype", "uint8"],
+                     capsys)
+    assert rc == 0, err
+    stored = zarr.open(str(tmp_path / "o.zarr"), mode="r")
+    assert stored.dtype == np.uint8
+    np.testing.assert_array_equal(stored[...], rankseg(probs, metric="iou"))
     assert no_temp_files(tmp_path)
+
+
+def test_chunks_without_dask_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    import rankseg_np.cli as cli
+
+    monkeypatch.setattr(cli, "_has", lambda module: module != "dask")
+    np.save(tmp_path / "p.npy", probs_for(0))
+    rc, _, err = run(["predict", tmp_path / "p.npy", "-o", tmp_path / "o.npy", "--chunks", "auto"], capsys)
+    assert rc == 2 and "dask" in err and len(err.strip().splitlines()) == 1
