@@ -37,16 +37,46 @@ def first_pass(row):
     return total, peak, bad, s_half, n_half
 
 
-@njit(cache=True, nogil=True)
+# Reductions below may be reassociated ("reassoc" only: NaN and inf keep their
+# IEEE meaning, so the validity test still sees them) so that LLVM vectorises
+# them; the order is fixed at compile time, so results stay identical across
+# runs and thread counts.  Float32 inputs are summed exactly in float64 for
+# rows up to ~2^29 values of magnitude >= 2^-24 anyway.
+REASSOC = {"reassoc"}
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def scan(row, pruning_prob):
+    """One vectorised read of a row for the solvers.
+
+    Returns (sum, whether max > pruning_prob, any value NaN/inf/outside [0, 1],
+    sum and count above 1/2).  ``max > pruning_prob`` is tested as a count,
+    which vectorises where a NaN-aware running maximum does not.
+    """
+    total = 0.0
+    n_bad = 0
+    n_above = 0
+    s_half = 0.0
+    n_half = 0
+    for i in range(row.size):
+        v = row[i]
+        n_bad += not (v >= 0.0 and v <= 1.0)  # NaN fails both comparisons
+        total += v
+        n_above += v > pruning_prob
+        s_half += v if v > 0.5 else 0.0
+        n_half += v > 0.5
+    return total, n_above > 0, n_bad > 0, s_half, n_half
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
 def sum_above(row, t):
     """Sum and count of the entries strictly above ``t`` (float64 accumulation)."""
     s = 0.0
     n = 0
     for i in range(row.size):
         v = row[i]
-        if v > t:
-            s += v
-            n += 1
+        s += v if v > t else 0.0
+        n += v > t
     return s, n
 
 

@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._validate import Config, raise_bad_values
-from ._kernels import first_pass, sum_above, tie_cut
+from ._kernels import scan, sum_above, tie_cut
 
 DICE = 0
 IOU = 1
@@ -164,12 +164,12 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
 def _rma_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
     for r in prange(p2.shape[0]):
         row = p2[r]
-        total, peak, is_bad, s_half, n_half = first_pass(row)
+        total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
         mu[r] = total
         bad[r] = is_bad
         threshold[r] = np.inf
         tie_end[r] = 0
-        active[r] = (not is_bad) and peak > pruning_prob
+        active[r] = (not is_bad) and any_above
         if not active[r]:
             continue
         if metric == IOU:
