@@ -1,0 +1,949 @@
+"""Dask backend: chunked, out-of-core and distributed RankSEG.
+
+``rankseg(x)`` with a ``dask.array.Array`` ``x`` of shape ``(B, C, *spatial)``
+returns a **lazy** Dask array with the in-memory answer.  Nothing is computed
+until the caller computes (or stores) the result.  Two strategies, chosen from
+the chunk layout (see :func:`strategy`):
+
+``'blockwise'``
+    Every chunk holds whole images (chunks along the batch axis only): one
+    task per chunk runs the in-memory CPU path (``rankseg_np.cpu.solve``) on
+    it.  Any solver.  The answer is the in-memory answer bit for bit, since
+    each image goes through the very same kernels on the very same values.
+
+``'reduction'``
+    Chunks split the spatial axes (and/or the classes): RMA (MATH section 4)
+    as a fixed number of passes over the chunks, each a Dask reduction, then
+    the multiclass resolution (MATH section 5) as a reduction plus blockwise
+    work with broadcast per-class scalars.  Peak memory is a few chunks per
+    worker thread plus ``O(B*C)`` scalars and the *window* of each row (below).
+
+The reduction strategy, per ``(image, class)`` row:
+
+1. **Histogram pass.**  Each chunk returns, per row, the sum ``mu``, min and
+   max, validity flags and a histogram of counts and float64 sums over
+   ``NBINS`` bins whose edges are the floats with 8 mantissa bits
+   ``2**e * (1 + m/256)`` (``e >= -64``; bin 0 holds ``[0, 2**-64)``): bins are
+   0.4 % wide relative to their values, at every scale.  Partial results are
+   added up by a tree reduction.  From the histogram, a bracket ``[L, U]`` on
+   the optimal RMA value ``lam*`` follows exactly (proof in
+   :func:`_ratio_bounds`), hence a bracket on the optimal threshold
+   ``t* = lam*/2`` (Dice) or ``lam*/(1+lam*)`` (IoU) a bin or two wide.
+   Invalid values are reported here, at compute time, with the in-memory
+   message (the range over the whole array).
+2. **Window pass.**  Each chunk returns, per row, the float64 sum and the
+   count of its values above the bracket, and the values inside it (the
+   window; with their global pixel indices when smooth > 0).  The windows
+   of a row are concatenated and the *same Numba Dinkelbach kernel* as the
+   in-memory path (``rma._dinkelbach_dice`` / ``_dinkelbach_iou``) runs on
+   the window, with the part above the window folded into its constants
+   (``alpha``/``beta``, or ``smooth``/``mu``): every threshold Dinkelbach
+   visits lies inside the window (proof in :func:`_finish_row`), so its
+   masked sums are the in-memory ones up to float64 summation order.  Dice
+   with smooth > 0 then sorts the band of MATH 4 (a subset of the window),
+   exactly as ``rma._dice_smooth_row`` does, ties cut at the lowest global
+   pixel index.
+3. **Output pass** (multilabel): masks blockwise from the per-row
+   ``(threshold, tie_end)`` with the CPU ``materialize`` kernel, the global
+   tie cut translated to each chunk (:func:`_local_tie_end`).
+   Multiclass: a claims pass (CPU ``multiclass._claims`` per chunk; tau_c and
+   m_c summed over chunks), then the labels blockwise (``_claims`` +
+   ``_conflicts`` with the global per-class scalars).
+
+Each pass recomputes the input chunks (``dask.graph_manipulation.bind``: the
+input's graph is cloned and made to wait for the previous pass), so an input
+larger than memory is streamed once per pass and never held whole.  Persist
+``x`` first (``x = x.persist()``) when it fits in memory and is expensive to
+compute.
+
+Exactness.  Every decision is the in-memory one computed from the same
+values; the only difference is the order in which float64 sums are
+accumulated (chunk by chunk instead of along the row), which moves a
+threshold by a few units in the last place.  Masks and labels are therefore
+identical unless a pixel value lies within that rounding of a threshold (an
+exact tie whose in-memory outcome is itself decided by rounding); when the
+row sums are exact in float64 (e.g. values on a grid ``k/2**n``) the
+thresholds themselves are bit-identical.
+
+Supported: RMA with any chunking; ``solver='exact'``, ``'BA'``, ``'TRNA'``,
+``'BA+TRNA'`` when every chunk holds whole images (chunk along the batch axis
+only; a class-chunked *multilabel* input is fine too), otherwise a
+``NotImplementedError`` says how to rechunk.  Accuracy (``argmax``/``TR``) is
+elementwise and runs blockwise on any chunking (classes are merged for
+``argmax``).  Bad values found blockwise are reported with the range of the
+chunk that holds them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+try:
+    import dask
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.delayed import Delayed
+    from dask.graph_manipulation import bind
+    from dask.highlevelgraph import HighLevelGraph
+except ImportError as exc:  # pragma: no cover - exercised only without dask
+    raise ImportError(
+        "rankseg_np.dask needs dask: pip install 'rankseg-np[dask]' (dask[array], distributed, zarr)"
+    ) from exc
+
+from . import cpu
+from ._validate import Config, check_config, check_probs_structure, raise_bad_values
+from .cpu import _kernels, multiclass, rma
+
+__all__ = ["solve", "strategy", "whole_image_chunks"]
+
+# --------------------------------------------------------------------------
+# Histogram bins: floats with 8 mantissa bits, from 2**-64 up to 1.
+# --------------------------------------------------------------------------
+MANTISSA_BITS = 8
+OCTAVES = 64
+NBINS = OCTAVES * (1 << MANTISSA_BITS) + 2  # bin 0: [0, 2**-64); last bin: [1, 1 + 1/256)
+TINY = 2.0**-OCTAVES
+# (shift, base): bin = (bits >> shift) - base + 1 for v >= 2**-64.
+_BIN_PARAMS = {
+    np.dtype(np.float32): (np.uint32(23 - MANTISSA_BITS), (127 - OCTAVES) << MANTISSA_BITS),
+    np.dtype(np.float64): (np.uint64(52 - MANTISSA_BITS), (1023 - OCTAVES) << MANTISSA_BITS),
+}
+# Relative widening of every bracket: the brackets are computed from float64
+# sums accumulated in another order than the final ones (relative error far
+# below 1e-9 even for 1e9-pixel rows); widening only adds window pixels.
+SLACK = 1e-6
+# Fan-in of the tree reductions.
+SPLIT_EVERY = 8
+
+
+def _bin_edges() -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper edge of every bin (values in bin k satisfy lo[k] <= v < hi[k])."""
+    k = np.arange(1, NBINS)
+    raw = k - 1
+    e = raw >> MANTISSA_BITS
+    m = raw & ((1 << MANTISSA_BITS) - 1)
+    lo = np.empty(NBINS)
+    lo[0] = 0.0
+    lo[1:] = np.ldexp(1.0 + m / float(1 << MANTISSA_BITS), (e - OCTAVES).astype(np.int64))
+    hi = np.empty(NBINS)
+    hi[:-1] = lo[1:]
+    hi[-1] = 1.0 + 1.0 / (1 << MANTISSA_BITS)
+    return lo, hi
+
+
+BIN_LO, BIN_HI = _bin_edges()
+# Valid probabilities never exceed 1: the tightest upper bound of each bin.
+BIN_SUP = np.minimum(BIN_HI, 1.0)
+
+
+# --------------------------------------------------------------------------
+# Chunk kernels.  Serial and nogil: Dask runs chunks in parallel threads (or
+# processes), so nesting Numba's own thread pool inside them would only
+# oversubscribe the cores.
+# --------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _hist_rows(p2, bits, shift, base, counts, sums, total, vmin, vmax, bad, nonfinite):
+    """One read of each row of a chunk: sum, min, max, validity, histogram (float64 sums)."""
+    nb = counts.shape[1]
+    for r in range(p2.shape[0]):
+        row = p2[r]
+        brow = bits[r]
+        s = 0.0
+        lo = np.inf
+        hi = -np.inf
+        is_bad = False
+        is_nonfinite = False
+        for i in range(row.size):
+            v = row[i]
+            if not (v >= 0.0 and v <= 1.0):  # NaN fails both comparisons
+                is_bad = True
+                if not np.isfinite(v):
+                    is_nonfinite = True
+                    continue
+            s += v
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+            if v < TINY:
+                k = 0
+            else:
+                k = np.int64(brow[i] >> shift) - base + 1
+                if k >= nb:
+                    k = nb - 1
+            counts[r, k] += 1
+            sums[r, k] += v
+        total[r] = s
+        vmin[r] = lo
+        vmax[r] = hi
+        bad[r] = is_bad
+        nonfinite[r] = is_nonfinite
+
+
+@njit(cache=True, nogil=True)
+def _window_count(p2, lo, hi, use, s_hi, n_hi, n_win):
+    """Per row: float64 sum and count of values > hi, and count of values in (lo, hi]."""
+    for r in range(p2.shape[0]):
+        if not use[r]:
+            continue
+        row = p2[r]
+        a = lo[r]
+        b = hi[r]
+        s = 0.0
+        n = 0
+        w = 0
+        for i in range(row.size):
+            v = row[i]
+            if v > b:
+                s += v
+                n += 1
+            elif v > a:
+                w += 1
+        s_hi[r] = s
+        n_hi[r] = n
+        n_win[r] = w
+
+
+@njit(cache=True, nogil=True)
+def _window_fill(p2, lo, hi, use, start, vals, idx, with_idx):
+    """Copy the values in (lo, hi] of each row (and their in-chunk flat indices), in row order."""
+    for r in range(p2.shape[0]):
+        if not use[r]:
+            continue
+        row = p2[r]
+        a = lo[r]
+        b = hi[r]
+        j = start[r]
+        for i in range(row.size):
+            v = row[i]
+            if v > a and v <= b:
+                vals[j] = v
+                if with_idx:
+                    idx[j] = i
+                j += 1
+
+
+@njit(cache=True, nogil=True)
+def _band_best(band, s_top, n_top, a, smooth):
+    """First maximiser k of f(n_top + k) over the sorted (ascending) band; as in ``rma._dice_smooth_row``."""
+    n_band = band.size
+    best = rma._dice_smooth_value(s_top, n_top, a, smooth)
+    best_k = 0
+    s = s_top
+    for k in range(1, n_band + 1):
+        s += band[n_band - k]
+        val = rma._dice_smooth_value(s, n_top + k, a, smooth)
+        if val > best:
+            best = val
+            best_k = k
+    return best_k
+
+
+# Numba's 'workqueue' threading layer must not be entered from two threads at
+# once; the CPU kernels are parallel, and Dask calls them from its threads.
+_WORKQUEUE_LOCK = threading.Lock()
+
+
+def _parallel_guard():
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet in this process
+        layer = "workqueue" if numba.config.THREADING_LAYER == "workqueue" else "unknown"
+    return _WORKQUEUE_LOCK if layer in ("workqueue", "unknown") else nullcontext()
+
+
+# --------------------------------------------------------------------------
+# Small helpers on chunks.
+# --------------------------------------------------------------------------
+def _rows(block: np.ndarray) -> np.ndarray:
+    """A chunk ``(b, c, *s)`` as C-contiguous float32/float64 ``(b*c, prod(s))`` rows."""
+    p3 = cpu.as_rows(np.asarray(block))
+    return p3.reshape(p3.shape[0] * p3.shape[1], p3.shape[2])
+
+
+def _local_tie_end(k: int, offsets: tuple[int, ...], chunk: tuple[int, ...], full: tuple[int, ...]) -> int:
+    """How many pixels of a chunk have a global flat index below ``k``.
+
+    The global C-order index is strictly increasing in the chunk's own C
+    order, so ``{i : global(i) < k}`` is a prefix of the chunk's flat order
+    and the global tie rule ``i_global < k`` is the local rule ``i < result``.
+    Counted lexicographically, axis by axis.
+    """
+    size = math.prod(chunk)
+    if k <= 0:
+        return 0
+    if k >= math.prod(full):
+        return size
+    g = np.unravel_index(k, full)
+    count = 0
+    for a in range(len(full)):
+        rest = math.prod(chunk[a + 1 :])
+        ga = int(g[a]) - offsets[a]
+        if ga < 0:
+            return count
+        if ga >= chunk[a]:
+            return count + chunk[a] * rest
+        count += ga * rest
+    return count
+
+
+def _local_tie_ends(tie_end: np.ndarray, threshold: np.ndarray, offsets, chunk, full) -> np.ndarray:
+    out = np.zeros(tie_end.shape, dtype=np.int64)
+    for pos in zip(*np.nonzero((tie_end > 0) & np.isfinite(threshold))):
+        out[pos] = _local_tie_end(int(tie_end[pos]), offsets, chunk, full)
+    return out
+
+
+def _offsets(chunks: tuple[tuple[int, ...], ...]) -> list[np.ndarray]:
+    return [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks]
+
+
+# --------------------------------------------------------------------------
+# Pass 1: statistics and histograms.
+# --------------------------------------------------------------------------
+def _p1_chunk(block: np.ndarray) -> tuple:
+    p2 = _rows(block)
+    rows = p2.shape[0]
+    shift, base = _BIN_PARAMS[p2.dtype]
+    bits = p2.view(np.uint32 if p2.dtype == np.float32 else np.uint64)
+    counts = np.zeros((rows, NBINS), dtype=np.int64)
+    sums = np.zeros((rows, NBINS))
+    total = np.empty(rows)
+    vmin = np.empty(rows)
+    vmax = np.empty(rows)
+    bad = np.empty(rows, dtype=np.bool_)
+    nonfinite = np.empty(rows, dtype=np.bool_)
+    _hist_rows(p2, bits, shift, base, counts, sums, total, vmin, vmax, bad, nonfinite)
+    return (total, vmin, vmax, bad, nonfinite, counts, sums)
+
+
+def _p1_combine(parts: list) -> tuple:
+    total, vmin, vmax, bad, nonfinite, counts, sums = (np.array(a, copy=True) for a in parts[0])
+    for t, lo, hi, b, nf, n, s in parts[1:]:
+        total += t
+        np.minimum(vmin, lo, out=vmin)
+        np.maximum(vmax, hi, out=vmax)
+        bad |= b
+        nonfinite |= nf
+        counts += n
+        sums += s
+    return (total, vmin, vmax, bad, nonfinite, counts, sums)
+
+
+def _ratio_bounds(counts, sums, kind, alpha, beta, smooth, mu):
+    """Bracket ``[L, U]`` on the maximum of an RMA ratio over masks, from one row's histogram.
+
+    ``kind='dice'``: ``(2 S(x) + alpha) / (beta + n(x))``; ``kind='iou'``:
+    ``(S(x) + smooth) / (mu + smooth + n(x) - S(x))``, where ``S``/``n`` are
+    the sum/count of the mask ``x``.  The maximum is attained by a top-tau set
+    (a threshold mask: Dinkelbach, MATH 4).
+
+    * ``L`` is the best value over the masks "every bin from k up" (real
+      masks, their sums known from the histogram): a lower bound.
+    * Every top-tau set is "all bins above k, plus j of the largest values of
+      bin k" for some k and ``0 <= j <= n_k``; those j values are ``< sup_k``
+      (the bin's upper edge, capped at 1), so its numerator is at most the
+      one with each replaced by ``sup_k`` and (IoU) its denominator at least
+      that one: value <= ``g(j)``, a ratio of affine functions of ``j`` with a
+      positive denominator, hence monotone, so ``g(j) <= max(g(0), g(n_k))``.
+      ``g(0)`` is an ``L`` candidate; ``U = max(L, max_k g(n_k))``.
+    """
+    n_ge = np.concatenate([np.cumsum(counts[::-1])[::-1], [0]]).astype(np.float64)
+    s_ge = np.concatenate([np.cumsum(sums[::-1])[::-1], [0.0]])
+    n_gt, s_gt = n_ge[1:], s_ge[1:]
+    n_k = counts.astype(np.float64)
+    top_s = s_gt + n_k * BIN_SUP
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if kind == "dice":
+            low = (2.0 * s_ge + alpha) / (beta + n_ge)
+            up = (2.0 * top_s + alpha) / (beta + n_gt + n_k)
+        else:
+            low = (s_ge + smooth) / (mu + smooth + n_ge - s_ge)
+            up = (top_s + smooth) / (mu + smooth + (n_gt - s_gt) + n_k * (1.0 - BIN_SUP))
+    low = np.where(np.isfinite(low), low, -np.inf)
+    up = np.where((counts > 0) & np.isfinite(up), up, -np.inf)
+    lower = float(low.max())
+    return lower, max(lower, float(up.max()))
+
+
+def _threshold_of(lam: float, kind: str) -> float:
+    return 0.5 * lam if kind == "dice" else lam / (1.0 + lam)
+
+
+def _p1_finish_group(part: tuple, cfg: Config) -> tuple:
+    """Per row of a row group: mu, range, validity, activity, and the window bracket."""
+    total, vmin, vmax, bad, nonfinite, counts, sums = part
+    rows = total.shape[0]
+    active = (~bad) & (vmax > cfg.pruning_prob)
+    # columns: wlo, whi, start (first Dinkelbach problem), start_c (smooth Dice only)
+    bracket = np.full((rows, 4), np.nan)
+    for r in np.nonzero(active)[0]:
+        mu = float(total[r])
+        if cfg.metric == "iou":
+            low, up = _ratio_bounds(counts[r], sums[r], "iou", 0.0, 0.0, cfg.smooth, mu)
+            start = _threshold_of(low, "iou")
+            bracket[r] = (start * (1.0 - SLACK), _threshold_of(up, "iou") * (1.0 + SLACK), start, np.nan)
+        elif cfg.smooth == 0.0:
+            low, up = _ratio_bounds(counts[r], sums[r], "dice", 0.0, mu + 1.0, 0.0, mu)
+            bracket[r] = (0.5 * low * (1.0 - SLACK), 0.5 * up * (1.0 + SLACK), 0.5 * low, np.nan)
+        else:
+            # The two single-ratio problems of rma._dice_smooth_row: alpha = 0
+            # and alpha = 2c; the band lies between their optimal thresholds.
+            a = mu + cfg.smooth
+            c = 0.5 * cfg.smooth * (1.0 + 2.0 / a)
+            low1, _ = _ratio_bounds(counts[r], sums[r], "dice", 0.0, a + 1.0, 0.0, mu)
+            lowc, upc = _ratio_bounds(counts[r], sums[r], "dice", 2.0 * c, a + 1.0, 0.0, mu)
+            bracket[r] = (0.5 * low1 * (1.0 - SLACK), 0.5 * upc * (1.0 + SLACK), 0.5 * low1, 0.5 * lowc)
+    return (total, vmin, vmax, bad, nonfinite, active, bracket)
+
+
+def _assemble(groups: list, index: list, shape: tuple[int, int], n_fields: int, trailing: dict | None = None):
+    """Scatter per-group row arrays (row-major over the group's (b, c) block) into (B, C, ...) arrays."""
+    out = []
+    for f in range(n_fields):
+        first = np.asarray(groups[0][f])
+        tail = first.shape[1:]
+        arr = np.empty(shape + tail, dtype=first.dtype)
+        for g, (b0, b1, c0, c1) in zip(groups, index):
+            arr[b0:b1, c0:c1] = np.asarray(g[f]).reshape((b1 - b0, c1 - c0) + tail)
+        out.append(arr)
+    return out
+
+
+def _p1_global(groups: list, index: list, shape: tuple[int, int], compute_dtype: str) -> dict:
+    total, vmin, vmax, bad, nonfinite, active, bracket = _assemble(groups, index, shape, 7)
+    if nonfinite.any():
+        raise_bad_values(np.array([np.nan], dtype=compute_dtype))
+    if bad.any():
+        # The in-memory message names the range of the whole array.
+        raise_bad_values(np.array([vmin.min(), vmax.max()], dtype=compute_dtype))
+    return {"mu": total, "active": active, "bracket": bracket}
+
+
+# --------------------------------------------------------------------------
+# Pass 2: windows, then the exact finish of every row.
+# --------------------------------------------------------------------------
+def _p2_chunk(block, info, rows_sel, offsets, full, with_idx) -> tuple:
+    (b0, b1, c0, c1) = rows_sel
+    p2 = _rows(block)
+    active = np.ascontiguousarray(info["active"][b0:b1, c0:c1].reshape(-1))
+    bracket = info["bracket"][b0:b1, c0:c1].reshape(-1, 4)
+    lo = np.ascontiguousarray(bracket[:, 0])
+    hi = np.ascontiguousarray(bracket[:, 1])
+    rows = p2.shape[0]
+    s_hi = np.zeros(rows)
+    n_hi = np.zeros(rows, dtype=np.int64)
+    n_win = np.zeros(rows, dtype=np.int64)
+    _window_count(p2, lo, hi, active, s_hi, n_hi, n_win)
+    start = np.concatenate([[0], np.cumsum(n_win)]).astype(np.int64)
+    vals = np.empty(int(start[-1]), dtype=p2.dtype)
+    idx = np.empty(int(start[-1]) if with_idx else 0, dtype=np.int64)
+    _window_fill(p2, lo, hi, active, start, vals, idx, with_idx)
+    if with_idx and idx.size:
+        # In-chunk flat index -> global flat index of the image's spatial grid.
+        chunk_shape = tuple(block.shape[2:])
+        local = np.unravel_index(idx, chunk_shape)
+        idx = np.ravel_multi_index(tuple(ix + o for ix, o in zip(local, offsets)), full)
+    return (s_hi, n_hi, [(start, vals, idx)])
+
+
+def _p2_combine(parts: list) -> tuple:
+    s_hi = np.array(parts[0][0], copy=True)
+    n_hi = np.array(parts[0][1], copy=True)
+    pieces = list(parts[0][2])
+    for s, n, p in parts[1:]:
+        s_hi += s
+        n_hi += n
+        pieces.extend(p)
+    return (s_hi, n_hi, pieces)
+
+
+def _finish_row(window, s_hi, n_hi, mu, bracket, cfg: Config, idx, d: int) -> tuple[float, int]:
+    """The in-memory RMA decision of one row from its window and the sum/count above it.
+
+    Why Dinkelbach on the window alone is the in-memory Dinkelbach: it only
+    ever needs ``S(t), n(t)`` (sum/count of values ``> t``) for thresholds
+    ``t`` it visits, and ``S(t) = s_hi + S_window(t)`` when ``t`` lies in the
+    window ``(wlo, whi]``.  Write ``lam0 = L`` (the bracket's lower bound, a
+    value attained by a real mask, so ``L <= lam*``).  Dinkelbach's step from
+    any ``lam <= lam*`` returns a mask of value ``>= lam`` (the optimal mask
+    makes ``max_x (a - lam b).x + alpha - lam beta >= 0``), so starting from
+    the mask ``{p > t(L)}`` every value it reaches is ``>= L`` and every
+    threshold ``>= t(L) > wlo``; values only rise to ``lam* <= U``, so every
+    threshold is ``<= t(U) < whi``.  The constants absorb the part above the
+    window: Dice ``(2(s_hi + S_w) + alpha)/(beta + n_hi + n_w)`` is
+    ``(2 S_w + alpha')/(beta' + n_w)``; IoU ``(s_hi + S_w + g)/(mu + g + n_hi
+    + n_w - s_hi - S_w)`` is ``(S_w + g')/(mu' + g' + n_w - S_w)`` with
+    ``g' = g + s_hi``, ``mu' = mu + n_hi - 2 s_hi``.  The slack ``SLACK`` on
+    both ends absorbs float64 rounding of the bracket.  A final check turns
+    any violation into an error instead of a silently different answer.
+    """
+    wlo, whi, start, start_c = bracket
+    if cfg.metric == "iou":
+        s0, n0 = _kernels.sum_above(window, start)
+        _, t = rma._dinkelbach_iou(window, cfg.smooth + s_hi, mu + n_hi - 2.0 * s_hi, s0, n0, start)
+        tie = 0
+    elif cfg.smooth == 0.0:
+        s0, n0 = _kernels.sum_above(window, start)
+        _, t = rma._dinkelbach_dice(window, 2.0 * s_hi, mu + 1.0 + n_hi, s0, n0, start)
+        tie = 0
+    else:
+        t, tie = _finish_smooth(window, s_hi, n_hi, mu, start, start_c, cfg.smooth, idx, d)
+    if not wlo < t <= whi:
+        raise RuntimeError(
+            f"rankseg_np.dask: internal error, threshold {t!r} outside its window ({wlo!r}, {whi!r}]; "
+            "please report this with the input"
+        )
+    return t, tie
+
+
+def _finish_smooth(window, s_hi, n_hi, mu, start1, start_c, smooth, idx, d):
+    """``rma._dice_smooth_row`` on a window: the two Dinkelbach problems, then the band."""
+    # Comparisons in float64, as the Numba kernels do (NumPy would compare a
+    # float32 window with a Python float in float32).
+    window = window.astype(np.float64)
+    a = mu + smooth
+    beta = a + 1.0 + n_hi
+    s0, n0 = _kernels.sum_above(window, start1)
+    lam1, _ = rma._dinkelbach_dice(window, 2.0 * s_hi, beta, s0, n0, start1)
+    c = 0.5 * smooth * (1.0 + 2.0 / a)
+    s0, n0 = _kernels.sum_above(window, start_c)
+    lamc, _ = rma._dinkelbach_dice(window, 2.0 * c + 2.0 * s_hi, beta, s0, n0, start_c)
+    lo = 0.5 * lam1 * (1.0 - rma.BAND_SLACK)
+    hi = 0.5 * lamc * (1.0 + rma.BAND_SLACK)
+    above = window > hi
+    s_top = s_hi + float(np.sum(window[above]))
+    n_top = n_hi + int(above.sum())
+    in_band = (window >= lo) & (window <= hi)
+    band = np.sort(window[in_band])
+    best_k = _band_best(band, s_top, n_top, a, smooth)
+    if best_k == 0:
+        return hi, 0
+    n_band = band.size
+    v = band[n_band - best_k]
+    n_greater = int((band > v).sum())
+    equal = window == v
+    n_equal = int(equal.sum())
+    need = best_k - n_greater
+    if need == n_equal:
+        return float(v), d
+    # The mask is {p > v} plus the `need` pixels equal to v of lowest global index.
+    return float(v), int(np.sort(idx[equal])[need - 1]) + 1
+
+
+def _p2_finish_group(part: tuple, info: dict, rows_sel, cfg: Config, d: int) -> tuple:
+    b0, b1, c0, c1 = rows_sel
+    s_hi, n_hi, pieces = part
+    active = info["active"][b0:b1, c0:c1].reshape(-1)
+    mu = info["mu"][b0:b1, c0:c1].reshape(-1)
+    bracket = info["bracket"][b0:b1, c0:c1].reshape(-1, 4)
+    rows = active.size
+    threshold = np.full(rows, np.inf)
+    tie_end = np.zeros(rows, dtype=np.int64)
+    for r in np.nonzero(active)[0]:
+        window = np.concatenate([vals[st[r] : st[r + 1]] for st, vals, _ in pieces])
+        idx = np.concatenate([ix[st[r] : st[r + 1]] for st, _, ix in pieces]) if cfg.smooth > 0 else None
+        threshold[r], tie_end[r] = _finish_row(
+            window, float(s_hi[r]), int(n_hi[r]), float(mu[r]), tuple(bracket[r]), cfg, idx, d
+        )
+    return (threshold, tie_end)
+
+
+def _p2_global(groups: list, index: list, shape: tuple[int, int], info: dict) -> dict:
+    threshold, tie_end = _assemble(groups, index, shape, 2)
+    return {"threshold": threshold, "tie_end": tie_end, "active": info["active"], "mu": info["mu"]}
+
+
+# --------------------------------------------------------------------------
+# Output passes.
+# --------------------------------------------------------------------------
+def _chunk_decision(dec: dict, rows_sel, offsets, chunk, full):
+    b0, b1, c0, c1 = rows_sel
+    threshold = np.ascontiguousarray(dec["threshold"][b0:b1, c0:c1])
+    tie_end = _local_tie_ends(dec["tie_end"][b0:b1, c0:c1], threshold, offsets, chunk, full)
+    active = np.ascontiguousarray(dec["active"][b0:b1, c0:c1])
+    return threshold, tie_end, active
+
+
+def _masks_chunk(block, dec, rows_sel, offsets, full) -> np.ndarray:
+    p2 = _rows(block)
+    threshold, tie_end, _ = _chunk_decision(dec, rows_sel, offsets, tuple(block.shape[2:]), full)
+    out = np.empty(p2.shape, dtype=np.bool_)
+    with _parallel_guard():
+        _kernels.materialize(p2, threshold.reshape(-1), tie_end.reshape(-1), out)
+    return out.reshape(block.shape)
+
+
+def _chunk_claims(block, dec, rows_sel, offsets, full):
+    p3 = cpu.as_rows(np.asarray(block))
+    n_img, n_cls, d = p3.shape
+    threshold, tie_end, active = _chunk_decision(dec, rows_sel, offsets, tuple(block.shape[2:]), full)
+    labels = np.empty((n_img, d), dtype=np.int64)
+    n_tasks = n_img * ((d + multiclass.TILE - 1) // multiclass.TILE)
+    tau_part = np.zeros((n_tasks, n_cls))
+    m_part = np.zeros((n_tasks, n_cls))
+    with _parallel_guard():
+        multiclass._claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
+    tau = tau_part.reshape(n_img, -1, n_cls).sum(axis=1)
+    m = m_part.reshape(n_img, -1, n_cls).sum(axis=1)
+    return p3, threshold, tie_end, active, labels, tau, m
+
+
+def _claims_chunk(block, dec, rows_sel, offsets, full) -> tuple:
+    *_, tau, m = _chunk_claims(block, dec, rows_sel, offsets, full)
+    return (tau.reshape(-1), m.reshape(-1))  # flat over the chunk's (image, class) rows
+
+
+def _sum_pairs(parts: list) -> tuple:
+    tau = np.array(parts[0][0], copy=True)
+    m = np.array(parts[0][1], copy=True)
+    for t, s in parts[1:]:
+        tau += t
+        m += s
+    return (tau, m)
+
+
+def _claims_global(groups: list, index: list, shape: tuple[int, int]) -> dict:
+    tau, m = _assemble(groups, index, shape, 2)
+    return {"tau": tau, "m": m}
+
+
+def _labels_chunk(block, dec, tm, rows_sel, offsets, full, cfg: Config) -> np.ndarray:
+    p3, threshold, tie_end, active, labels, _, _ = _chunk_claims(block, dec, rows_sel, offsets, full)
+    b0, b1 = rows_sel[0], rows_sel[1]
+    tau = np.ascontiguousarray(tm["tau"][b0:b1])
+    m = np.ascontiguousarray(tm["m"][b0:b1])
+    mu = np.ascontiguousarray(dec["mu"][b0:b1])
+    metric = 1 if cfg.metric == "iou" else 0
+    with _parallel_guard():
+        multiclass._conflicts(
+            p3, threshold, tie_end, active, labels, tau, mu, m, metric, cfg.smooth,
+            cfg.unassigned_policy == "void", cfg.void_index,
+        )
+    return labels.reshape((block.shape[0],) + tuple(block.shape[2:]))
+
+
+# --------------------------------------------------------------------------
+# Blockwise paths.
+# --------------------------------------------------------------------------
+def _solve_chunk(block: np.ndarray, cfg: Config) -> np.ndarray:
+    with _parallel_guard():
+        return cpu.solve(np.asarray(block), cfg)
+
+
+def _onehot_chunk(block: np.ndarray, cfg: Config) -> np.ndarray:
+    """argmax labels as one-hot masks (the in-memory multilabel argmax), without its warning."""
+    labels = _solve_chunk(block, replace(cfg, output_mode="multiclass"))
+    classes = np.arange(block.shape[1]).reshape((1, -1) + (1,) * (block.ndim - 2))
+    return labels[:, None] == classes
+
+
+# --------------------------------------------------------------------------
+# Graph building.
+# --------------------------------------------------------------------------
+class _Graph:
+    """Accumulates one stage's tasks in one layer and wraps keys as Delayed."""
+
+    def __init__(self, name: str, deps: list):
+        self.name = name
+        self.layer: dict = {}
+        self.deps = deps
+
+    def key(self, *parts) -> tuple:
+        return (self.name,) + parts
+
+    def tree(self, keys: list, combine, tag: Any) -> Any:
+        level = 0
+        while len(keys) > 1:
+            nxt = []
+            for j in range(0, len(keys), SPLIT_EVERY):
+                k = self.key("combine", tag, level, j // SPLIT_EVERY)
+                self.layer[k] = (combine, list(keys[j : j + SPLIT_EVERY]))
+                nxt.append(k)
+            keys = nxt
+            level += 1
+        return keys[0]
+
+    def delayed(self, key) -> Delayed:
+        hlg = HighLevelGraph.from_collections(self.name, self.layer, dependencies=self.deps)
+        return Delayed(key, hlg, layer=self.name)
+
+
+def _row_groups(x):
+    """Row groups = (batch block, class block) pairs, with their slices."""
+    ob, oc = _offsets(x.chunks[:2])
+    groups = []
+    for ib in range(len(x.chunks[0])):
+        for ic in range(len(x.chunks[1])):
+            groups.append(((ib, ic), (int(ob[ib]), int(ob[ib + 1]), int(oc[ic]), int(oc[ic + 1]))))
+    return groups
+
+
+def _spatial_blocks(x):
+    offs = _offsets(x.chunks[2:])
+    for sidx in np.ndindex(*x.numblocks[2:]):
+        yield sidx, tuple(int(o[i]) for o, i in zip(offs, sidx))
+
+
+def _merge_classes(x):
+    """Rechunk so each chunk holds every class, splitting space to keep chunk sizes."""
+    n = len(x.chunks[1])
+    if n == 1:
+        return x
+    # Split the spatial axis with the largest chunks by the number of class chunks.
+    ax = 2 + int(np.argmax([max(c) for c in x.chunks[2:]]))
+    size = max(1, math.ceil(max(x.chunks[ax]) / n))
+    return x.rechunk({1: -1, ax: size})
+
+
+def _reduce_rma(x, cfg: Config):
+    """The reduction strategy (module docstring): lazy RMA over arbitrary chunks."""
+    multi = cfg.output_mode == "multiclass"
+    if multi:
+        x = _merge_classes(x)
+    shape = tuple(int(s) for s in x.shape)
+    bc = shape[:2]
+    full = shape[2:]
+    d = math.prod(full)
+    compute_dtype = "float64" if x.dtype == np.float64 else "float32"
+    token = tokenize(x, cfg, "rankseg_np.dask")
+    groups = _row_groups(x)
+    index = [sel for _, sel in groups]
+    blocks = list(_spatial_blocks(x))
+
+    # Pass 1: histograms.
+    g1 = _Graph(f"rankseg-hist-{token}", [x])
+    finished = []
+    for (ib, ic), _sel in groups:
+        keys = []
+        for sidx, _ in blocks:
+            k = g1.key("chunk", ib, ic, *sidx)
+            g1.layer[k] = (_p1_chunk, (x.name, ib, ic, *sidx))
+            keys.append(k)
+        root = g1.tree(keys, _p1_combine, (ib, ic))
+        fk = g1.key("group", ib, ic)
+        g1.layer[fk] = (_p1_finish_group, root, cfg)
+        finished.append(fk)
+    info_key = g1.key("info")
+    g1.layer[info_key] = (_p1_global, finished, index, bc, compute_dtype)
+    info = g1.delayed(info_key)
+
+    # Pass 2: windows and the per-row finish.
+    x2 = bind(x, info, seed=(token, 2))
+    g2 = _Graph(f"rankseg-window-{token}", [x2, info])
+    with_idx = cfg.metric == "dice" and cfg.smooth > 0.0
+    finished = []
+    for (ib, ic), sel in groups:
+        keys = []
+        for sidx, offs in blocks:
+            k = g2.key("chunk", ib, ic, *sidx)
+            g2.layer[k] = (_p2_chunk, (x2.name, ib, ic, *sidx), info.key, sel, offs, full, with_idx)
+            keys.append(k)
+        root = g2.tree(keys, _p2_combine, (ib, ic))
+        fk = g2.key("group", ib, ic)
+        g2.layer[fk] = (_p2_finish_group, root, info.key, sel, cfg, d)
+        finished.append(fk)
+    dec_key = g2.key("decision")
+    g2.layer[dec_key] = (_p2_global, finished, index, bc, info.key)
+    dec = g2.delayed(dec_key)
+
+    x3 = bind(x, dec, seed=(token, 3))
+    if not multi:
+        name = f"rankseg-masks-{token}"
+        layer = {}
+        for (ib, ic), sel in groups:
+            for sidx, offs in blocks:
+                layer[(name, ib, ic, *sidx)] = (_masks_chunk, (x3.name, ib, ic, *sidx), dec.key, sel, offs, full)
+        hlg = HighLevelGraph.from_collections(name, layer, dependencies=[x3, dec])
+        return da.Array(hlg, name, x.chunks, dtype=np.bool_)
+
+    # Multiclass: claims pass (tau_c, m_c), then labels.
+    g3 = _Graph(f"rankseg-claims-{token}", [x3, dec])
+    finished = []
+    img_index = []
+    for (ib, ic), sel in groups:  # one class block after _merge_classes
+        keys = []
+        for sidx, offs in blocks:
+            k = g3.key("chunk", ib, *sidx)
+            g3.layer[k] = (_claims_chunk, (x3.name, ib, ic, *sidx), dec.key, sel, offs, full)
+            keys.append(k)
+        finished.append(g3.tree(keys, _sum_pairs, ib))
+        img_index.append(sel)
+    tm_key = g3.key("tau_m")
+    g3.layer[tm_key] = (_claims_global, finished, img_index, bc)
+    tm = g3.delayed(tm_key)
+
+    x4 = bind(x, tm, seed=(token, 4))
+    name = f"rankseg-labels-{token}"
+    layer = {}
+    for (ib, ic), sel in groups:
+        for sidx, offs in blocks:
+            layer[(name, ib, *sidx)] = (
+                _labels_chunk, (x4.name, ib, ic, *sidx), dec.key, tm.key, sel, offs, full, cfg,
+            )
+    hlg = HighLevelGraph.from_collections(name, layer, dependencies=[x4, dec, tm])
+    return da.Array(hlg, name, (x.chunks[0],) + x.chunks[2:], dtype=np.int64)
+
+
+def _out_meta(cfg: Config):
+    return (np.bool_, False) if cfg.output_mode == "multilabel" else (np.int64, True)
+
+
+def _blockwise(x, cfg: Config):
+    dtype, drop = _out_meta(cfg)
+    if drop:
+        return da.map_blocks(_solve_chunk, x, cfg, dtype=dtype, drop_axis=1, meta=np.empty((0,) * (x.ndim - 1), dtype))
+    return da.map_blocks(_solve_chunk, x, cfg, dtype=dtype, meta=np.empty((0,) * x.ndim, dtype))
+
+
+def _accuracy(x, cfg: Config):
+    if cfg.solver == "tr":  # elementwise: any chunking
+        return da.map_blocks(_solve_chunk, x, cfg, dtype=np.bool_, meta=np.empty((0,) * x.ndim, np.bool_))
+    x = _merge_classes(x)
+    if cfg.output_mode == "multiclass":
+        return _blockwise(x, cfg)
+    warnings.warn(
+        "solver='argmax' with output_mode='multilabel' returns non-overlapping one-hot masks; "
+        "use solver='TR' to threshold each class independently.",
+        stacklevel=4,
+    )
+    return da.map_blocks(_onehot_chunk, x, cfg, dtype=np.bool_, meta=np.empty((0,) * x.ndim, np.bool_))
+
+
+def strategy(x: Any, cfg: Config | None = None, **params: Any) -> str:
+    """How :func:`solve` will process a Dask array: ``'blockwise'`` or ``'reduction'``.
+
+    Parameters
+    ----------
+    x : dask.array.Array, shape (B, C, \\*spatial)
+        The probabilities (only ``shape`` and ``chunks`` are looked at).
+    cfg : Config, optional
+        Validated arguments; built from ``params`` (the keyword arguments of
+        :func:`rankseg_np.rankseg`) when omitted.
+    **params
+        ``metric``, ``smooth``, ``output_mode``, ``solver``, ...
+
+    Returns
+    -------
+    str
+        ``'blockwise'``: one task per chunk through the in-memory CPU path
+        (chunks hold whole images, or the metric is accuracy);
+        ``'reduction'``: RMA as chunked reductions (module docstring).
+
+    Raises
+    ------
+    NotImplementedError
+        A solver other than RMA on chunks that split images.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> from rankseg_np.dask import strategy
+    >>> x = da.random.random((8, 3, 64, 64), chunks=(2, 3, 64, 64))
+    >>> strategy(x)
+    'blockwise'
+    >>> strategy(x.rechunk((8, 3, 32, 32)))
+    'reduction'
+    """
+    if cfg is None:
+        cfg = check_config(int(x.shape[1]), **params)
+    if cfg.metric == "accuracy":
+        return "blockwise"
+    spatial_whole = all(len(c) == 1 for c in x.chunks[2:])
+    classes_whole = len(x.chunks[1]) == 1
+    if spatial_whole and (classes_whole or cfg.output_mode == "multilabel"):
+        return "blockwise"
+    if cfg.solver == "rma":
+        return "reduction"
+    if spatial_whole:  # exact multiclass with class chunks: merge the classes
+        return "blockwise"
+    raise NotImplementedError(
+        f"solver={cfg.solver!r} on a Dask array needs chunks that hold whole images (chunks along the "
+        f"batch axis only); got chunks {tuple(len(c) for c in x.chunks)} blocks per axis. Rechunk "
+        f"with whole_image_chunks(x) (rankseg_np.dask), i.e. x.rechunk({{0: 1, 1: -1, 2: -1, ...}}), "
+        f"or use solver='RMA', which supports any chunking."
+    )
+
+
+def whole_image_chunks(x: Any, images_per_chunk: int = 1) -> Any:
+    """Rechunk ``x`` along the batch axis only: every chunk holds whole images.
+
+    Parameters
+    ----------
+    x : dask.array.Array, shape (B, C, \\*spatial)
+    images_per_chunk : int, default 1
+
+    Returns
+    -------
+    dask.array.Array
+        The same values, chunks ``(images_per_chunk, C, *spatial)``: the
+        layout every solver accepts, processed one task per chunk.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> from rankseg_np.dask import whole_image_chunks
+    >>> x = da.random.random((4, 2, 32, 32), chunks=(4, 1, 16, 16))
+    >>> whole_image_chunks(x, 2).chunks
+    ((2, 2), (2,), (32,), (32,))
+    """
+    if isinstance(images_per_chunk, bool) or not isinstance(images_per_chunk, (int, np.integer)):
+        raise TypeError(f"images_per_chunk must be an int; got {type(images_per_chunk).__name__}")
+    if images_per_chunk < 1:
+        raise ValueError(f"images_per_chunk must be >= 1; got {images_per_chunk}")
+    return x.rechunk({0: int(images_per_chunk), **{a: -1 for a in range(1, x.ndim)}})
+
+
+def solve(x: Any, cfg: Config) -> Any:
+    """Lazy RankSEG on a Dask array ``(B, C, *spatial)``; the backend of :func:`rankseg_np.rankseg`.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        Probabilities with known chunk sizes, float16/float32/float64.
+    cfg : Config
+        Validated arguments (``rankseg_np._validate.check_config``).
+
+    Returns
+    -------
+    dask.array.Array
+        Labels ``(B, *spatial)`` int64 or masks ``(B, C, *spatial)`` bool,
+        not yet computed; equal to the in-memory answer (module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from rankseg_np import rankseg
+    >>> probs = np.random.default_rng(0).dirichlet(np.ones(3), size=(2, 32, 32)).transpose(0, 3, 1, 2)
+    >>> lazy = rankseg(da.from_array(probs, chunks=(1, 3, 16, 16)))   # spatial chunks
+    >>> type(lazy).__name__, lazy.shape
+    ('Array', (2, 32, 32))
+    >>> bool((lazy.compute() == rankseg(probs)).all())
+    True
+    """
+    if any(isinstance(s, float) and math.isnan(s) for s in x.shape):
+        raise ValueError("probs is a Dask array with unknown chunk sizes; call probs.compute_chunk_sizes() first")
+    check_probs_structure(x)
+    batch = int(x.shape[0])
+    dtype, drop = _out_meta(cfg)
+    if batch == 0:
+        shape = (0,) + tuple(x.shape[2:]) if drop else tuple(x.shape)
+        return da.zeros(shape, dtype=dtype)
+    if cfg.metric == "accuracy":
+        return _accuracy(x, cfg)
+    how = strategy(x, cfg)
+    if how == "blockwise":
+        if cfg.output_mode == "multiclass" and len(x.chunks[1]) > 1:
+            x = x.rechunk({1: -1})  # whole rows, classes in several chunks (exact multiclass)
+        return _blockwise(x, cfg)
+    return _reduce_rma(x, cfg)
