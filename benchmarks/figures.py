@@ -118,9 +118,10 @@ def draw(rows: list[dict], path: Path) -> None:
             if cm == "magma":
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         axes[r][0].set_ylabel("1 class, small objects" if binary else "4 classes, small objects", fontsize=9)
-    fig.suptitle("argmax / threshold vs RankSEG on calibrated synthetic scenes.  Changed pixels: green = RankSEG's "
-                 "label matches the truth there, red = it does not.  Dice rises even with more red than green: "
-                 f"every green pixel adds to the overlap  ({COMMAND})", fontsize=9)
+    fig.suptitle("argmax / threshold vs RankSEG on calibrated synthetic scenes (truth drawn pixel by pixel from p).  "
+                 "Changed pixels: green = RankSEG's label matches the truth there, red = it does not.\n"
+                 "Dice rises even with more red than green: every green pixel adds to the overlap, "
+                 f"which counts twice in Dice.   Regenerate: {COMMAND}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
