@@ -160,6 +160,7 @@ def _refuse_objects(dtype: np.dtype, where: str) -> None:
 
 
 def _npz_key(names: Sequence[str], key: str | None) -> str:
+    """The member to read from an archive or group: ``key``, the only one, or ``probs``."""
     if key is not None:
         if key not in names:
             raise InputError(f"no array named {key!r} (available: {', '.join(names) or 'none'})")
@@ -169,8 +170,8 @@ def _npz_key(names: Sequence[str], key: str | None) -> str:
     if "probs" in names:
         return "probs"
     if not names:
-        raise InputError("the .npz archive holds no arrays")
-    raise InputError(f"the .npz archive holds several arrays ({', '.join(names)}); choose one with --key")
+        raise InputError("holds no arrays")
+    raise InputError(f"holds several arrays ({', '.join(names)}) and none is named 'probs'; choose one with --key")
 
 
 def _file_kind(path: str) -> str:
@@ -212,7 +213,7 @@ def load_probs(path: str, key: str | None = None, lazy_chunks: Any = None) -> An
         return _load_zarr(path, key, lazy_chunks)
     if kind == NPY:
         with open(path, "rb") as f:
-            shape, dtype = _read_npy_header(f)
+            _shape, dtype = _read_npy_header(f)
         _refuse_objects(dtype, "")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -235,6 +236,10 @@ def load_probs(path: str, key: str | None = None, lazy_chunks: Any = None) -> An
                 raise
             except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
                 raise InputError(f"member {name!r} is corrupt ({_one_line(exc)})") from None
+    if arr.dtype.kind == "f" and not arr.dtype.isnative:
+        # Files written on big-endian machines (or with an explicit '>f4'):
+        # the solver works in native byte order.
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if lazy_chunks is not None:
         import dask.array as da
 
@@ -947,6 +952,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_negative_chunks(argv: list[str]) -> list[str]:
+    """``--chunks -1,512,512`` -> ``--chunks=-1,512,512``.
+
+    argparse reads a value starting with '-' (other than a plain negative
+    number) as an unknown option; ``-1`` is how a whole axis is written.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--chunks" and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] != "--":
+            out.append(f"--chunks={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``rankseg-np`` command line; returns the exit status.
 
@@ -959,7 +982,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_join_negative_chunks(list(sys.argv[1:] if argv is None else argv)))
     except SystemExit as exc:  # argparse exits on --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
     if args.command is None:

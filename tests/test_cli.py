@@ -171,6 +171,22 @@ def test_npz_key_selection(tmp_path, capsys):
     assert not (tmp_path / "o4.npy").exists() and not (tmp_path / "o5.npy").exists()
 
 
+def test_big_endian_and_empty_batch_files(tmp_path, capsys):
+    probs = probs_for(6)
+    np.save(tmp_path / "be.npy", probs.astype(">f4"))
+    np.savez(tmp_path / "be.npz", probs=probs.astype(">f8"))
+    for name in ("be.npy", "be.npz"):
+        rc, _, err = run(["predict", tmp_path / name, "-o", tmp_path / "o.npy"], capsys)
+        assert rc == 0, err
+        np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), rankseg(probs))
+    empty = np.zeros((0, 3, 4, 4), np.float32)
+    np.save(tmp_path / "empty.npy", empty)
+    rc, _, err = run(["predict", tmp_path / "empty.npy", "-o", tmp_path / "o.npy"], capsys)
+    assert rc == 0, err
+    got = np.load(tmp_path / "o.npy")
+    assert got.shape == rankseg(empty).shape == (0, 4, 4)
+
+
 def test_no_batch_axis(tmp_path, capsys):
     probs = probs_for(3, (1, 3, 8, 9))
     np.save(tmp_path / "img.npy", probs[0])
