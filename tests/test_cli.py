@@ -643,6 +643,20 @@ def test_demo_in_process(capsys):
     assert "mean Dice" in out and "mean IoU" in out and "background included" in out
 
 
+def test_demo_exact_rows_when_available(capsys):
+    pytest.importorskip("rankseg_np.cpu.exact")
+    rc, out, err = run(["demo", "--batch", "1", "--classes", "3", "--size", "12", "--metric", "dice", "--repeat", "1"],
+                       capsys)
+    assert rc == 0 and "skipped" not in err, err
+    rows = _table(out)
+    assert set(rows) == {"argmax", "RankSEG RMA dice", "RankSEG exact dice"}
+    probs, truth = synthetic_batch(1, 3, (12, 12), "mixed", seed=0)
+    classes = np.arange(3)[None, :, None, None]
+    pred = rankseg(probs, solver="exact")
+    assert rows["RankSEG exact dice"] == pytest.approx(
+        _mean_scores(pred[:, None] == classes, truth[:, None] == classes), abs=6e-5)
+
+
 def test_demo_multilabel_one_metric(capsys):
     rc, out, err = run(["demo", "--output-mode", "multilabel", "--metric", "iou", "--batch", "1", "--classes", "2",
                         "--size", "20", "--scenario", "small", "--repeat", "1", "--no-exact"], capsys)
@@ -674,7 +688,8 @@ def test_version_and_demo_as_subprocesses(tmp_path):
 
     proc = subprocess.run(script() + ["--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == f"rankseg-np {__version__}"
-    proc = subprocess.run(script() + ["demo", "--batch", "1", "--classes", "3", "--size", "16", "--repeat", "1"],
+    proc = subprocess.run(script() + ["demo", "--batch", "1", "--classes", "3", "--size", "16", "--repeat", "1",
+                                      "--no-exact"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert {"argmax", "RankSEG RMA dice", "RankSEG RMA iou"} <= set(_table(proc.stdout))
