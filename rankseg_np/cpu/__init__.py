@@ -31,6 +31,8 @@ def as_rows(probs: np.ndarray) -> np.ndarray:
     """``(B, C, *spatial)`` -> C-contiguous float32/float64 ``(B, C, d)``; copies only when needed."""
     if probs.dtype == np.float16:
         probs = probs.astype(np.float32)
+    elif not probs.dtype.isnative:  # e.g. '>f4' from a file: Numba needs native byte order
+        probs = probs.astype(probs.dtype.newbyteorder("="))
     b, c = probs.shape[:2]
     d = int(np.prod(probs.shape[2:]))
     return np.ascontiguousarray(probs.reshape(b, c, d))
