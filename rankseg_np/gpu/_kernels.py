@@ -29,7 +29,10 @@ index of the sole claimant.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
+
+from .._decision import DELTA_TIE_RTOL
 
 NONE = -2
 MANY = -1
@@ -140,35 +143,49 @@ class XpKernels:
     def conflicts(
         self, p3, threshold, tie_end, active, state, tau, mu, m, metric, smooth, void, void_index
     ) -> Any:
-        """int64 labels ``(B, d)``: sole claimants keep their pixel, the rest by largest increment."""
+        """int64 labels ``(B, d)``: sole claimants keep their pixel, the rest by largest increment.
+
+        Ties: the lowest class whose increment is within ``DELTA_TIE_RTOL``
+        (relative) of the best one, as ``cpu.multiclass._first_within``.  Two
+        passes over the classes (the best score, then the first class within
+        the tolerance) recompute the scores instead of storing ``(B, C, d)``.
+        """
         xp = self.xp
         b, c, d = p3.shape
         idx = xp.arange(d)
         many = state == MANY
         none = state == NONE
         any_active = xp.any(active, axis=1)
-        best = xp.full((b, d), -xp.inf)
-        arg = xp.zeros((b, d), dtype=xp.int64)
-        errstate = getattr(xp, "errstate", None)
-        for cls in range(c):
+
+        def scores(cls):
             v = p3[:, cls]
             claimed = self._claimed(v, threshold[:, cls], tie_end[:, cls], idx) & active[:, cls, None]
             # Only claimants compete for a contested pixel; for an unclaimed
             # one the active classes compete (all classes if none is active).
             unclaimed_ok = active[:, cls] | ~any_active
             eligible = (many & claimed) | (none & unclaimed_ok[:, None])
-            if errstate is not None:
-                with errstate(divide="ignore", invalid="ignore"):
-                    inc = self.increment(v, metric, smooth, tau[:, cls, None], mu[:, cls, None], m[:, cls, None])
-            else:
+            with _errstate(xp):
                 inc = self.increment(v, metric, smooth, tau[:, cls, None], mu[:, cls, None], m[:, cls, None])
-            win = eligible & (inc > best)  # strict: ties stay with the lower class index
-            best = xp.where(win, inc, best)
-            arg = xp.where(win, cls, arg)
+            return xp.where(eligible, inc, -xp.inf)
+
+        best = xp.full((b, d), -xp.inf)
+        for cls in range(c):
+            best = xp.maximum(best, scores(cls))
+        floor = best - DELTA_TIE_RTOL * xp.abs(best)
+        arg = xp.full((b, d), -1, dtype=xp.int64)
+        for cls in range(c):
+            arg = xp.where((arg < 0) & (scores(cls) >= floor), cls, arg)
+        arg = xp.where(arg < 0, 0, arg)
         labels = xp.where(state >= 0, state.astype(xp.int64), arg)
         if void:
             labels = xp.where(none, xp.asarray(void_index, dtype=xp.int64), labels)
         return labels
+
+
+def _errstate(xp: Any):
+    """Silence NumPy's division warnings on entries that are masked out anyway."""
+    errstate = getattr(xp, "errstate", None)
+    return errstate(divide="ignore", invalid="ignore") if errstate is not None else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- #
@@ -246,19 +263,29 @@ if (st >= 0) {
     const ptrdiff_t px = i - b * d;
     bool any_active = false;
     for (ptrdiff_t c = 0; c < n_cls; ++c) any_active = any_active || active[b * n_cls + c];
+    // Pass 1: the best increment among the eligible classes.  Pass 2: the
+    // lowest eligible class within tie_rtol of it (cpu.multiclass._first_within).
     double best = -__longlong_as_double(0x7ff0000000000000LL);  // -inf
     long long arg = 0;
-    for (ptrdiff_t c = 0; c < n_cls; ++c) {
-        const ptrdiff_t r = b * n_cls + c;
-        const double v = (double)p[r * d + px];
-        if (st == -1) {  // contested: only claimants compete
-            const double t = thr[r];
-            if (!(active[r] && (v > t || (v == t && px < tie[r])))) continue;
-        } else if (any_active && !active[r]) {  // unclaimed: active classes compete
-            continue;
+    for (int pass = 0; pass < 2; ++pass) {
+        const double floor_ = best - tie_rtol * fabs(best);
+        for (ptrdiff_t c = 0; c < n_cls; ++c) {
+            const ptrdiff_t r = b * n_cls + c;
+            const double v = (double)p[r * d + px];
+            if (st == -1) {  // contested: only claimants compete
+                const double t = thr[r];
+                if (!(active[r] && (v > t || (v == t && px < tie[r])))) continue;
+            } else if (any_active && !active[r]) {  // unclaimed: active classes compete
+                continue;
+            }
+            const double inc = rs_increment(v, metric, smooth, tau[r], mu[r], msum[r]);
+            if (pass == 0) {
+                best = inc > best ? inc : best;
+            } else if (inc >= floor_) {
+                arg = c;
+                break;
+            }
         }
-        const double inc = rs_increment(v, metric, smooth, tau[r], mu[r], msum[r]);
-        if (inc > best) { best = inc; arg = c; }  // strict: ties to the lowest class
     }
     lab = arg;
 }
@@ -326,7 +353,7 @@ class CupyKernels(XpKernels):
         self._conflicts = cp.ElementwiseKernel(
             "int32 st, raw T p, raw float64 thr, raw int64 tie, raw bool active, "
             "raw float64 tau, raw float64 mu, raw float64 msum, int64 n_cls, int64 d, "
-            "int32 metric, float64 smooth, bool use_void, int64 void_index",
+            "int32 metric, float64 smooth, bool use_void, int64 void_index, float64 tie_rtol",
             "int64 lab",
             _CONFLICTS_OP,
             name="rankseg_conflicts",
@@ -384,6 +411,7 @@ class CupyKernels(XpKernels):
         self._conflicts(
             state, p3, cp.ascontiguousarray(threshold), cp.ascontiguousarray(tie_end),
             cp.ascontiguousarray(active), cp.ascontiguousarray(tau), cp.ascontiguousarray(mu),
-            cp.ascontiguousarray(m), c, d, metric, float(smooth), bool(void), int(void_index), lab,
+            cp.ascontiguousarray(m), c, d, metric, float(smooth), bool(void), int(void_index),
+            DELTA_TIE_RTOL, lab,
         )
         return lab

@@ -1,0 +1,424 @@
+"""The GPU backend against the CPU (Numba) path and the NumPy reference.
+
+The GPU algorithm (``rankseg_np.gpu._core``) is written once against an array
+namespace.  Every comparison below is parametrised over where it runs:
+
+* ``xp-numpy``: the GPU code with ``xp = numpy`` and the array-code primitives,
+  in the default suite (no GPU needed);
+* ``cupy-fused`` / ``cupy-xp``: the same code on a CUDA device with the fused
+  CuPy kernels or with the array-code primitives, marked ``gpu`` and skipped
+  without CuPy and a device (run with ``pytest -m gpu tests/test_gpu.py``).
+
+Answers must equal the CPU path's, except on ties: a row's mask may differ
+only if both masks have the same float64 RMA objective, and a label only
+where the two classes' increment scores are equal to float64 noise.  Sums
+are accumulated in different orders (pairwise in NumPy, a tree on CUDA,
+sequentially in Numba), which is what can move a zero-gain pixel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rankseg_np import _reference as ref
+from rankseg_np import cpu, gpu
+from rankseg_np._validate import check_config
+from rankseg_np.gpu import _core, _kernels
+from strategies import make_probs, prob_arrays, rma_params
+
+TIE_RTOL = 1e-12  # see tests/test_rma.py: ties agree to ~1e-15, real differences are >= ~1e-4
+INC_RTOL = 1e-11  # increment scores of two tied classes, computed from sums in different orders
+
+HAVE_GPU = gpu.is_available()
+needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs CuPy and a CUDA device")]
+
+RUNNERS = [
+    pytest.param(("numpy", False), id="xp-numpy"),
+    pytest.param(("cupy", True), id="cupy-fused", marks=needs_gpu),
+    pytest.param(("cupy", False), id="cupy-xp", marks=needs_gpu),
+]
+
+
+@pytest.fixture(params=RUNNERS, scope="module")
+def run(request):
+    """``run(probs_numpy, cfg) -> numpy answer`` of the GPU code on the chosen namespace."""
+    name, fused = request.param
+    if name == "numpy":
+        return lambda probs, cfg: gpu.solve_with(probs, cfg, np, fused=False)
+    import cupy
+
+    def on_cupy(probs, cfg):
+        out = gpu.solve_with(cupy.asarray(probs), cfg, cupy, fused=fused)
+        assert isinstance(out, cupy.ndarray)
+        return cupy.asnumpy(out)
+
+    return on_cupy
+
+
+def cfg_for(probs, params, **overrides):
+    return check_config(probs.shape[1], **{**params, **overrides})
+
+
+def multilabel_params(params):
+    return {k: v for k, v in params.items() if k not in ("unassigned_policy", "void_index")} | {
+        "output_mode": "multilabel"
+    }
+
+
+def assert_masks_tie_equal(probs, ours, expected, metric, smooth):
+    """Equal masks, or per row (a tie) the same float64 RMA objective."""
+    b, c = probs.shape[:2]
+    p2 = probs.astype(np.float64).reshape(b * c, -1)
+    o2, e2 = ours.reshape(b * c, -1), expected.reshape(b * c, -1)
+    for r in np.flatnonzero((o2 != e2).any(axis=1)):
+        a = ref.rma_objective(p2[r], o2[r], metric, smooth)
+        e = ref.rma_objective(p2[r], e2[r], metric, smooth)
+        assert a == pytest.approx(e, rel=TIE_RTOL, abs=1e-15), (r, p2[r], o2[r], e2[r])
+
+
+def assert_labels_tie_equal(probs, ours, expected, masks, cfg):
+    """Equal labels, except pixels where both classes' increment scores tie (to float64 noise)."""
+    differ = ours != expected
+    if not differ.any():
+        return
+    b, c = probs.shape[:2]
+    p3 = probs.astype(np.float64).reshape(b, c, -1)
+    m3 = masks.reshape(b, c, -1)
+    sole = m3 & (m3.sum(axis=1) == 1)[:, None]
+    inc = ref.increments(p3, sole.sum(2).astype(float), (p3 * sole).sum(2), p3.sum(2), cfg.metric, cfg.smooth)
+    o, e = ours.reshape(b, -1), expected.reshape(b, -1)
+    for bi, i in zip(*np.nonzero(differ.reshape(b, -1))):
+        assert 0 <= o[bi, i] < c and 0 <= e[bi, i] < c, (o[bi, i], e[bi, i])
+        assert inc[bi, o[bi, i], i] == pytest.approx(inc[bi, e[bi, i], i], rel=INC_RTOL, abs=1e-15)
+
+
+# --------------------------------------------------------------------------- #
+# The comparison suite
+# --------------------------------------------------------------------------- #
+
+@settings(max_examples=120)
+@given(probs=prob_arrays(), params=rma_params(output_mode="multilabel"))
+def test_multilabel_matches_cpu(run, probs, params):
+    cfg = cfg_for(probs, params)
+    ours = run(probs, cfg)
+    expected = cpu.solve(probs, cfg)
+    assert ours.dtype == np.bool_ and ours.shape == probs.shape
+    assert_masks_tie_equal(probs, ours, expected, cfg.metric, cfg.smooth)
+
+
+@settings(max_examples=120)
+@given(probs=prob_arrays(min_class=2), params=rma_params(output_mode="multiclass"))
+def test_multiclass_matches_cpu_and_reference_resolution(run, probs, params):
+    cfg = cfg_for(probs, params)
+    ours = run(probs, cfg)
+    b, c = probs.shape[:2]
+    assert ours.dtype == np.int64 and ours.shape == (b,) + probs.shape[2:]
+
+    ml_cfg = cfg_for(probs, multilabel_params(params))
+    masks = run(probs, ml_cfg)
+    cpu_masks = cpu.solve(probs, ml_cfg)
+    assert_masks_tie_equal(probs, masks, cpu_masks, cfg.metric, cfg.smooth)
+
+    # The resolution stage against the oracle, on our own per-class masks.
+    _, active = ref.binary_masks(probs, cfg)
+    expected = ref.resolve(probs, masks, active, cfg).reshape(ours.shape)
+    assert_labels_tie_equal(probs, ours, expected, masks, cfg)
+    if np.array_equal(masks, cpu_masks):  # same masks: the CPU labels too
+        assert_labels_tie_equal(probs, ours, cpu.solve(probs, cfg), masks, cfg)
+
+
+PARAM_GRID = [
+    dict(metric=m, smooth=s, pruning_prob=pp)
+    for m in ("dice", "iou")
+    for s in (0.0, 0.5, 4.0)
+    for pp in (0.5, 0.1)
+]
+
+
+@pytest.mark.parametrize("params", PARAM_GRID, ids=lambda p: "{metric}-s{smooth}-pp{pruning_prob}".format(**p))
+def test_continuous_inputs_identical_to_cpu(run, params):
+    """No ties in continuous data: masks and labels must be identical, all dtypes and ranks."""
+    cases = [
+        ((2, 4, 17, 13), np.float32, "softmax", 1),
+        ((1, 3, 6, 7, 5), np.float64, "softmax", 2),  # a 3-D volume
+        ((3, 2, 40), np.float16, "sigmoid", 3),
+        ((2, 5, 12, 12), np.float32, "uniform", 4),
+    ]
+    for shape, dtype, kind, seed in cases:
+        probs = make_probs(shape, dtype, kind, seed)
+        for mode, extra in (("multilabel", {}), ("multiclass", {}), ("multiclass", {"unassigned_policy": "void", "void_index": -7})):
+            cfg = cfg_for(probs, params, output_mode=mode, **extra)
+            ours, expected = run(probs, cfg), cpu.solve(probs, cfg)
+            assert ours.dtype == expected.dtype and ours.shape == expected.shape
+            np.testing.assert_array_equal(ours, expected, err_msg=f"{shape} {dtype} {kind} {mode} {extra}")
+
+
+def test_smooth_band_handles_tie_groups_like_the_reference(run):
+    """Dice with smooth > 0 on quantised probabilities: tie groups sit in the band.
+
+    Within a tie group of value q the objective's increments have the sign of
+    ``(2 phi - g)(A + tau) - 2 g`` with ``phi`` constant, so they change sign at
+    most once, from - to +: the best volume is at a group boundary and the
+    whole group is in or out (``tie_end == d``), which the test checks is
+    exercised.  (The partial cut inside a group is kept for float rounding.)
+    """
+    rng = np.random.default_rng(5)
+    whole_groups = 0
+    for _ in range(60):
+        d = int(rng.integers(1, 40))
+        probs = np.round(rng.uniform(0, 1, (2, 2, d)), 1)
+        probs[:, :, 0] = 0.9
+        smooth = float(rng.choice([0.05, 0.5, 3.0, 30.0]))
+        cfg = check_config(2, smooth=smooth, output_mode="multilabel")
+        ours = run(probs, cfg)
+        assert_masks_tie_equal(probs, ours, ref.rankseg_reference(probs, cfg), "dice", smooth)
+        decision = _core.decide(_core.as_rows(probs, np), cfg, np, _kernels.XpKernels(np))
+        whole_groups += int((decision.tie_end == d).sum())
+    assert whole_groups > 0
+
+
+# Rows whose RMA curve has several exact maxima (dyadic values: every sum and
+# most ratios are exact in float64), found by an exhaustive search over
+# multiples of 1/16; the test re-checks the ties with exact fractions.
+EXACT_TIE_ROWS = [
+    ("dice", 0.0, [5 / 8, 7 / 16, 7 / 16, 1 / 4, 1 / 4]),
+    ("iou", 0.0, [15 / 16, 7 / 8, 7 / 16, 3 / 8, 1 / 4, 1 / 8]),
+    ("iou", 1.0, [3 / 4, 1 / 2, 3 / 8, 1 / 4, 1 / 8, 0.0]),
+    ("dice", 0.5, [5 / 8, 9 / 16, 5 / 16]),
+]
+
+
+def _exact_curve(q, metric, smooth):
+    from fractions import Fraction
+
+    q = [Fraction(v) for v in sorted(q, reverse=True)]
+    g, mu, s, out = Fraction(smooth), sum(q), Fraction(0), []
+    for tau in range(len(q) + 1):
+        s += q[tau - 1] if tau else 0
+        if metric == "dice":
+            out.append(2 * s / (mu + tau + g + 1) + (g / (mu + tau + g) if g else 0))
+        else:
+            den = mu - s + tau + g
+            out.append((s + g) / den if den else Fraction(0))
+    return out[1:] if smooth == 0 else out
+
+
+@pytest.mark.parametrize("metric, smooth, row", EXACT_TIE_ROWS)
+def test_exact_ties_pick_the_smallest_optimal_mask(run, metric, smooth, row):
+    """On an exact tie of volumes the smallest optimal top-tau set wins (first argmax), like the reference."""
+    curve = _exact_curve(row, metric, smooth)
+    assert curve.count(max(curve)) > 1  # the input really is a tie
+    rng = np.random.default_rng(0)
+    p = np.array(row)[rng.permutation(len(row))]
+    probs = np.stack([p, 1.0 - p])[None]  # (1, 2, d): also a valid multiclass input
+    cfg = check_config(2, metric=metric, smooth=smooth, output_mode="multilabel")
+    ours = run(probs, cfg)
+    # Every sum here is exact in any order, so the CPU's Dinkelbach / band
+    # arithmetic is bit-for-bit ours: the same (smallest) mask.
+    np.testing.assert_array_equal(ours, cpu.solve(probs, cfg))
+    # The reference evaluates each volume's ratio separately; where an exact
+    # tie rounds differently there, only the objective must agree.
+    assert_masks_tie_equal(probs, ours, ref.rankseg_reference(probs, cfg), metric, smooth)
+    if metric == "dice":  # here the reference's float64 curve keeps the tie exact: same volume
+        np.testing.assert_array_equal(ours, ref.rankseg_reference(probs, cfg))
+
+
+def test_degenerate_inputs(run):
+    cases = {
+        "single pixel": np.array([[[0.7], [0.3]], [[0.2], [0.8]]]),
+        "all pruned": np.full((2, 3, 4, 4), 1 / 3),
+        "zeros and ones": make_probs((2, 3, 5, 5), np.float64, "zero_one", 9),
+        "constant row": np.concatenate([np.full((1, 1, 30), 0.6), np.full((1, 1, 30), 0.4)], axis=1),
+    }
+    for name, probs in cases.items():
+        for params in (dict(), dict(metric="iou"), dict(smooth=1.0), dict(pruning_prob=0.0), dict(pruning_prob=1.0)):
+            for mode in ("multiclass", "multilabel"):
+                cfg = cfg_for(probs, params, output_mode=mode)
+                np.testing.assert_array_equal(run(probs, cfg), cpu.solve(probs, cfg), err_msg=f"{name} {params} {mode}")
+
+
+def test_empty_batch(run):
+    probs = np.zeros((0, 3, 4, 4), dtype=np.float32)
+    assert run(probs, check_config(3)).shape == (0, 4, 4)
+    masks = run(probs, check_config(3, output_mode="multilabel"))
+    assert masks.shape == probs.shape and masks.dtype == np.bool_
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1.5, -0.25])
+def test_bad_values_raise_like_cpu(run, value):
+    probs = make_probs((2, 3, 4, 4), np.float32, "softmax", 0)
+    probs[1, 2, 3, 1] = value
+    for cfg in (check_config(3), check_config(3, metric="acc", solver="argmax")):
+        with pytest.raises(ValueError) as cpu_err:
+            cpu.solve(probs, cfg)
+        with pytest.raises(ValueError) as our_err:
+            run(probs, cfg)
+        assert str(our_err.value) == str(cpu_err.value)
+
+
+def test_accuracy_solvers_match_cpu(run):
+    probs = make_probs((2, 4, 9, 9), np.float32, "softmax", 3)
+    for params in (dict(metric="acc", solver="argmax"), dict(metric="acc", output_mode="multilabel", solver="TR")):
+        cfg = cfg_for(probs, params)
+        np.testing.assert_array_equal(run(probs, cfg), cpu.solve(probs, cfg))
+    cfg = cfg_for(probs, dict(metric="acc", output_mode="multilabel", solver="argmax"))
+    with pytest.warns(UserWarning, match="one-hot"):
+        ours = run(probs, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(ours, cpu.solve(probs, cfg))
+    one = make_probs((3, 1, 20), np.float64, "sigmoid", 4)
+    cfg = check_config(1, metric="acc", output_mode="multilabel", solver="TR")
+    np.testing.assert_array_equal(run(one, cfg), one > 0.5)
+
+
+def _cpu_module_exists(solver: str) -> bool:
+    return importlib.util.find_spec(f"rankseg_np.cpu.{cpu.SOLVER_MODULES[solver]}") is not None
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(solver="exact"),
+        dict(solver="exact", metric="iou", output_mode="multilabel"),
+        dict(solver="BA", output_mode="multilabel"),
+        dict(solver="TRNA", output_mode="multilabel"),
+        dict(solver="BA+TRNA", output_mode="multilabel"),
+    ],
+    ids=lambda p: f"{p['solver']}-{p.get('metric', 'dice')}-{p.get('output_mode', 'multiclass')}",
+)
+def test_host_solvers_match_cpu_or_say_not_implemented(run, params):
+    """Solvers without a device version run on the host: same answer as the CPU, or a clear error."""
+    probs = make_probs((2, 3, 8, 8), np.float32, "softmax", 6)
+    cfg = cfg_for(probs, params)
+    if not _cpu_module_exists(cfg.solver):
+        with pytest.raises(NotImplementedError, match=f"solver={cfg.solver!r}"):
+            run(probs, cfg)
+        return
+    np.testing.assert_array_equal(run(probs, cfg), cpu.solve(probs, cfg))
+
+
+def test_constants_agree_with_cpu():
+    from rankseg_np.cpu import rma
+
+    assert _core.MAX_STEPS == rma.MAX_STEPS
+    assert _core.BAND_SLACK == rma.BAND_SLACK
+
+
+def test_numpy_path_is_read_only_and_does_not_mutate():
+    probs = make_probs((2, 3, 10, 10), np.float32, "softmax", 8)
+    probs.setflags(write=False)
+    before = probs.copy()
+    for params in (dict(), dict(smooth=1.0, output_mode="multilabel"), dict(metric="iou")):
+        gpu.solve_with(probs, check_config(3, **params), np)
+    np.testing.assert_array_equal(probs, before)
+
+
+@pytest.mark.parametrize("budget", [1, 7, 64])
+def test_row_blocks_do_not_change_the_answer(monkeypatch, budget):
+    """The fallback processes rows in blocks to bound temporaries; block size must not matter."""
+    probs = make_probs((3, 4, 9, 11), np.float32, "softmax", 12)
+    expected = {s: cpu.solve(probs, check_config(4, smooth=s)) for s in (0.0, 2.0)}
+    monkeypatch.setattr(_kernels, "BLOCK_ELEMENTS", budget * 99)
+    monkeypatch.setattr(_core, "BAND_BLOCK_ELEMENTS", budget * 99)
+    for s, exp in expected.items():
+        np.testing.assert_array_equal(gpu.solve_with(probs, check_config(4, smooth=s), np), exp)
+
+
+# --------------------------------------------------------------------------- #
+# GPU only: fused kernels against the array-code fallback, dispatch, memory
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_GPU, reason="needs CuPy and a CUDA device")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_primitives_match_fallback(dtype):
+    import cupy
+
+    fused, plain = gpu.kernels_for(cupy, True), gpu.kernels_for(cupy, False)
+    assert fused.fused and not plain.fused
+    for seed, shape in enumerate([(2, 3, 1000), (4, 21, 4096), (1, 2, 1)]):
+        probs = make_probs(shape, dtype, "softmax", seed)
+        p3 = cupy.asarray(probs)
+        b, c, d = shape
+        p2 = p3.reshape(b * c, d)
+        t = cupy.asarray(np.random.default_rng(seed).uniform(0, 1, b * c))
+        for a, e in zip(fused.masked_sum_count(p2, t), plain.masked_sum_count(p2, t)):
+            cupy.testing.assert_allclose(a, e, rtol=1e-13, atol=0)
+        fa, pa = fused.first_pass(p2), plain.first_pass(p2)
+        for a, e in zip(fa, pa):
+            cupy.testing.assert_allclose(a.astype(float), e.astype(float), rtol=1e-13, atol=0)
+        cfg = check_config(c, output_mode="multiclass")
+        dec = _core.rma_decide(p3, cfg, cupy, plain)
+        thr, tie, act, mu = dec
+        tie = cupy.where(act, cupy.asarray(np.random.default_rng(seed).integers(0, d + 1, (b, c))), 0)
+        cupy.testing.assert_array_equal(fused.materialize(p3, thr, tie), plain.materialize(p3, thr, tie))
+        st_f, st_p = fused.claims(p3, thr, tie, act), plain.claims(p3, thr, tie, act)
+        cupy.testing.assert_array_equal(st_f, st_p)
+        (tau_f, m_f), (tau_p, m_p) = fused.sole_sums(p3, st_p), plain.sole_sums(p3, st_p)
+        cupy.testing.assert_array_equal(tau_f, tau_p)
+        cupy.testing.assert_allclose(m_f, m_p, rtol=1e-13, atol=0)
+        for metric, smooth, void in ((0, 0.0, False), (0, 1.5, True), (1, 0.0, False), (1, 0.5, False)):
+            args = (p3, thr, tie, act, st_p, tau_p, mu, m_p, metric, smooth, void, 255)
+            cupy.testing.assert_array_equal(fused.conflicts(*args), plain.conflicts(*args))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_GPU, reason="needs CuPy and a CUDA device")
+def test_rankseg_on_cupy_returns_cupy_on_the_same_device():
+    import cupy
+
+    from rankseg_np import rankseg
+
+    probs = make_probs((2, 3, 32, 32), np.float32, "softmax", 1)
+    for dev in range(min(2, cupy.cuda.runtime.getDeviceCount())):
+        with cupy.cuda.Device(dev):
+            x = cupy.asarray(probs)
+        before = x.copy()
+        out = rankseg(x)
+        assert isinstance(out, cupy.ndarray) and out.device.id == dev and out.dtype == cupy.int64
+        np.testing.assert_array_equal(cupy.asnumpy(out), rankseg(probs))
+        cupy.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_GPU, reason="needs CuPy and a CUDA device")
+def test_torch_cuda_round_trip_is_zero_copy():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    from rankseg_np import rankseg
+
+    probs = make_probs((2, 3, 16, 24), np.float32, "softmax", 2)
+    t = torch.from_numpy(probs).cuda().transpose(2, 3).requires_grad_(True)
+    out = rankseg(t, output_mode="multilabel")
+    assert isinstance(out, torch.Tensor) and out.device == t.device and out.dtype == torch.bool
+    np.testing.assert_array_equal(out.cpu().numpy(), rankseg(np.ascontiguousarray(probs.transpose(0, 1, 3, 2)), output_mode="multilabel"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_GPU, reason="needs CuPy and a CUDA device")
+def test_rma_extra_device_memory_is_bounded():
+    """No full-size index or sort buffers: the RMA path fits in input + output + O(B*C) + (B, d) scratch."""
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    b, c, h, w = 2, 8, 256, 256
+    x = cupy.asarray(make_probs((b, c, h, w), np.float32, "softmax", 3))
+    cfg = check_config(c)
+    gpu.solve(x, cfg)  # compile kernels first
+    pool.free_all_blocks()
+    labels_bytes = b * h * w * 8
+    state_bytes = b * h * w * 4
+    slack = 1 << 20
+    pool.set_limit(size=pool.used_bytes() + labels_bytes + state_bytes + slack)
+    try:
+        gpu.solve(x, cfg)  # would raise OutOfMemoryError with any full-size temporary
+    finally:
+        pool.set_limit(size=0)
