@@ -29,7 +29,7 @@ SOLVER_MODULES = {
 
 def as_rows(probs: np.ndarray) -> np.ndarray:
     """``(B, C, *spatial)`` -> C-contiguous float32/float64 ``(B, C, d)``; copies only when needed."""
-    if probs.dtype == np.float16:
+    if probs.dtype.itemsize == 2:  # float16, either byte order: Numba has no float16
         probs = probs.astype(np.float32)
     elif not probs.dtype.isnative:  # e.g. '>f4' from a file: Numba needs native byte order
         probs = probs.astype(probs.dtype.newbyteorder("="))
