@@ -20,7 +20,12 @@ pixel against pixels, one panel per class count) into ``--out``.  Any other
 ``--backend cupy`` on a GPU machine) is added to the table and the plot as
 extra rows.  ``--quick`` runs a small grid and writes ``speed_quick.*``.
 
-Run: ``python benchmarks/speed.py`` (minutes on 2 cores) or ``--quick`` (seconds).
+``--threads 1`` pins Numba and torch to one thread (``np.argmax`` uses one):
+on a machine shared with other jobs, multithreaded calls on small arrays
+spend most of their time waiting for a busy core, and single-threaded times
+are the stable, comparable figure.
+
+Run: ``python benchmarks/speed.py --threads 1`` (minutes on 2 cores) or ``--quick`` (seconds).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ CLASSES = (1, 4, 21, 150)
 QUICK_SIZES = (64, 128)
 QUICK_CLASSES = (1, 4, 21)
 BASELINES = ("np.argmax", "p > 0.5")
+THREADS = [0]  # --threads: 0 = the libraries' defaults
 
 
 def make_probs(num_class: int, size: int, seed: int = 0) -> np.ndarray:
@@ -113,6 +119,8 @@ def cpu_methods(probs: np.ndarray, notes: set[str]) -> dict:
     except ImportError:
         notes.add("`rankseg` 0.0.8 skipped: not installed (pip install -e .[compat]).")
         return out
+    if THREADS[0]:
+        torch.set_num_threads(THREADS[0])
     tensor = torch.from_numpy(probs)
     out["rankseg 0.0.8 RMA dice"] = lambda: reference.RankSEG(metric="dice", output_mode=mode).predict(tensor)
     out["rankseg 0.0.8 BA dice" + ("" if c == 1 else " (multilabel)")] = lambda: reference.RankSEG(
@@ -169,6 +177,15 @@ def best_time(fn, repeat: int, min_total: float = 0.25, max_calls: int = 50) -> 
     return warm, best
 
 
+def set_threads(n: int) -> None:
+    """Pin Numba (and, when it is used, torch) to ``n`` threads; 0 leaves the defaults."""
+    THREADS[0] = n
+    if n:
+        import numba
+
+        numba.set_num_threads(n)
+
+
 def device_name(backend: str) -> str:
     if backend == "cupy":  # pragma: no cover - needs a GPU
         import cupy as cp
@@ -180,14 +197,18 @@ def device_name(backend: str) -> str:
         threads = numba.get_num_threads()
     except Exception:  # pragma: no cover
         threads = os.cpu_count()
-    return f"CPU {platform.machine()}, {os.cpu_count()} cores, {threads} Numba threads"
+    torch_threads = f", torch {THREADS[0]}" if THREADS[0] else ""
+    return f"CPU {platform.machine()}, {os.cpu_count()} cores, {threads} Numba thread{'s' if threads > 1 else ''}{torch_threads}"
 
 
 def run_study(quick: bool, backend: str = "numpy", repeat: int = 3, max_elements: int = 2**26,
-              max_seconds: float = 10.0, verbose: bool = True) -> dict:
+              max_seconds: float = 10.0, verbose: bool = True, sizes=None, classes=None, methods=None) -> dict:
+    """Time every method over the grid; ``sizes``, ``classes`` and ``methods`` (names to keep; the
+    baseline is always kept) narrow it, e.g. for a notebook."""
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    sizes = QUICK_SIZES if quick else SIZES
-    classes = QUICK_CLASSES if quick else CLASSES
+    keep = None if methods is None else set(methods) | set(BASELINES)
+    sizes = sizes or (QUICK_SIZES if quick else SIZES)
+    classes = classes or (QUICK_CLASSES if quick else CLASSES)
     notes: set[str] = set()
     device = device_name(backend)
     records = []
@@ -198,9 +219,11 @@ def run_study(quick: bool, backend: str = "numpy", repeat: int = 3, max_elements
                 notes.add(f"arrays above {max_elements:,} values skipped (e.g. {c} classes at {size}^2).")
                 continue
             probs = make_probs(c, size)
-            methods = (cupy_methods if backend == "cupy" else cpu_methods)(probs, notes)
+            calls = (cupy_methods if backend == "cupy" else cpu_methods)(probs, notes)
             base = None
-            for name, fn in methods.items():
+            for name, fn in calls.items():
+                if keep is not None and name not in keep:
+                    continue
                 if (c, name) in last:
                     # Time grows at least linearly in the pixels: skip calls predicted to be too long.
                     prev_seconds, prev_pixels = last[(c, name)]
@@ -218,8 +241,9 @@ def run_study(quick: bool, backend: str = "numpy", repeat: int = 3, max_elements
                 if verbose:
                     print(f"  C={c:<3} {size:>4}^2  {name:<36} {seconds:9.5f} s  x{rec['x_baseline']:.2f}",
                           file=sys.stderr, flush=True)
-            del probs, methods
-    return {"command": COMMAND + (" --quick" if quick else ""), "device": device,
+            del probs, calls
+    command = COMMAND + (" --quick" if quick else "") + (f" --threads {THREADS[0]}" if THREADS[0] else "")
+    return {"command": command, "device": device,
             "version": rankseg_np.__version__, "numpy": np.__version__, "repeat": repeat,
             "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")],
             "records": records, "notes": sorted(notes)}
@@ -318,8 +342,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--max-elements", type=int, default=2**26, help="skip arrays with more float32 values")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="skip calls predicted to take longer")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="Numba and torch threads (default: their own defaults); 1 = single-threaded, "
+                             "like np.argmax, and the stable choice on a busy machine")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     study = run_study(args.quick, args.backend, args.repeat, args.max_elements, args.max_seconds)
     if args.backend == "cupy":
         study["command"] += " --backend cupy"
