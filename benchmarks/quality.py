@@ -215,12 +215,43 @@ def _fmt(x: float | None, ci: float | None = None, digits: int = 4, signed: bool
     return text if ci is None or np.isnan(ci) else f"{text} ± {ci:.{digits}f}"
 
 
+def summary(study: Study) -> str:
+    """One row per scenario: the plain score and the RMA (and exact, when present) gains, Dice and IoU."""
+    solvers = [m for m in ("RMA", "exact") if any(r.method == m for r in study.records)]
+    head = "| scenario |"
+    for metric in ("Dice", "IoU"):
+        head += f" {metric}: plain |" + "".join(f" {metric}: {m} gain |" for m in solvers)
+    expected = any(r.expected is not None for r in study.records)
+    if expected:  # exact expected Dice under the model's probabilities (calibrated scenarios)
+        head += " E[Dice]: plain |" + "".join(f" E[Dice]: {m} |" for m in solvers)
+    lines = [head, "|---|" + "---:|" * ((2 + 2 * len(solvers)) + (1 + len(solvers) if expected else 0))]
+    for name in dict.fromkeys(r.scenario for r in study.records):
+        row = f"| {name} |"
+        for metric in ("dice", "iou"):
+            recs = {r.method: r for r in study.records if r.scenario == name and r.metric == metric}
+            plain = next(r for m, r in recs.items() if m in ("argmax", "threshold 0.5"))
+            row += f" {plain.score:.3f} |"
+            for m in solvers:
+                row += f" {_fmt(recs[m].gain, recs[m].gain_ci, digits=3, signed=True)} |" if m in recs else " — |"
+        if expected:
+            recs = {r.method: r for r in study.records if r.scenario == name and r.metric == "dice"}
+            plain = next(r for m, r in recs.items() if m in ("argmax", "threshold 0.5"))
+            row += f" {_fmt(plain.expected)} |" + "".join(
+                f" {_fmt(recs[m].expected) if m in recs else '—'} |" for m in solvers)
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
 def markdown(study: Study) -> str:
     cmd = COMMAND + (" --quick" if study.quick else "")
     lines = [
         f"Regenerate: `{cmd}` (rankseg_np {rankseg_np.__version__}, numpy {np.__version__}, "
         f"{platform.machine()}).  Scores: mean over images of the per-image mean over classes; "
-        "± is the 95% t-interval over images; the gain is paired with the plain decision on the same images.",
+        "± is the 95% t-interval over images; the gain is paired with the plain decision "
+        "(argmax, or threshold 0.5 for independent masks) on the same images.",
+        "",
+        summary(study),
+        "All methods:",
         "",
         "| scenario | metric | method | images | score vs drawn truth | gain vs plain | exact expected score |",
         "|---|---|---|---:|---:|---:|---:|",
