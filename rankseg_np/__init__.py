@@ -7,10 +7,11 @@ with the masks that maximise the expected Dice (or IoU) of each image.
 from importlib.metadata import PackageNotFoundError, version
 
 from ._api import RankSEG, rankseg
+from .expected import expected_metric
 
 try:
     __version__ = version("rankseg-np")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["RankSEG", "rankseg", "__version__"]
+__all__ = ["RankSEG", "rankseg", "expected_metric", "__version__"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .expected import expected_metric  # noqa: F401  (exact expected Dice/IoU of any masks)
+
 
 def one_hot(labels: np.ndarray, num_class: int) -> np.ndarray:
     """Label map ``(B, *spatial)`` -> boolean masks ``(B, C, *spatial)`` (values outside [0, C) map to no class)."""

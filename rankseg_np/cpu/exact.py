@@ -1,0 +1,632 @@
+"""The exact Bayes-optimal solver (MATH section 3) on the CPU, in Numba.
+
+For every active (image, class) row this returns the top-tau set whose exact
+expected Dice or IoU, under independent ``Y_j ~ Bernoulli(p_j)``, is the
+largest over all ``d + 1`` volumes; by the ranking theorem (MATH section 2)
+that is the largest over all ``2^d`` masks.  The method, with the error bounds
+and what was measured, is written up in ``docs/exact.md``; in brief:
+
+1. **Which volumes can win (no sort).**  Jensen's inequality and the bound
+   ``E[1/(a+X)] <= 1/(a - 1 + E X)`` (``a >= 1``, from the reciprocal identity
+   and ``1 - s <= exp(-s)``) sandwich the exact score of every top-tau set
+   between the RMA objective ``L(tau)`` and an upper bound ``U(tau)``:
+
+   - Dice: ``L = 2S/(tau+g+mu+1) + g/(tau+g+mu)``,  ``U = (2S+g)/(tau+g+mu-1)``;
+   - IoU:  ``L = (S+g)/(tau+g+mu-S)``,             ``U = (S+g)/(tau+g+mu-S-1)``.
+
+   With ``lam`` = the best ``L`` over threshold masks (read off a 2048-bin
+   histogram filled in the first pass), every ``tau >= 1`` with
+   ``U(tau) < lam`` loses to that mask.  ``U(tau) >= lam`` reads
+   ``h(tau) = sum_{j<=tau} (alpha q_j - lam) >= ell``, and ``h`` is concave
+   along the sorted order, so the survivors form one interval of volumes.
+   Histogram bins locate it; only the pixels of the bins around it (the
+   *band*) are gathered and sorted.  The bracket is then checked in exact
+   float64 sums and widened if the check fails.  ``tau = 0`` (only a
+   candidate when ``g > 0``) is bounded separately by
+   ``exp(-mu) + 2g/(g+mu)``.
+2. **Exact scores of the survivors.**  The reciprocal identity turns each
+   score into ``int_0^1 t^(a-1) H(t) dt`` where ``H`` is a positive mixture of
+   powers ``t^k``; ``H`` involves ``G(t) = prod_j (1 - p_j(1-t))``.  Rows whose
+   rates ``a + X`` are small use Gauss-Jacobi in ``t`` with weight
+   ``t^(theta-1)`` (exact for every rate up to ``2N - 1 + theta``); larger
+   rows use Gauss-Laguerre in ``u = -log t`` scaled by the central rate
+   ``r0``.  The candidate volumes are split into segments whose rates vary by
+   at most a factor 1.5, each with its own rule.  ``N = 24`` nodes.
+3. **Cheap per node.**  Pixels with ``p < 1/4`` below the band enter
+   ``log G`` only through power sums ``sum_j p_j^m`` (a series truncated
+   where the remainder is below 1e-18 per pixel); only the band and the
+   remaining pixels are visited per node.
+
+Measured quadrature error against float64 Poisson-binomial oracles: below
+1e-13 absolute on every volume tested (``tests/test_exact.py``,
+``docs/exact.md``).  Ties: the mask is ``{p > v}`` plus the lowest-index
+pixels equal to ``v``, like every other solver (see :mod:`.._decision`).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from numba import njit, prange
+from numpy.polynomial.laguerre import laggauss
+
+from .._decision import RowDecision
+from .._validate import Config, raise_bad_values
+
+DICE = 0
+IOU = 1
+
+# Quadrature nodes per rule.  Measured (docs/exact.md): 24 nodes with the
+# rate segmentation below keep the error under ~3e-14 on every volume of
+# every test row; 16 nodes do not.
+N_NODES = 24
+# Gauss-Jacobi in t while the central rate r0 <= SWITCH (it is exact for all
+# rates up to 2N - 1 + theta and degrades slowly above); Gauss-Laguerre in u
+# above (accurate while the rates stay within a factor ~2 of r0).
+SWITCH = 1.5 * N_NODES
+# Consecutive candidate volumes share one rule while their central rates stay
+# within this factor (the Laguerre rule's comfortable range).
+SEG_RATIO = 1.5
+
+# Histogram of the row's values: NB bins of width exactly 1/NB (a power of
+# two, so v * NB and its floor are exact and bins never overlap).
+NB = 2048
+# Bins below SMALL_BIN (p < 1/4) go through power sums when below the band.
+SMALL_BIN = NB // 4
+# Power-sum terms by pixel size: the series remainder per pixel is
+# p^(M+1)/((M+1)(1-p)) <= 1e-18 for p < 1/64 (9 terms), p < 1/8 (18), p < 1/4 (27).
+TINY_BIN = NB // 64
+MIDSMALL_BIN = NB // 8
+M_POW = 27
+# Relative slack on the lower bound lam: covers float64 rounding in the row
+# sums (<= ~1e-10 relative for rows of 1e6 pixels); slack only adds candidates.
+SLACK = 1e-9
+
+
+# --------------------------------------------------------------------------
+# Quadrature rules (built once per call in Python, passed to the kernels).
+
+
+def theta_of(smooth: float) -> float:
+    """theta in [1/2, 3/2) with ``smooth - theta`` an integer (1 for smooth = 0)."""
+    th = smooth - math.floor(smooth - 0.5)
+    if not 0.5 <= th < 1.5:  # smooth so large that the subtraction rounds: Laguerre only
+        th = 1.0
+    return th
+
+
+@lru_cache(maxsize=None)
+def laguerre_rule(n: int = N_NODES) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Laguerre nodes ``v`` and ``log(w)``: int_0^inf e^-v f(v) dv ~ sum w f(v)."""
+    v, w = laggauss(n)
+    return v, np.log(w)
+
+
+@lru_cache(maxsize=None)
+def jacobi_rule(theta: float, n: int = N_NODES) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``x`` in (-1, 1) and ``log W`` with int_0^1 t^(theta-1) F dt ~ sum W F((1+x)/2)."""
+    from scipy.special import roots_jacobi  # imported here: keeps `import rankseg_np` light
+
+    x, w = roots_jacobi(n, 0.0, theta - 1.0)
+    return x, np.log(w) - theta * math.log(2.0)
+
+
+def rules(smooth: float):
+    theta = theta_of(smooth)
+    lag_v, lag_lw = laguerre_rule()
+    jac_x, jac_lw = jacobi_rule(theta)
+    return theta, lag_v, lag_lw, jac_x, jac_lw
+
+
+@njit(cache=True, nogil=True)
+def make_rule(r0, theta, lag_v, lag_lw, jac_x, jac_lw, lt, lw, t, s):
+    """Fill nodes for ``int_0^1 t^(a-1) H(t) dt ~ sum_k exp(lw_k + (a - c) lt_k) H(t_k)``; return c.
+
+    ``s = 1 - t`` is stored separately, computed without cancellation.
+    """
+    k_n = lag_v.size
+    if r0 <= SWITCH:
+        for k in range(k_n):
+            x = jac_x[k]
+            t[k] = 0.5 * (1.0 + x)
+            s[k] = 0.5 * (1.0 - x)
+            lt[k] = math.log(t[k])
+            lw[k] = jac_lw[k]
+        return theta
+    lr = math.log(r0)
+    for k in range(k_n):
+        u = lag_v[k] / r0
+        t[k] = math.exp(-u)
+        s[k] = -math.expm1(-u)
+        lt[k] = -u
+        lw[k] = lag_lw[k] + lag_v[k] - lr
+    return 0.0
+
+
+# --------------------------------------------------------------------------
+# Pieces of log G(t) and A(t) = sum_j q_j / (1 - q_j s).
+
+
+@njit(cache=True, nogil=True)
+def add_powers(pows, v):
+    """Accumulate v^m into pows[m-1], with as many terms as v's size needs."""
+    if v < TINY_BIN / NB:
+        n = 9
+    elif v < MIDSMALL_BIN / NB:
+        n = 18
+    else:
+        n = M_POW
+    pw = 1.0
+    for m in range(n):
+        pw *= v
+        pows[m] += pw
+
+
+@njit(cache=True, nogil=True)
+def series_log(pows, s):
+    """sum_j log(1 - p_j s) = -sum_m s^m P_m / m over the power-summed pixels (Horner)."""
+    acc = 0.0
+    for m in range(M_POW, 0, -1):
+        acc = (acc + pows[m - 1] / m) * s
+    return -acc
+
+
+@njit(cache=True, nogil=True)
+def series_frac(pows, s):
+    """sum_j p_j / (1 - p_j s) = sum_m s^(m-1) P_m over the power-summed pixels."""
+    acc = 0.0
+    for m in range(M_POW, 0, -1):
+        acc = acc * s + pows[m - 1]
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def one_minus(q, t, s):
+    """1 - q s without cancellation: direct for q <= 1/2, t + (1-q) s above (1-q exact there)."""
+    if q <= 0.5:
+        return 1.0 - q * s
+    return t + (1.0 - q) * s
+
+
+@njit(cache=True, nogil=True)
+def log_one_minus(q, t, s):
+    if q <= 0.5:
+        return math.log1p(-q * s)
+    return math.log(t + (1.0 - q) * s)
+
+
+@njit(cache=True, nogil=True)
+def rma_value(metric, s, n, mu, smooth):
+    """The RMA objective L of a top-n set with sum s (MATH 4): a lower bound of the exact score."""
+    if metric == DICE:
+        v = 2.0 * s / (n + smooth + mu + 1.0)
+        if smooth > 0.0:
+            v += smooth / (n + smooth + mu)
+        return v
+    den = n + smooth + mu - s
+    return (s + smooth) / den if den > 0.0 else 0.0
+
+
+# --------------------------------------------------------------------------
+# One row.
+
+
+@njit(cache=True, nogil=True)
+def _zero_score(smooth, theta, lag_v, lag_lw, jac_x, jac_lw, mu, lp0, pows, others, n_one):
+    """Exact g E[1/(g + Gamma)] (the empty mask, g > 0) = P0 + g int t^(g-1) (G - P0) dt.
+
+    Subtracting P0 = P(Gamma = 0) leaves rates >= g + 1 >= theta, so the
+    Jacobi rule stays exact for small rates even when g < 1/2.
+    """
+    k_n = lag_v.size
+    lt = np.empty(k_n)
+    lw = np.empty(k_n)
+    t = np.empty(k_n)
+    s = np.empty(k_n)
+    c = make_rule(smooth + mu, theta, lag_v, lag_lw, jac_x, jac_lw, lt, lw, t, s)
+    p0 = math.exp(lp0) if n_one == 0 else 0.0
+    acc = 0.0
+    for k in range(k_n):
+        lg = series_log(pows, s[k]) + n_one * lt[k]
+        for i in range(others.size):
+            lg += log_one_minus(others[i], t[k], s[k])
+        acc += math.exp(lw[k] + (smooth - c) * lt[k]) * (math.exp(lg) - p0)
+    return p0 + smooth * acc
+
+
+@njit(cache=True, nogil=True)
+def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw):
+    """(threshold, tie_end, active, mu, bad) for one row; see the module docstring."""
+    d = row.size
+    counts = np.zeros(NB, dtype=np.int64)
+    sums = np.zeros(NB)
+    total = 0.0
+    peak = -np.inf
+    bad = False
+    for i in range(d):
+        v = row[i]
+        if not (v >= 0.0 and v <= 1.0):  # NaN fails both
+            bad = True
+            continue
+        total += v
+        if v > peak:
+            peak = v
+        b = int(v * NB)
+        if b >= NB:
+            b = NB - 1
+        counts[b] += 1
+        sums[b] += v
+    if bad or not peak > pruning_prob:
+        return np.inf, 0, False, total, bad
+    mu = total
+
+    # ---- lower bound lam: best RMA objective over histogram-edge masks.
+    lam = smooth / (smooth + mu) if smooth > 0.0 else -np.inf
+    acc_s = 0.0
+    acc_n = 0
+    for b in range(NB - 1, -1, -1):
+        if counts[b] == 0:
+            continue
+        acc_s += sums[b]
+        acc_n += counts[b]
+        val = rma_value(metric, acc_s, acc_n, mu, smooth)
+        if val > lam:
+            lam = val
+    lamp = lam * (1.0 - SLACK)
+    alpha = 2.0 if metric == DICE else 1.0 + lamp
+    ell = lamp * (smooth + mu - 1.0) - smooth
+    zero_cand = smooth > 0.0 and math.exp(-mu) + 2.0 * smooth / (smooth + mu) >= lamp
+
+    # ---- bracket the candidate volumes with the histogram: h(tau) = alpha S - lamp tau >= ell.
+    bstar = int((lamp / alpha) * NB)
+    if bstar >= NB:
+        bstar = NB - 1
+    if bstar < 0:
+        bstar = 0
+    hmax = 0.0
+    acc_s = 0.0
+    acc_n = 0
+    for b in range(NB - 1, -1, -1):
+        acc_s += sums[b]
+        acc_n += counts[b]
+        hb = alpha * acc_s - lamp * acc_n
+        if hb > hmax:
+            hmax = hb
+    hmax += alpha * counts[bstar] / NB  # the part of bin b* above the zero of g
+    margin = max(hmax - ell, 0.0)
+    margin = margin * (1.0 + 1e-7) + 1e-300
+    b_hi = NB - 1
+    deficit = 0.0
+    for b in range(bstar + 1, NB):
+        deficit += alpha * sums[b] - lamp * counts[b]
+        if deficit > margin:
+            b_hi = b
+            break
+    b_lo = 0
+    deficit = 0.0
+    for b in range(bstar - 1, -1, -1):
+        deficit += lamp * counts[b] - alpha * sums[b]
+        if deficit > margin:
+            b_lo = b
+            break
+
+    # ---- gather the band (checked in exact sums; widened until the check holds).
+    while True:
+        n_top = 0
+        for b in range(b_hi + 1, NB):
+            n_top += counts[b]
+        w_n = 0
+        for b in range(b_lo, b_hi + 1):
+            w_n += counts[b]
+        n_mid = 0
+        for b in range(SMALL_BIN, b_lo):
+            n_mid += counts[b]
+        top_buf = np.empty(n_top)
+        band_v = np.empty(w_n)
+        band_i = np.empty(w_n, dtype=np.int64)
+        mid_v = np.empty(n_mid)
+        pows = np.zeros(M_POW)
+        s_top = 0.0
+        s_band = 0.0
+        n_one = 0
+        jt = 0
+        jb = 0
+        jm = 0
+        for i in range(d):
+            v = row[i]
+            b = int(v * NB)
+            if b >= NB:
+                b = NB - 1
+            if b > b_hi:
+                s_top += v
+                if v == 1.0:
+                    n_one += 1
+                else:
+                    top_buf[jt] = v
+                    jt += 1
+            elif b >= b_lo:
+                band_v[jb] = v
+                band_i[jb] = i
+                s_band += v
+                jb += 1
+            elif b >= SMALL_BIN:
+                mid_v[jm] = v
+                jm += 1
+            elif v > 0.0:
+                add_powers(pows, v)
+        ok_top = n_top == 0 or alpha * s_top - lamp * n_top < ell
+        ok_bot = n_top + w_n == d or alpha * (s_top + s_band) - lamp * (n_top + w_n) < ell
+        if ok_top and ok_bot:
+            break
+        if not ok_top:
+            b_hi = min(NB - 1, b_hi + max(1, b_hi - bstar))
+        if not ok_bot:
+            b_lo = max(0, b_lo - max(1, bstar - b_lo))
+
+    top_v = top_buf[:jt].copy()
+    order = np.argsort(-band_v, kind="mergesort")  # descending; ties keep index order
+    bv = band_v[order]
+    bi = band_i[order]
+    cum = np.empty(w_n + 1)  # S_tau for tau = n_top + i
+    cum[0] = s_top
+    for i in range(w_n):
+        cum[i + 1] = cum[i] + bv[i]
+
+    # ---- candidate volumes: the interval where h >= ell (h is concave).
+    c0 = -1
+    c1 = -1
+    best_h = -np.inf
+    arg_h = -1
+    for i in range(w_n + 1):
+        tau = n_top + i
+        if tau < 1:
+            continue
+        h = alpha * cum[i] - lamp * tau
+        if h >= ell:
+            if c0 < 0:
+                c0 = tau
+            c1 = tau
+        if h > best_h:
+            best_h = h
+            arg_h = tau
+    if c0 < 0 and not zero_cand:  # only float64 noise can get here: keep the best bound
+        c0 = arg_h
+        c1 = arg_h
+
+    best = -np.inf
+    best_tau = -1
+    if zero_cand:
+        # log P0 = sum_j log(1 - p_j): power-summed pixels via the series at s = 1.
+        others = np.empty(top_v.size + w_n + n_mid)
+        lp0 = series_log(pows, 1.0)
+        j = 0
+        for arr_i in range(3):
+            src = top_v if arr_i == 0 else (band_v if arr_i == 1 else mid_v)
+            for i in range(src.size):
+                others[j] = src[i]
+                lp0 += math.log1p(-src[i])
+                j += 1
+        best = _zero_score(smooth, theta, lag_v, lag_lw, jac_x, jac_lw, mu, lp0, pows, others, n_one)
+        best_tau = 0
+
+    if c0 >= 1:
+        n_c = c1 - c0 + 1
+        f = np.zeros(n_c)
+        k_n = lag_v.size
+        lt = np.empty(k_n)
+        lw = np.empty(k_n)
+        tt = np.empty(k_n)
+        ss = np.empty(k_n)
+        den = np.empty(w_n)
+        seg_s = c0
+        while seg_s <= c1:
+            r_s = _rate(metric, seg_s, smooth, mu, cum[seg_s - n_top])
+            seg_e = seg_s
+            while seg_e + 1 <= c1 and _rate(metric, seg_e + 1, smooth, mu, cum[seg_e + 1 - n_top]) <= SEG_RATIO * r_s:
+                seg_e += 1
+            r0 = math.sqrt(r_s * _rate(metric, seg_e, smooth, mu, cum[seg_e - n_top]))
+            c = make_rule(r0, theta, lag_v, lag_lw, jac_x, jac_lw, lt, lw, tt, ss)
+            i_s = seg_s - n_top  # band pixels [0, i_s) are inside every mask of the segment
+            for k in range(k_n):
+                t = tt[k]
+                s = ss[k]
+                lg = series_log(pows, s)
+                for i in range(n_mid):
+                    lg += math.log1p(-mid_v[i] * s)
+                if metric == DICE:
+                    lg += n_one * lt[k]
+                    a_sum = n_one / t
+                    for i in range(top_v.size):
+                        q = top_v[i]
+                        dd = one_minus(q, t, s)
+                        lg += math.log(dd)
+                        a_sum += q / dd
+                    for i in range(w_n):
+                        dd = one_minus(bv[i], t, s)
+                        den[i] = dd
+                        lg += math.log(dd)
+                    for i in range(i_s):
+                        a_sum += bv[i] / den[i]
+                    e = math.exp(lw[k] + (seg_s + smooth - c) * lt[k] + lg)
+                    for tau in range(seg_s, seg_e + 1):
+                        f[tau - c0] += e * (2.0 * t * a_sum + smooth)
+                        if tau < seg_e:
+                            i = tau - n_top
+                            a_sum += bv[i] / den[i]
+                            e *= t
+                else:
+                    for i in range(i_s, w_n):
+                        dd = one_minus(bv[i], t, s)
+                        den[i] = dd
+                        lg += math.log(dd)
+                    e = math.exp(lw[k] + (seg_s + smooth - c) * lt[k] + lg)
+                    for tau in range(seg_s, seg_e + 1):
+                        f[tau - c0] += e
+                        if tau < seg_e:
+                            e *= t / den[tau - n_top]
+            seg_s = seg_e + 1
+        for tau in range(c0, c1 + 1):
+            val = f[tau - c0]
+            if metric == IOU:
+                val *= cum[tau - n_top] + smooth
+            if val > best:
+                best = val
+                best_tau = tau
+
+    if best_tau <= 0:
+        return np.inf, 0, True, mu, False
+    # The mask: {p > v} plus the lowest-index pixels equal to v (all ties sit in the band).
+    # Equal values are sorted by index, so the included ones are exactly those
+    # equal to v with index <= bi[i].
+    i = best_tau - n_top - 1
+    return bv[i], bi[i] + 1, True, mu, False
+
+
+@njit(cache=True, nogil=True)
+def _rate(metric, tau, smooth, mu, s_tau):
+    """Central rate a + E[X] of the integrals behind the score of volume tau."""
+    if metric == DICE:
+        return tau + smooth + mu + 0.5
+    return tau + smooth + mu - s_tau
+
+
+@njit(parallel=True, cache=True)
+def _exact_rows(p2, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw, threshold, tie_end, active, mu, bad):
+    for r in prange(p2.shape[0]):
+        th, te, ac, m, bd = _exact_row(p2[r], metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw)
+        threshold[r] = th
+        tie_end[r] = te
+        active[r] = ac
+        mu[r] = m
+        bad[r] = bd
+
+
+# --------------------------------------------------------------------------
+# Exact expected score of an arbitrary mask (rankseg_np.expected_metric).
+
+
+@njit(cache=True, nogil=True)
+def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
+    """(exact expected score, bad-value flag) of mask ``m`` on row ``p``."""
+    d = p.size
+    mu = 0.0
+    s_in = 0.0
+    tau = 0
+    n_big = 0
+    bad = False
+    for i in range(d):
+        v = p[i]
+        if not (v >= 0.0 and v <= 1.0):
+            bad = True
+            continue
+        mu += v
+        if m[i]:
+            s_in += v
+            tau += 1
+        if v >= 0.25:
+            n_big += 1
+    if bad:
+        return 0.0, True
+    if tau == 0 and smooth == 0.0:
+        return 0.0, False  # Dice = 0 and IoU = 0 for the empty mask (0/0 := 0)
+
+    # Power sums of the small pixels (all, and inside the mask); the others are kept.
+    pows = np.zeros(M_POW)
+    pows_in = np.zeros(M_POW)
+    big = np.empty(n_big)
+    big_in = np.empty(n_big, dtype=np.bool_)
+    n_one = 0
+    n_one_in = 0
+    j = 0
+    lp0 = 0.0
+    for i in range(d):
+        v = p[i]
+        if v >= 0.25:
+            if v == 1.0:
+                n_one += 1
+                if m[i]:
+                    n_one_in += 1
+                continue
+            big[j] = v
+            big_in[j] = m[i]
+            lp0 += math.log1p(-v)
+            j += 1
+        elif v > 0.0:
+            add_powers(pows, v)
+            if m[i]:
+                add_powers(pows_in, v)
+    n_big = j
+    lp0 += series_log(pows, 1.0)
+
+    if tau == 0:  # smooth > 0: g E[1/(g + Gamma)], as for the empty mask in the solver
+        others = big[:n_big].copy()
+        return _zero_score(smooth, theta, lag_v, lag_lw, jac_x, jac_lw, mu, lp0, pows, others, n_one), False
+
+    k_n = lag_v.size
+    lt = np.empty(k_n)
+    lw = np.empty(k_n)
+    tt = np.empty(k_n)
+    ss = np.empty(k_n)
+    if metric == DICE:
+        r0 = tau + smooth + mu + 0.5
+    else:
+        r0 = tau + smooth + mu - s_in
+    c = make_rule(r0, theta, lag_v, lag_lw, jac_x, jac_lw, lt, lw, tt, ss)
+    acc = 0.0
+    for k in range(k_n):
+        t = tt[k]
+        s = ss[k]
+        if metric == DICE:
+            # G over every pixel; A = sum over the mask of p/(1 - p s).
+            lg = series_log(pows, s) + n_one * lt[k]
+            a_sum = series_frac(pows_in, s) + n_one_in / t
+            for i in range(n_big):
+                dd = one_minus(big[i], t, s)
+                lg += math.log(dd)
+                if big_in[i]:
+                    a_sum += big[i] / dd
+            acc += math.exp(lw[k] + (tau + smooth - c) * lt[k] + lg) * (2.0 * t * a_sum + smooth)
+        else:
+            # Only the pixels outside the mask: their small ones are pows - pows_in.
+            lg = (n_one - n_one_in) * lt[k]
+            acc_pow = 0.0
+            for mm in range(M_POW, 0, -1):
+                acc_pow = (acc_pow + (pows[mm - 1] - pows_in[mm - 1]) / mm) * s
+            lg -= acc_pow
+            for i in range(n_big):
+                if not big_in[i]:
+                    lg += math.log(one_minus(big[i], t, s))
+            acc += math.exp(lw[k] + (tau + smooth - c) * lt[k] + lg)
+    if metric == IOU:
+        acc *= s_in + smooth
+    return acc, False
+
+
+@njit(parallel=True, cache=True)
+def expected_rows(p2, m2, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw, out, bad):
+    for r in prange(p2.shape[0]):
+        out[r], bad[r] = expected_row(p2[r], m2[r], metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw)
+
+
+def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
+    """Exact decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
+    b, c, d = p3.shape
+    p2 = p3.reshape(b * c, d)
+    rows = b * c
+    threshold = np.empty(rows)
+    tie_end = np.empty(rows, dtype=np.int64)
+    active = np.empty(rows, dtype=np.bool_)
+    mu = np.empty(rows)
+    bad = np.empty(rows, dtype=np.bool_)
+    metric = IOU if cfg.metric == "iou" else DICE
+    theta, lag_v, lag_lw, jac_x, jac_lw = rules(cfg.smooth)
+    _exact_rows(
+        p2, metric, cfg.smooth, cfg.pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw,
+        threshold, tie_end, active, mu, bad,
+    )
+    if bad.any():
+        raise_bad_values(p3)
+    shape = (b, c)
+    return RowDecision(threshold.reshape(shape), tie_end.reshape(shape), active.reshape(shape), mu.reshape(shape))
