@@ -79,7 +79,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -99,19 +99,21 @@ except ImportError as exc:  # pragma: no cover - exercised only without dask
     ) from exc
 
 from . import cpu
+from ._decision import RowDecision
 from ._validate import Config, check_config, check_probs_structure, raise_bad_values
 from .cpu import _kernels, multiclass, rma
 
-__all__ = ["solve", "strategy", "whole_image_chunks"]
+__all__ = ["row_decisions", "solve", "strategy", "whole_image_chunks"]
 
 # --------------------------------------------------------------------------
-# Histogram bins: floats with 8 mantissa bits, from 2**-64 up to 1.
+# Histogram bins: floats with 9 mantissa bits, from 2**-64 up to 1.
 # --------------------------------------------------------------------------
-MANTISSA_BITS = 8
+MANTISSA_BITS = 9
 OCTAVES = 64
-NBINS = OCTAVES * (1 << MANTISSA_BITS) + 2  # bin 0: [0, 2**-64); last bin: [1, 1 + 1/256)
+NBINS = OCTAVES * (1 << MANTISSA_BITS) + 2  # bin 0: [0, 2**-64); last bin: [1, 1 + 2**-9)
 TINY = 2.0**-OCTAVES
-# (shift, base): bin = (bits >> shift) - base + 1 for v >= 2**-64.
+# (shift, base): bin = (bits >> shift) - base + 1 for v >= 2**-64, from the
+# IEEE bit pattern (monotone in the value for non-negative floats).
 _BIN_PARAMS = {
     np.dtype(np.float32): (np.uint32(23 - MANTISSA_BITS), (127 - OCTAVES) << MANTISSA_BITS),
     np.dtype(np.float64): (np.uint64(52 - MANTISSA_BITS), (1023 - OCTAVES) << MANTISSA_BITS),
@@ -149,67 +151,35 @@ BIN_SUP = np.minimum(BIN_HI, 1.0)
 # processes), so nesting Numba's own thread pool inside them would only
 # oversubscribe the cores.
 # --------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
-def _hist_rows(p2, bits, shift, base, counts, sums, total, vmin, vmax, bad, nonfinite):
-    """One read of each row of a chunk: sum, min, max, validity, histogram (float64 sums)."""
-    nb = counts.shape[1]
-    for r in range(p2.shape[0]):
-        row = p2[r]
-        brow = bits[r]
-        s = 0.0
-        lo = np.inf
-        hi = -np.inf
-        is_bad = False
-        is_nonfinite = False
-        for i in range(row.size):
-            v = row[i]
-            if not (v >= 0.0 and v <= 1.0):  # NaN fails both comparisons
-                is_bad = True
-                if not np.isfinite(v):
-                    is_nonfinite = True
-                    continue
-            s += v
-            if v < lo:
-                lo = v
-            if v > hi:
-                hi = v
-            if v < TINY:
-                k = 0
-            else:
-                k = np.int64(brow[i] >> shift) - base + 1
-                if k >= nb:
-                    k = nb - 1
-            counts[r, k] += 1
-            sums[r, k] += v
-        total[r] = s
-        vmin[r] = lo
-        vmax[r] = hi
-        bad[r] = is_bad
-        nonfinite[r] = is_nonfinite
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _row_scan(row, pruning_prob):
+    """One vectorised read: float64 sum, counts above ``pruning_prob``, invalid, and non-finite.
+
+    Reassociation only (NaN and inf keep their meaning): the order of the
+    sum is fixed at compile time, so results are deterministic.
+    """
+    total = 0.0
+    n_above = 0
+    n_bad = 0
+    n_nonfinite = 0
+    for i in range(row.size):
+        v = row[i]
+        total += v
+        n_above += v > pruning_prob
+        n_bad += not (v >= 0.0 and v <= 1.0)  # NaN fails both comparisons
+        n_nonfinite += not np.isfinite(v)
+    return total, n_above, n_bad, n_nonfinite
 
 
 @njit(cache=True, nogil=True)
-def _window_count(p2, lo, hi, use, s_hi, n_hi, n_win):
-    """Per row: float64 sum and count of values > hi, and count of values in (lo, hi]."""
-    for r in range(p2.shape[0]):
-        if not use[r]:
-            continue
-        row = p2[r]
-        a = lo[r]
-        b = hi[r]
-        s = 0.0
-        n = 0
-        w = 0
-        for i in range(row.size):
-            v = row[i]
-            if v > b:
-                s += v
-                n += 1
-            elif v > a:
-                w += 1
-        s_hi[r] = s
-        n_hi[r] = n
-        n_win[r] = w
+def _hist_counts(row, brow, shift, base, counts):
+    """Add a row's values to a histogram of counts over the bins of ``BIN_LO``."""
+    nb = counts.size
+    for i in range(row.size):
+        k = 0
+        if row[i] >= TINY:
+            k = min(np.int64(brow[i] >> shift) - base + 1, nb - 1)
+        counts[k] += 1
 
 
 @njit(cache=True, nogil=True)
@@ -252,14 +222,31 @@ def _band_best(band, s_top, n_top, a, smooth):
 _WORKQUEUE_LOCK = threading.Lock()
 
 
-def _parallel_guard():
+@contextmanager
+def _cpu_threads(n_tasks: int):
+    """Run the CPU path's parallel kernels inside a Dask task with a fair share of the cores.
+
+    Dask already runs ``n_tasks`` chunks side by side; each task gets
+    ``cores // n_tasks`` Numba threads (at least one; the setting is local to
+    the calling thread).  Without this every task would wake a full Numba
+    pool, which costs milliseconds per call on a busy machine and
+    oversubscribes the cores.
+    """
     import numba
 
+    share = max(1, int(numba.config.NUMBA_NUM_THREADS) // max(1, int(n_tasks)))
+    previous = numba.get_num_threads()
     try:
         layer = numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet in this process
-        layer = "workqueue" if numba.config.THREADING_LAYER == "workqueue" else "unknown"
-    return _WORKQUEUE_LOCK if layer in ("workqueue", "unknown") else nullcontext()
+        layer = "unknown"
+    lock = _WORKQUEUE_LOCK if layer in ("workqueue", "unknown") else nullcontext()
+    numba.set_num_threads(min(share, previous))
+    try:
+        with lock:
+            yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------
@@ -311,69 +298,68 @@ def _offsets(chunks: tuple[tuple[int, ...], ...]) -> list[np.ndarray]:
 # --------------------------------------------------------------------------
 # Pass 1: statistics and histograms.
 # --------------------------------------------------------------------------
-def _p1_chunk(block: np.ndarray) -> tuple:
+def _p1_chunk(block: np.ndarray, pruning_prob: float) -> tuple:
     p2 = _rows(block)
     rows = p2.shape[0]
     shift, base = _BIN_PARAMS[p2.dtype]
     bits = p2.view(np.uint32 if p2.dtype == np.float32 else np.uint64)
-    counts = np.zeros((rows, NBINS), dtype=np.int64)
-    sums = np.zeros((rows, NBINS))
     total = np.empty(rows)
-    vmin = np.empty(rows)
-    vmax = np.empty(rows)
+    above = np.empty(rows, dtype=np.bool_)
     bad = np.empty(rows, dtype=np.bool_)
     nonfinite = np.empty(rows, dtype=np.bool_)
-    _hist_rows(p2, bits, shift, base, counts, sums, total, vmin, vmax, bad, nonfinite)
-    return (total, vmin, vmax, bad, nonfinite, counts, sums)
+    counts = np.zeros((rows, NBINS), dtype=np.int64)
+    for r in range(rows):
+        total[r], n_above, n_bad, n_nonfinite = _row_scan(p2[r], pruning_prob)
+        above[r], bad[r], nonfinite[r] = n_above > 0, n_bad > 0, n_nonfinite > 0
+        if not n_bad:  # an invalid row only raises: no histogram needed
+            _hist_counts(p2[r], bits[r], shift, base, counts[r])
+    return (total, above, bad, nonfinite, counts)
 
 
 def _p1_combine(parts: list) -> tuple:
-    total, vmin, vmax, bad, nonfinite, counts, sums = (np.array(a, copy=True) for a in parts[0])
-    for t, lo, hi, b, nf, n, s in parts[1:]:
+    total, above, bad, nonfinite, counts = (np.array(a, copy=True) for a in parts[0])
+    for t, ab, b, nf, n in parts[1:]:
         total += t
-        np.minimum(vmin, lo, out=vmin)
-        np.maximum(vmax, hi, out=vmax)
+        above |= ab
         bad |= b
         nonfinite |= nf
         counts += n
-        sums += s
-    return (total, vmin, vmax, bad, nonfinite, counts, sums)
+    return (total, above, bad, nonfinite, counts)
 
 
-def _ratio_bounds(counts, sums, kind, alpha, beta, smooth, mu):
-    """Bracket ``[L, U]`` on the maximum of an RMA ratio over masks, from one row's histogram.
+def _ratio_bounds(counts, kind, alpha, beta, smooth, mu):
+    """Bracket ``[L, U]`` on the maximum of an RMA ratio over masks, from one row's histogram of counts.
 
     ``kind='dice'``: ``(2 S(x) + alpha) / (beta + n(x))``; ``kind='iou'``:
     ``(S(x) + smooth) / (mu + smooth + n(x) - S(x))``, where ``S``/``n`` are
-    the sum/count of the mask ``x``.  The maximum is attained by a top-tau set
-    (a threshold mask: Dinkelbach, MATH 4).
+    the sum/count of the mask ``x``; both increase with ``S`` at fixed ``n``.
+    The maximum is attained by a top-tau set (a threshold mask, MATH 4).
 
-    * ``L`` is the best value over the masks "every bin from k up" (real
-      masks, their sums known from the histogram): a lower bound.
-    * Every top-tau set is "all bins above k, plus j of the largest values of
-      bin k" for some k and ``0 <= j <= n_k``; those j values are ``< sup_k``
-      (the bin's upper edge, capped at 1), so its numerator is at most the
-      one with each replaced by ``sup_k`` and (IoU) its denominator at least
-      that one: value <= ``g(j)``, a ratio of affine functions of ``j`` with a
-      positive denominator, hence monotone, so ``g(j) <= max(g(0), g(n_k))``.
-      ``g(0)`` is an ``L`` candidate; ``U = max(L, max_k g(n_k))``.
+    * ``L``: the mask "every bin from k up" has ``n = N_k`` (known) and
+      ``S >= Slo_k`` (each value at its bin's lower edge), so its value, and
+      the maximum, is at least the ratio at ``(Slo_k, N_k)``; ``L`` is the
+      best such bound over k.
+    * ``U``: every top-tau set is "all bins above k plus j of the largest
+      values of bin k", ``0 <= j <= n_k``; each value is below its bin's upper
+      edge ``sup`` (capped at 1), so its value is at most
+      ``g(j) = ratio(Sup_{k+1} + j sup_k, N_{k+1} + j)``, a ratio of affine
+      functions of ``j`` with a positive denominator, hence monotone:
+      ``g(j) <= max(g(0), g(n_k))``, and those are the bounds at
+      ``(Sup_{k+1}, N_{k+1})`` and ``(Sup_k, N_k)``.  ``U`` is the largest
+      over k.
     """
-    n_ge = np.concatenate([np.cumsum(counts[::-1])[::-1], [0]]).astype(np.float64)
-    s_ge = np.concatenate([np.cumsum(sums[::-1])[::-1], [0.0]])
-    n_gt, s_gt = n_ge[1:], s_ge[1:]
     n_k = counts.astype(np.float64)
-    top_s = s_gt + n_k * BIN_SUP
+    n_ge = np.concatenate([np.cumsum(n_k[::-1])[::-1], [0.0]])
+    s_lo = np.concatenate([np.cumsum((n_k * BIN_LO)[::-1])[::-1], [0.0]])
+    s_up = np.concatenate([np.cumsum((n_k * BIN_SUP)[::-1])[::-1], [0.0]])
     with np.errstate(divide="ignore", invalid="ignore"):
         if kind == "dice":
-            low = (2.0 * s_ge + alpha) / (beta + n_ge)
-            up = (2.0 * top_s + alpha) / (beta + n_gt + n_k)
+            low = (2.0 * s_lo + alpha) / (beta + n_ge)
+            up = (2.0 * s_up + alpha) / (beta + n_ge)
         else:
-            low = (s_ge + smooth) / (mu + smooth + n_ge - s_ge)
-            up = (top_s + smooth) / (mu + smooth + (n_gt - s_gt) + n_k * (1.0 - BIN_SUP))
-    low = np.where(np.isfinite(low), low, -np.inf)
-    up = np.where((counts > 0) & np.isfinite(up), up, -np.inf)
-    lower = float(low.max())
-    return lower, max(lower, float(up.max()))
+            low = (s_lo + smooth) / (mu + smooth + n_ge - s_lo)
+            up = (s_up + smooth) / (mu + smooth + n_ge - s_up)
+    return float(np.nanmax(low)), float(np.nanmax(up))
 
 
 def _threshold_of(lam: float, kind: str) -> float:
@@ -381,33 +367,34 @@ def _threshold_of(lam: float, kind: str) -> float:
 
 
 def _p1_finish_group(part: tuple, cfg: Config) -> tuple:
-    """Per row of a row group: mu, range, validity, activity, and the window bracket."""
-    total, vmin, vmax, bad, nonfinite, counts, sums = part
+    """Per row of a row group: mu, validity, activity, and the window bracket."""
+    total, above, bad, nonfinite, counts = part
     rows = total.shape[0]
-    active = (~bad) & (vmax > cfg.pruning_prob)
+    active = (~bad) & above
     # columns: wlo, whi, start (first Dinkelbach problem), start_c (smooth Dice only)
     bracket = np.full((rows, 4), np.nan)
     for r in np.nonzero(active)[0]:
         mu = float(total[r])
         if cfg.metric == "iou":
-            low, up = _ratio_bounds(counts[r], sums[r], "iou", 0.0, 0.0, cfg.smooth, mu)
+            low, up = _ratio_bounds(counts[r], "iou", 0.0, 0.0, cfg.smooth, mu)
             start = _threshold_of(low, "iou")
             bracket[r] = (start * (1.0 - SLACK), _threshold_of(up, "iou") * (1.0 + SLACK), start, np.nan)
         elif cfg.smooth == 0.0:
-            low, up = _ratio_bounds(counts[r], sums[r], "dice", 0.0, mu + 1.0, 0.0, mu)
+            low, up = _ratio_bounds(counts[r], "dice", 0.0, mu + 1.0, 0.0, mu)
             bracket[r] = (0.5 * low * (1.0 - SLACK), 0.5 * up * (1.0 + SLACK), 0.5 * low, np.nan)
         else:
             # The two single-ratio problems of rma._dice_smooth_row: alpha = 0
-            # and alpha = 2c; the band lies between their optimal thresholds.
+            # and alpha = 2c (same beta); the band lies between their optimal
+            # thresholds, and 2c > 0 makes the second optimum the larger.
             a = mu + cfg.smooth
             c = 0.5 * cfg.smooth * (1.0 + 2.0 / a)
-            low1, _ = _ratio_bounds(counts[r], sums[r], "dice", 0.0, a + 1.0, 0.0, mu)
-            lowc, upc = _ratio_bounds(counts[r], sums[r], "dice", 2.0 * c, a + 1.0, 0.0, mu)
+            low1, _ = _ratio_bounds(counts[r], "dice", 0.0, a + 1.0, 0.0, mu)
+            lowc, upc = _ratio_bounds(counts[r], "dice", 2.0 * c, a + 1.0, 0.0, mu)
             bracket[r] = (0.5 * low1 * (1.0 - SLACK), 0.5 * upc * (1.0 + SLACK), 0.5 * low1, 0.5 * lowc)
-    return (total, vmin, vmax, bad, nonfinite, active, bracket)
+    return (total, bad, nonfinite, active, bracket)
 
 
-def _assemble(groups: list, index: list, shape: tuple[int, int], n_fields: int, trailing: dict | None = None):
+def _assemble(groups: list, index: list, shape: tuple[int, int], n_fields: int):
     """Scatter per-group row arrays (row-major over the group's (b, c) block) into (B, C, ...) arrays."""
     out = []
     for f in range(n_fields):
@@ -421,13 +408,12 @@ def _assemble(groups: list, index: list, shape: tuple[int, int], n_fields: int, 
 
 
 def _p1_global(groups: list, index: list, shape: tuple[int, int], compute_dtype: str) -> dict:
-    total, vmin, vmax, bad, nonfinite, active, bracket = _assemble(groups, index, shape, 7)
+    total, bad, nonfinite, active, bracket = _assemble(groups, index, shape, 5)
     if nonfinite.any():
         raise_bad_values(np.array([np.nan], dtype=compute_dtype))
-    if bad.any():
-        # The in-memory message names the range of the whole array.
-        raise_bad_values(np.array([vmin.min(), vmax.max()], dtype=compute_dtype))
-    return {"mu": total, "active": active, "bracket": bracket}
+    # Values outside [0, 1]: the in-memory message names the range of the
+    # whole array, which pass 2 measures (and pass 2's finish raises).
+    return {"mu": total, "active": active, "bracket": bracket, "bad": bool(bad.any())}
 
 
 # --------------------------------------------------------------------------
@@ -436,36 +422,44 @@ def _p1_global(groups: list, index: list, shape: tuple[int, int], compute_dtype:
 def _p2_chunk(block, info, rows_sel, offsets, full, with_idx) -> tuple:
     (b0, b1, c0, c1) = rows_sel
     p2 = _rows(block)
+    rows = p2.shape[0]
+    s_hi = np.zeros(rows)
+    n_hi = np.zeros(rows, dtype=np.int64)
+    if info["bad"]:  # only the range of the values is needed, for the error
+        return (s_hi, n_hi, [], float(p2.min()), float(p2.max()))
     active = np.ascontiguousarray(info["active"][b0:b1, c0:c1].reshape(-1))
     bracket = info["bracket"][b0:b1, c0:c1].reshape(-1, 4)
     lo = np.ascontiguousarray(bracket[:, 0])
     hi = np.ascontiguousarray(bracket[:, 1])
-    rows = p2.shape[0]
-    s_hi = np.zeros(rows)
-    n_hi = np.zeros(rows, dtype=np.int64)
     n_win = np.zeros(rows, dtype=np.int64)
-    _window_count(p2, lo, hi, active, s_hi, n_hi, n_win)
+    for r in np.nonzero(active)[0]:
+        # Two masked sums (the CPU kernel): above the window, and above its floor.
+        s_hi[r], n_hi[r] = _kernels.sum_above(p2[r], hi[r])
+        n_win[r] = _kernels.sum_above(p2[r], lo[r])[1] - n_hi[r]
     start = np.concatenate([[0], np.cumsum(n_win)]).astype(np.int64)
     vals = np.empty(int(start[-1]), dtype=p2.dtype)
     idx = np.empty(int(start[-1]) if with_idx else 0, dtype=np.int64)
-    _window_fill(p2, lo, hi, active, start, vals, idx, with_idx)
+    if start[-1]:
+        _window_fill(p2, lo, hi, active & (n_win > 0), start, vals, idx, with_idx)
     if with_idx and idx.size:
         # In-chunk flat index -> global flat index of the image's spatial grid.
         chunk_shape = tuple(block.shape[2:])
         local = np.unravel_index(idx, chunk_shape)
         idx = np.ravel_multi_index(tuple(ix + o for ix, o in zip(local, offsets)), full)
-    return (s_hi, n_hi, [(start, vals, idx)])
+    return (s_hi, n_hi, [(start, vals, idx)], np.inf, -np.inf)
 
 
 def _p2_combine(parts: list) -> tuple:
     s_hi = np.array(parts[0][0], copy=True)
     n_hi = np.array(parts[0][1], copy=True)
     pieces = list(parts[0][2])
-    for s, n, p in parts[1:]:
+    vmin, vmax = parts[0][3], parts[0][4]
+    for s, n, p, lo, hi in parts[1:]:
         s_hi += s
         n_hi += n
         pieces.extend(p)
-    return (s_hi, n_hi, pieces)
+        vmin, vmax = min(vmin, lo), max(vmax, hi)
+    return (s_hi, n_hi, pieces, vmin, vmax)
 
 
 def _finish_row(window, s_hi, n_hi, mu, bracket, cfg: Config, idx, d: int) -> tuple[float, int]:
@@ -543,23 +537,29 @@ def _finish_smooth(window, s_hi, n_hi, mu, start1, start_c, smooth, idx, d):
 
 def _p2_finish_group(part: tuple, info: dict, rows_sel, cfg: Config, d: int) -> tuple:
     b0, b1, c0, c1 = rows_sel
-    s_hi, n_hi, pieces = part
+    s_hi, n_hi, pieces, vmin, vmax = part
     active = info["active"][b0:b1, c0:c1].reshape(-1)
     mu = info["mu"][b0:b1, c0:c1].reshape(-1)
     bracket = info["bracket"][b0:b1, c0:c1].reshape(-1, 4)
     rows = active.size
     threshold = np.full(rows, np.inf)
     tie_end = np.zeros(rows, dtype=np.int64)
+    if info["bad"]:
+        return (threshold, tie_end, vmin, vmax)
     for r in np.nonzero(active)[0]:
         window = np.concatenate([vals[st[r] : st[r + 1]] for st, vals, _ in pieces])
         idx = np.concatenate([ix[st[r] : st[r + 1]] for st, _, ix in pieces]) if cfg.smooth > 0 else None
         threshold[r], tie_end[r] = _finish_row(
             window, float(s_hi[r]), int(n_hi[r]), float(mu[r]), tuple(bracket[r]), cfg, idx, d
         )
-    return (threshold, tie_end)
+    return (threshold, tie_end, vmin, vmax)
 
 
-def _p2_global(groups: list, index: list, shape: tuple[int, int], info: dict) -> dict:
+def _p2_global(groups: list, index: list, shape: tuple[int, int], info: dict, compute_dtype: str) -> dict:
+    if info["bad"]:
+        vmin = min(g[2] for g in groups)
+        vmax = max(g[3] for g in groups)
+        raise_bad_values(np.array([vmin, vmax], dtype=compute_dtype))
     threshold, tie_end = _assemble(groups, index, shape, 2)
     return {"threshold": threshold, "tie_end": tie_end, "active": info["active"], "mu": info["mu"]}
 
@@ -575,16 +575,16 @@ def _chunk_decision(dec: dict, rows_sel, offsets, chunk, full):
     return threshold, tie_end, active
 
 
-def _masks_chunk(block, dec, rows_sel, offsets, full) -> np.ndarray:
+def _masks_chunk(block, dec, rows_sel, offsets, full, n_tasks) -> np.ndarray:
     p2 = _rows(block)
     threshold, tie_end, _ = _chunk_decision(dec, rows_sel, offsets, tuple(block.shape[2:]), full)
     out = np.empty(p2.shape, dtype=np.bool_)
-    with _parallel_guard():
+    with _cpu_threads(n_tasks):
         _kernels.materialize(p2, threshold.reshape(-1), tie_end.reshape(-1), out)
     return out.reshape(block.shape)
 
 
-def _chunk_claims(block, dec, rows_sel, offsets, full):
+def _chunk_claims(block, dec, rows_sel, offsets, full, n_tasks):
     p3 = cpu.as_rows(np.asarray(block))
     n_img, n_cls, d = p3.shape
     threshold, tie_end, active = _chunk_decision(dec, rows_sel, offsets, tuple(block.shape[2:]), full)
@@ -592,15 +592,15 @@ def _chunk_claims(block, dec, rows_sel, offsets, full):
     n_tasks = n_img * ((d + multiclass.TILE - 1) // multiclass.TILE)
     tau_part = np.zeros((n_tasks, n_cls))
     m_part = np.zeros((n_tasks, n_cls))
-    with _parallel_guard():
+    with _cpu_threads(n_tasks):
         multiclass._claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
     tau = tau_part.reshape(n_img, -1, n_cls).sum(axis=1)
     m = m_part.reshape(n_img, -1, n_cls).sum(axis=1)
     return p3, threshold, tie_end, active, labels, tau, m
 
 
-def _claims_chunk(block, dec, rows_sel, offsets, full) -> tuple:
-    *_, tau, m = _chunk_claims(block, dec, rows_sel, offsets, full)
+def _claims_chunk(block, dec, rows_sel, offsets, full, n_tasks) -> tuple:
+    *_, tau, m = _chunk_claims(block, dec, rows_sel, offsets, full, n_tasks)
     return (tau.reshape(-1), m.reshape(-1))  # flat over the chunk's (image, class) rows
 
 
@@ -618,14 +618,14 @@ def _claims_global(groups: list, index: list, shape: tuple[int, int]) -> dict:
     return {"tau": tau, "m": m}
 
 
-def _labels_chunk(block, dec, tm, rows_sel, offsets, full, cfg: Config) -> np.ndarray:
-    p3, threshold, tie_end, active, labels, _, _ = _chunk_claims(block, dec, rows_sel, offsets, full)
+def _labels_chunk(block, dec, tm, rows_sel, offsets, full, cfg: Config, n_tasks) -> np.ndarray:
+    p3, threshold, tie_end, active, labels, _, _ = _chunk_claims(block, dec, rows_sel, offsets, full, n_tasks)
     b0, b1 = rows_sel[0], rows_sel[1]
     tau = np.ascontiguousarray(tm["tau"][b0:b1])
     m = np.ascontiguousarray(tm["m"][b0:b1])
     mu = np.ascontiguousarray(dec["mu"][b0:b1])
     metric = 1 if cfg.metric == "iou" else 0
-    with _parallel_guard():
+    with _cpu_threads(n_tasks):
         multiclass._conflicts(
             p3, threshold, tie_end, active, labels, tau, mu, m, metric, cfg.smooth,
             cfg.unassigned_policy == "void", cfg.void_index,
@@ -636,14 +636,14 @@ def _labels_chunk(block, dec, tm, rows_sel, offsets, full, cfg: Config) -> np.nd
 # --------------------------------------------------------------------------
 # Blockwise paths.
 # --------------------------------------------------------------------------
-def _solve_chunk(block: np.ndarray, cfg: Config) -> np.ndarray:
-    with _parallel_guard():
+def _solve_chunk(block: np.ndarray, cfg: Config, n_tasks: int) -> np.ndarray:
+    with _cpu_threads(n_tasks):
         return cpu.solve(np.asarray(block), cfg)
 
 
-def _onehot_chunk(block: np.ndarray, cfg: Config) -> np.ndarray:
+def _onehot_chunk(block: np.ndarray, cfg: Config, n_tasks: int) -> np.ndarray:
     """argmax labels as one-hot masks (the in-memory multilabel argmax), without its warning."""
-    labels = _solve_chunk(block, replace(cfg, output_mode="multiclass"))
+    labels = _solve_chunk(block, replace(cfg, output_mode="multiclass"), n_tasks)
     classes = np.arange(block.shape[1]).reshape((1, -1) + (1,) * (block.ndim - 2))
     return labels[:, None] == classes
 
@@ -706,11 +706,8 @@ def _merge_classes(x):
     return x.rechunk({1: -1, ax: size})
 
 
-def _reduce_rma(x, cfg: Config):
-    """The reduction strategy (module docstring): lazy RMA over arbitrary chunks."""
-    multi = cfg.output_mode == "multiclass"
-    if multi:
-        x = _merge_classes(x)
+def _decision_graph(x, cfg: Config):
+    """Passes 1 and 2 of the reduction strategy: a Delayed dict of (B, C) row decisions."""
     shape = tuple(int(s) for s in x.shape)
     bc = shape[:2]
     full = shape[2:]
@@ -728,7 +725,7 @@ def _reduce_rma(x, cfg: Config):
         keys = []
         for sidx, _ in blocks:
             k = g1.key("chunk", ib, ic, *sidx)
-            g1.layer[k] = (_p1_chunk, (x.name, ib, ic, *sidx))
+            g1.layer[k] = (_p1_chunk, (x.name, ib, ic, *sidx), cfg.pruning_prob)
             keys.append(k)
         root = g1.tree(keys, _p1_combine, (ib, ic))
         fk = g1.key("group", ib, ic)
@@ -754,8 +751,19 @@ def _reduce_rma(x, cfg: Config):
         g2.layer[fk] = (_p2_finish_group, root, info.key, sel, cfg, d)
         finished.append(fk)
     dec_key = g2.key("decision")
-    g2.layer[dec_key] = (_p2_global, finished, index, bc, info.key)
-    dec = g2.delayed(dec_key)
+    g2.layer[dec_key] = (_p2_global, finished, index, bc, info.key, compute_dtype)
+    return g2.delayed(dec_key), token, groups, blocks
+
+
+def _reduce_rma(x, cfg: Config):
+    """The reduction strategy (module docstring): lazy RMA over arbitrary chunks."""
+    multi = cfg.output_mode == "multiclass"
+    if multi:
+        x = _merge_classes(x)
+    dec, token, groups, blocks = _decision_graph(x, cfg)
+    bc = tuple(int(s) for s in x.shape[:2])
+    full = tuple(int(s) for s in x.shape[2:])
+    n_chunks = len(groups) * len(blocks)
 
     x3 = bind(x, dec, seed=(token, 3))
     if not multi:
@@ -763,7 +771,9 @@ def _reduce_rma(x, cfg: Config):
         layer = {}
         for (ib, ic), sel in groups:
             for sidx, offs in blocks:
-                layer[(name, ib, ic, *sidx)] = (_masks_chunk, (x3.name, ib, ic, *sidx), dec.key, sel, offs, full)
+                layer[(name, ib, ic, *sidx)] = (
+                    _masks_chunk, (x3.name, ib, ic, *sidx), dec.key, sel, offs, full, n_chunks,
+                )
         hlg = HighLevelGraph.from_collections(name, layer, dependencies=[x3, dec])
         return da.Array(hlg, name, x.chunks, dtype=np.bool_)
 
@@ -775,7 +785,7 @@ def _reduce_rma(x, cfg: Config):
         keys = []
         for sidx, offs in blocks:
             k = g3.key("chunk", ib, *sidx)
-            g3.layer[k] = (_claims_chunk, (x3.name, ib, ic, *sidx), dec.key, sel, offs, full)
+            g3.layer[k] = (_claims_chunk, (x3.name, ib, ic, *sidx), dec.key, sel, offs, full, n_chunks)
             keys.append(k)
         finished.append(g3.tree(keys, _sum_pairs, ib))
         img_index.append(sel)
@@ -789,7 +799,7 @@ def _reduce_rma(x, cfg: Config):
     for (ib, ic), sel in groups:
         for sidx, offs in blocks:
             layer[(name, ib, *sidx)] = (
-                _labels_chunk, (x4.name, ib, ic, *sidx), dec.key, tm.key, sel, offs, full, cfg,
+                _labels_chunk, (x4.name, ib, ic, *sidx), dec.key, tm.key, sel, offs, full, cfg, n_chunks,
             )
     hlg = HighLevelGraph.from_collections(name, layer, dependencies=[x4, dec, tm])
     return da.Array(hlg, name, (x.chunks[0],) + x.chunks[2:], dtype=np.int64)
@@ -801,14 +811,17 @@ def _out_meta(cfg: Config):
 
 def _blockwise(x, cfg: Config):
     dtype, drop = _out_meta(cfg)
+    n = math.prod(x.numblocks)
     if drop:
-        return da.map_blocks(_solve_chunk, x, cfg, dtype=dtype, drop_axis=1, meta=np.empty((0,) * (x.ndim - 1), dtype))
-    return da.map_blocks(_solve_chunk, x, cfg, dtype=dtype, meta=np.empty((0,) * x.ndim, dtype))
+        meta = np.empty((0,) * (x.ndim - 1), dtype)
+        return da.map_blocks(_solve_chunk, x, cfg, n, dtype=dtype, drop_axis=1, meta=meta)
+    return da.map_blocks(_solve_chunk, x, cfg, n, dtype=dtype, meta=np.empty((0,) * x.ndim, dtype))
 
 
 def _accuracy(x, cfg: Config):
     if cfg.solver == "tr":  # elementwise: any chunking
-        return da.map_blocks(_solve_chunk, x, cfg, dtype=np.bool_, meta=np.empty((0,) * x.ndim, np.bool_))
+        n = math.prod(x.numblocks)
+        return da.map_blocks(_solve_chunk, x, cfg, n, dtype=np.bool_, meta=np.empty((0,) * x.ndim, np.bool_))
     x = _merge_classes(x)
     if cfg.output_mode == "multiclass":
         return _blockwise(x, cfg)
@@ -817,7 +830,49 @@ def _accuracy(x, cfg: Config):
         "use solver='TR' to threshold each class independently.",
         stacklevel=4,
     )
-    return da.map_blocks(_onehot_chunk, x, cfg, dtype=np.bool_, meta=np.empty((0,) * x.ndim, np.bool_))
+    n = math.prod(x.numblocks)
+    return da.map_blocks(_onehot_chunk, x, cfg, n, dtype=np.bool_, meta=np.empty((0,) * x.ndim, np.bool_))
+
+
+def row_decisions(x: Any, **params: Any) -> Delayed:
+    """The per-row RMA decisions of a Dask array, lazily (passes 1 and 2 of the reduction strategy).
+
+    Parameters
+    ----------
+    x : dask.array.Array, shape (B, C, \\*spatial)
+        Probabilities, any chunking.
+    **params
+        ``metric``, ``smooth``, ``pruning_prob`` (and the other keyword
+        arguments of :func:`rankseg_np.rankseg`); ``solver`` must be RMA.
+
+    Returns
+    -------
+    dask.delayed.Delayed
+        Computes to a :class:`rankseg_np._decision.RowDecision` of ``(B, C)``
+        NumPy arrays: ``mask[i] = p[i] > threshold or (p[i] == threshold and
+        i < tie_end)`` over each image's C-order flat pixel index, the
+        activity flags and the row sums; the same decisions as the in-memory
+        ``rankseg_np.cpu.rma.decide`` (module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from rankseg_np.dask import row_decisions
+    >>> p = da.from_array(np.array([[[0.9, 0.6, 0.4, 0.1]]]), chunks=(1, 1, 2))
+    >>> dec = row_decisions(p, output_mode="multilabel").compute()
+    >>> bool(0.1 < dec.threshold[0, 0] < 0.4)          # the 0.4 pixel is kept
+    True
+    """
+    cfg = check_config(int(x.shape[1]), **params)
+    if cfg.solver != "rma" or cfg.metric not in ("dice", "iou"):
+        raise ValueError(f"row_decisions needs metric 'dice' or 'iou' with solver 'RMA'; got {cfg.metric!r}, {cfg.solver!r}")
+    check_probs_structure(x)
+    dec, *_ = _decision_graph(x, cfg)
+    return dask.delayed(_as_row_decision)(dec)
+
+
+def _as_row_decision(dec: dict) -> RowDecision:
+    return RowDecision(dec["threshold"], dec["tie_end"], dec["active"], dec["mu"])
 
 
 def strategy(x: Any, cfg: Config | None = None, **params: Any) -> str:
