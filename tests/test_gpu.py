@@ -519,3 +519,37 @@ def test_cuda_kernels_compile_with_nvrtc():
         for arch in ("75", "80", "90"):
             prog = compiler._NVRTCProgram(header + code, f"{name}.cu", method="ptx")
             prog.compile(base + (f"-arch=compute_{arch}",) + options)
+
+
+# --------------------------------------------------------------------------- #
+# The GPU benchmark script: importable, a clear refusal without a GPU, a dry run on NumPy
+# --------------------------------------------------------------------------- #
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(HAVE_GPU, reason="checks the message shown without a GPU")
+def test_bench_gpu_refuses_clearly_without_a_gpu(capsys):
+    assert _bench_module().main([]) == 2
+    assert "--dry-run" in capsys.readouterr().err
+
+
+def test_bench_gpu_dry_run_writes_tables(tmp_path):
+    import json
+
+    assert _bench_module().main(["--dry-run", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench_gpu_dry_run.json").read_text())
+    assert report["dry_run"] and len(report["results"]) == 2
+    for res in report["results"]:
+        names = [r["method"] for r in res["methods"]]
+        assert "rankseg_np RMA dice multiclass" in names
+        assert res["check"]["pixels_differing_from_cpu_path"] == 0
+    assert "| method |" in (tmp_path / "bench_gpu_dry_run.md").read_text()
