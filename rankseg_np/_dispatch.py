@@ -310,7 +310,7 @@ def backend_of(probs: Any) -> str:
     >>> from rankseg_np._dispatch import backend_of
     >>> backend_of(np.zeros((1, 2, 3)))
     'numpy'
-    >>> backend_of([[0.5]])
+    >>> backend_of([[0.5]])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     TypeError: probs must be an array: ...; got list (convert it with numpy.asarray(...))

@@ -293,7 +293,14 @@ if (st >= 0) {
 
 
 class CupyKernels(XpKernels):
-    """Fused CuPy versions of the primitives (compiled on first use, cached by CuPy)."""
+    """Fused CuPy versions of the primitives (compiled on first use, cached by CuPy).
+
+    The reductions return several outputs through a small struct
+    (``reduce_type``), so CuPy runs them with its own block reduction (a fixed
+    tree, deterministic for a given shape): its CUB accelerator only takes
+    single-input, single-output reductions.  Outputs are passed in
+    positionally because a ``ReductionKernel`` call returns only the first.
+    """
 
     fused = True
 
