@@ -233,7 +233,11 @@ def _prepare_tensorflow(probs: Any):
     device = x.device
     if ":GPU:" in device.upper():
         cupy = _require_cupy("a GPU tf.Tensor")
-        native = cupy.from_dlpack(tf.experimental.dlpack.to_dlpack(x))
+        capsule = tf.experimental.dlpack.to_dlpack(x)
+        try:
+            native = cupy.from_dlpack(capsule)
+        except TypeError:  # CuPy versions that only take legacy capsules through fromDlpack
+            native = cupy.fromDlpack(capsule)
 
         def restore_gpu(out):
             with tf.device(device):

@@ -214,6 +214,33 @@ def test_jax_traced_values_raise_type_error():
 
 
 # --------------------------------------------------------------------------- #
+# TensorFlow (not in any extra: runs where TensorFlow is installed)
+# --------------------------------------------------------------------------- #
+
+def test_tensorflow_cpu_round_trip():
+    tf = pytest.importorskip("tensorflow")
+    values = make_probs((2, 3, 9, 7), np.float32, "softmax", 12)
+    t = tf.constant(values)
+    for params in PARAMS:
+        out = rankseg(t, **params)
+        expected = numpy_answer(values, **params)
+        assert isinstance(out, tf.Tensor) and out.device == t.device
+        assert out.dtype == (tf.bool if expected.dtype == np.bool_ else tf.int64)
+        np.testing.assert_array_equal(out.numpy(), expected)
+    np.testing.assert_array_equal(rankseg(tf.Variable(values)).numpy(), numpy_answer(values))
+    bf16 = tf.cast(t, tf.bfloat16)  # upcast to float32
+    np.testing.assert_array_equal(rankseg(bf16).numpy(), numpy_answer(tf.cast(bf16, tf.float32).numpy()))
+    np.testing.assert_array_equal(t.numpy(), values)
+
+    @tf.function(autograph=False)
+    def traced(x):
+        return rankseg(x)
+
+    with pytest.raises(TypeError, match="outside tf.function"):
+        traced(t)
+
+
+# --------------------------------------------------------------------------- #
 # Generic DLPack, unsupported objects, lazy imports
 # --------------------------------------------------------------------------- #
 
@@ -285,6 +312,18 @@ def test_unsupported_objects_raise_type_error_saying_what_is_accepted(make, hint
     with pytest.raises(TypeError) as err:
         rankseg(make())
     assert ACCEPTED in str(err.value) and hint in str(err.value)
+
+
+def test_objects_from_dataframe_libraries_get_a_hint():
+    """Routing is by the type's module: a pandas-like type gets the hint even without pandas installed."""
+    frame_type = type("DataFrame", (), {"__module__": "pandas.core.frame", "__array__": lambda self, *a, **k: np.zeros((1, 2, 3))})
+    with pytest.raises(TypeError, match="to_numpy"):
+        rankseg(frame_type())
+    ort_type = type("OrtValue", (), {"__module__": "onnxruntime.capi.onnxruntime_inference_collection"})
+    with pytest.raises(TypeError, match=r"OrtValue.numpy\(\)"):
+        rankseg(ort_type())
+    with pytest.raises(TypeError, match="convert it with numpy.asarray"):
+        rankseg(np.float64(0.5))
 
 
 def test_pandas_objects_raise_type_error():
