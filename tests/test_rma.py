@@ -198,11 +198,8 @@ def test_empty_batch_and_single_pixel():
     np.testing.assert_array_equal(rankseg(one, output_mode="multilabel").ravel(), [True, False])
 
 
-def test_smooth_band_splits_a_tie_group_when_that_is_optimal():
-    """Dice with smooth > 0 is a sum of two ratios: the best top-tau set may cut a tie group.
-
-    The reference scans every volume; the solver must find the same value.
-    """
+def test_smooth_band_with_heavy_ties_matches_reference():
+    """Dice with smooth > 0 (two ratios, band method) on rows full of tie groups."""
     rng = np.random.default_rng(5)
     for _ in range(200):
         p = np.round(rng.uniform(0, 1, (1, 1, rng.integers(1, 30))), 2)
@@ -210,6 +207,19 @@ def test_smooth_band_splits_a_tie_group_when_that_is_optimal():
         smooth = float(rng.choice([0.05, 0.5, 3.0, 30.0]))
         ours = rankseg(p, smooth=smooth, output_mode="multilabel")
         assert_masks_optimal_like_reference(p, ours, dict(smooth=smooth))
+
+
+@settings(max_examples=200)
+@given(st.integers(2, 40), st.integers(0, 2**32 - 1), st.sampled_from([0.0, 0.05, 1.0, 20.0]), st.sampled_from(["dice", "iou"]))
+def test_rma_optimum_never_needs_to_split_a_tie_group(d, seed, smooth, metric):
+    """The property the solvers rely on to return whole tie groups (proof in cpu/rma.py):
+    over all volumes, the best RMA value is attained at a tie-group boundary."""
+    rng = np.random.default_rng(seed)
+    q = np.sort(rng.choice(np.round(rng.uniform(0, 1, 4), 2), size=d))[::-1]  # few values: big groups
+    pi = ref.rma_objective_curve(q, q.sum(), metric, smooth)
+    boundary = np.ones(d + 1, dtype=bool)
+    boundary[1:d] = q[:-1] != q[1:]  # tau sits between two different values
+    assert pi[boundary].max() == pytest.approx(pi.max(), rel=TIE_RTOL, abs=1e-15)
 
 
 def test_class_and_functional_agree():

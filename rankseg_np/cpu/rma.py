@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._validate import Config, raise_bad_values
-from ._kernels import scan, sum_above, tie_cut
+from ._kernels import scan, sum_above
 
 DICE = 0
 IOU = 1
@@ -104,9 +104,16 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
       maximiser of gc.  Dinkelbach gives both: tau_U = |{p >= lam1/2}| and
       tau_L = |{p > lamc/2}|.
 
+    * A tie group is never split: inside a group of equal q, phi is constant
+      (q_{tau+2} = q_{tau+1} above), so f rises iff phi > (g/2)(1 + 2/(A+tau)),
+      whose right side decreases with tau: once f rises inside the group it
+      keeps rising.  f falls then rises across the group, so its maximum over
+      the group is at one of the group's two ends.
+
     Only pixels with lam1/2 <= p <= lamc/2 (the band) need ordering.  The band
-    is sorted, f is evaluated in float64 at every volume in [tau_L, tau_U], and
-    the first maximum wins.  Returns (threshold, tie_end).
+    is sorted, f is evaluated in float64 at every tie-group end in
+    [tau_L, tau_U], and the first maximum wins.  Returns (threshold, tie_end)
+    with whole tie groups only: the mask is ``{p > hi}`` or ``{p >= v}``.
     """
     a = mu + smooth
     lam1, _ = _dinkelbach_dice(row, 0.0, a + 1.0, s0, n0, 0.5)
@@ -138,26 +145,17 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
     best_k = 0
     s = s_top
     for k in range(1, n_band + 1):
-        s += band[n_band - k]
+        v = band[n_band - k]
+        s += v
+        if k < n_band and band[n_band - k - 1] == v:
+            continue  # inside a tie group: not a candidate (see above)
         val = _dice_smooth_value(s, n_top + k, a, smooth)
         if val > best:
             best = val
             best_k = k
     if best_k == 0:
         return hi, 0
-    v = band[n_band - best_k]
-    # The mask is {p > v} plus just enough pixels equal to v (lowest index first).
-    n_greater = 0
-    n_equal = 0
-    for k in range(n_band):
-        if band[k] > v:
-            n_greater += 1
-        elif band[k] == v:
-            n_equal += 1
-    need = best_k - n_greater
-    if need == n_equal:
-        return v, row.size
-    return v, tie_cut(row, v, need)
+    return band[n_band - best_k], row.size  # {p > v} and every p == v
 
 
 @njit(parallel=True, cache=True)
