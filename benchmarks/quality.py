@@ -69,18 +69,18 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("small objects", "binary masks, many small blobs with uncertain rims", "small", 1, (96, 96), (48, 48), 48),
-    Scenario("large objects", "binary masks, two large blobs", "large", 1, (128, 128), (64, 64), 48, seed=1),
+    Scenario("small objects", "binary masks, many small blobs with uncertain rims", "small", 1, (96, 96), (48, 48), 96),
+    Scenario("large objects", "binary masks, two large blobs", "large", 1, (128, 128), (64, 64), 96, seed=1),
     Scenario("small, 4 classes", "multiclass labels (background + 3), small blobs", "small", 4, (96, 96), (48, 48), 48,
              output_mode="multiclass", seed=2),
-    Scenario("many classes (21)", "multiclass labels, 21 classes, mixed sizes", "mixed", 21, (96, 96), (48, 48), 24,
+    Scenario("many classes (21)", "multiclass labels, 21 classes, mixed sizes", "mixed", 21, (96, 96), (48, 48), 48,
              output_mode="multiclass", seed=3),
     Scenario("3-D volumes", "multiclass labels (background + 2), 32^3 volumes, mixed sizes", "mixed", 3,
-             (32, 32, 32), (16, 16, 16), 24, output_mode="multiclass", seed=4),
+             (32, 32, 32), (16, 16, 16), 32, output_mode="multiclass", seed=4),
     Scenario("over-confident model", "binary, small blobs; truth drawn at logit temperature 2", "small", 1, (96, 96),
-             (48, 48), 48, temperature=2.0, seed=5),
+             (48, 48), 96, temperature=2.0, seed=5),
     Scenario("under-confident model", "binary, small blobs; truth drawn at logit temperature 0.5", "small", 1,
-             (96, 96), (48, 48), 48, temperature=0.5, seed=6),
+             (96, 96), (48, 48), 96, temperature=0.5, seed=6),
 )
 
 

@@ -25,7 +25,8 @@ on a machine shared with other jobs, multithreaded calls on small arrays
 spend most of their time waiting for a busy core, and single-threaded times
 are the stable, comparable figure.
 
-Run: ``python benchmarks/speed.py --threads 1`` (minutes on 2 cores) or ``--quick`` (seconds).
+Run: ``python benchmarks/speed.py --threads 1`` (about 10 minutes on 2 cores) or ``--quick``
+(seconds); ``--replot`` rebuilds the table and plot from the saved JSON.
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def run_study(quick: bool, backend: str = "numpy", repeat: int = 3, max_elements
                     # Time grows at least linearly in the pixels: skip calls predicted to be too long.
                     prev_seconds, prev_pixels = last[(c, name)]
                     if prev_seconds * size * size / prev_pixels > max_seconds:
-                        notes.add(f"`{name}` at {c} classes not run above {int(np.sqrt(prev_pixels))}^2 "
+                        notes.add(f"`{name}` at {c} class{'es' if c > 1 else ''} not run above {int(np.sqrt(prev_pixels))}^2 "
                                   f"(predicted over {max_seconds:g} s per call).")
                         continue
                 slow = name.startswith("rankseg 0.0.8") or (base is not None and base * 1000 > max_seconds)
@@ -262,6 +263,16 @@ def load_other_results(out: Path, own: str) -> list[dict]:
     return studies
 
 
+def _ns(ns: float) -> str:
+    if ns < 1e3:
+        return f"{ns:.3g} ns"
+    return f"{ns / 1e3:.3g} µs" if ns < 1e6 else f"{ns / 1e6:.3g} ms"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:,.0f}"
+
+
 def markdown(studies: list[dict]) -> str:
     main = studies[0]
     lines = [
@@ -288,7 +299,7 @@ def markdown(studies: list[dict]) -> str:
                 cells = []
                 for s in sizes:
                     r = row.get(s)
-                    cells.append("—" if r is None else f"{r['ns_per_pixel']:.3g} ns (×{r['x_baseline']:.2f})")
+                    cells.append("—" if r is None else f"{_ns(r['ns_per_pixel'])} (×{_ratio(r['x_baseline'])})")
                 lines.append(f"| {m} | " + " | ".join(cells) + " |")
             lines.append("")
         lines += [f"- {n}" for n in study["notes"]]
@@ -296,7 +307,28 @@ def markdown(studies: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def family(method: str) -> str:
+    """Legend name: the BA family is timed in multilabel mode above one class; one colour either way."""
+    if method in BASELINES:
+        return "baseline: np.argmax / p > 0.5"
+    return method.replace(" (multilabel)", "")
+
+
+FAMILY_STYLE = {  # colour, line style: ours solid, rankseg 0.0.8 dashed
+    "baseline: np.argmax / p > 0.5": ("black", "-"),
+    "RMA dice": ("#1f77b4", "-"),
+    "RMA iou": ("#17becf", "-"),
+    "exact dice": ("#2ca02c", "-"),
+    "BA dice": ("#9467bd", "-"),
+    "TRNA dice": ("#e377c2", "-"),
+    "BA+TRNA dice": ("#8c564b", "-"),
+    "rankseg 0.0.8 RMA dice": ("#ff7f0e", "--"),
+    "rankseg 0.0.8 BA dice": ("#d62728", "--"),
+}
+
+
 def plot(studies: list[dict], path: Path) -> None:
+    """Log-log time per pixel against pixels, one panel per class count; extra studies (GPU) dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,32 +336,36 @@ def plot(studies: list[dict], path: Path) -> None:
 
     classes = sorted({r["classes"] for s in studies for r in s["records"]})
     methods = sorted(dict.fromkeys(r["method"] for s in studies for r in s["records"]), key=lambda m: m not in BASELINES)
-    cmap = plt.get_cmap("tab10")
-    colour = {m: ("black" if m in BASELINES else cmap(i % 10)) for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(1, len(classes), figsize=(3.6 * len(classes), 4.2), sharey=True, squeeze=False)
+    ncols = 2 if len(classes) > 1 else 1
+    nrows = (len(classes) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 2.6, 3.6 * nrows + 0.6), sharey=True, squeeze=False)
     handles = {}
-    for ax, c in zip(axes[0], classes):
+    for ax, c in zip(axes.flat, classes):
         for k, study in enumerate(studies):
-            style = "-" if k == 0 else "--"
             for m in methods:
                 recs = sorted((r for r in study["records"] if r["classes"] == c and r["method"] == m),
                               key=lambda r: r["pixels"])
                 if not recs:
                     continue
-                label = m if k == 0 else f"{m} [{study['device']}]"
-                (line,) = ax.loglog([r["pixels"] for r in recs], [r["ns_per_pixel"] for r in recs], style,
-                                    marker="o", ms=3, color=colour[m], lw=2.2 if m in BASELINES else 1.3)
+                fam = family(m)
+                colour, style = FAMILY_STYLE.get(fam, ("grey", "-"))
+                label = fam if k == 0 else f"{fam} [{study['device']}]"
+                (line,) = ax.loglog([r["pixels"] for r in recs], [r["ns_per_pixel"] for r in recs],
+                                    style if k == 0 else ":", marker="o" if k == 0 else "s", ms=3.5, color=colour,
+                                    lw=2.4 if m in BASELINES else 1.4)
                 handles.setdefault(label, line)
-        ax.set_title(f"{c} class{'es' if c > 1 else ''}" + (" (multilabel)" if c == 1 else " (multiclass)"),
-                     fontsize=10)
-        ax.set_xlabel("pixels per image (H·W)")
+        mode = "independent masks" if c == 1 else "labels; BA family as independent masks"
+        ax.set_title(f"{c} class{'es' if c > 1 else ''} ({mode})", fontsize=9)
         ax.grid(True, which="both", alpha=0.25)
-    axes[0][0].set_ylabel("time per pixel (ns), log scale")
-    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(5, len(handles)),
-               fontsize=7.5, frameon=False)
-    fig.suptitle(f"{studies[0]['device']}; baseline in black ({studies[0]['command']})", fontsize=9)
-    rows = (len(handles) + 4) // 5
-    fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
+    for ax in axes[-1]:
+        ax.set_xlabel("pixels per image (H·W)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("time per pixel (ns)")
+    for ax in list(axes.flat)[len(classes):]:
+        ax.set_visible(False)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=8, frameon=False)
+    fig.suptitle(f"{studies[0]['device']}  ({studies[0]['command']})", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / (5.2 * ncols + 2.6), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -346,15 +382,20 @@ def main(argv: list[str] | None = None) -> dict:
                         help="Numba and torch threads (default: their own defaults); 1 = single-threaded, "
                              "like np.argmax, and the stable choice on a busy machine")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--replot", action="store_true",
+                        help="time nothing: rebuild the table and plot from the saved JSON files in --out")
     args = parser.parse_args(argv)
-    set_threads(args.threads)
-    study = run_study(args.quick, args.backend, args.repeat, args.max_elements, args.max_seconds)
-    if args.backend == "cupy":
-        study["command"] += " --backend cupy"
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "speed_quick" if args.quick else "speed"
     own = f"{stem}_{'gpu' if args.backend == 'cupy' else 'cpu'}.json"
-    (args.out / own).write_text(json.dumps(study, indent=1))
+    if args.replot:
+        study = json.loads((args.out / own).read_text())
+    else:
+        set_threads(args.threads)
+        study = run_study(args.quick, args.backend, args.repeat, args.max_elements, args.max_seconds)
+        if args.backend == "cupy":
+            study["command"] += " --backend cupy"
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / own).write_text(json.dumps(study, indent=1))
     studies = [study] + ([] if args.quick else load_other_results(args.out, own))
     text = markdown(studies)
     (args.out / f"{stem}.md").write_text(text)

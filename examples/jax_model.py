@@ -6,9 +6,10 @@ weights are downloaded).  Its multilabel sigmoid outputs (one independent
 foreground mask per class) are post-processed with RankSEG::
 
     probs = jax.nn.sigmoid(apply(params, images))                           # (B, C, H, W)
-    masks = RankSEG(metric="dice", output_mode="multilabel").predict(np.asarray(probs))
+    masks = RankSEG(metric="dice", output_mode="multilabel").predict(probs)  # a JAX bool array
 
-``np.asarray`` of a CPU JAX array is a zero-copy view.
+``predict`` returns the caller's array type; ``np.asarray(probs)`` (a
+zero-copy view on the CPU) works too and returns NumPy.
 
 Run: ``python examples/jax_model.py`` (needs jax).
 """
@@ -95,9 +96,10 @@ def main(
     test = toy_data(test_images, num_class, size, scenario, seed=seed + 1000)
     probs = jax.nn.sigmoid(apply(params, jnp.asarray(test.images)))  # (B, C-1, H, W)
     # --- the post-processing a user writes -------------------------------------------
-    masks = RankSEG(metric="dice", output_mode="multilabel").predict(np.asarray(probs))
-    threshold = np.asarray(probs) > 0.5
+    masks = RankSEG(metric="dice", output_mode="multilabel").predict(probs)  # jax.Array, bool
+    threshold = probs > 0.5
     # ------------------------------------------------------------------------------------
+    masks, threshold = np.asarray(masks), np.asarray(threshold)
     truth = one_hot(test.truth, num_class)[:, 1:]
     return {
         "train_loss": loss,

@@ -7,7 +7,10 @@ score; with RankSEG the last step becomes::
     logits = model(pixel_values=images).logits                           # (B, C, H/4, W/4)
     logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
     probs = logits.softmax(dim=1)                                          # class axis
-    labels = RankSEG(metric="dice").predict(probs.numpy())                # replaces logits.argmax(1)
+    labels = RankSEG(metric="dice").predict(probs)                        # replaces logits.argmax(1)
+
+``predict`` takes the torch tensor as it is and returns a torch tensor (int64
+labels, same device); ``probs.numpy()`` works too and returns NumPy.
 
 The model here is built from a tiny ``SegformerConfig`` and trained for a few
 seconds on toy scenes (``toy_data.py``): no weights are downloaded.  With a
@@ -85,9 +88,10 @@ def main(
     with torch.no_grad():
         probs = probabilities(model, torch.from_numpy(test.images))
     # --- the post-processing a user writes -------------------------------------------
-    labels = RankSEG(metric="dice").predict(probs.numpy())  # (B, H, W) int64
-    argmax = probs.argmax(dim=1).numpy()
+    labels = RankSEG(metric="dice").predict(probs)  # torch.int64 (B, H, W)
+    argmax = probs.argmax(dim=1)
     # ------------------------------------------------------------------------------------
+    labels, argmax = labels.numpy(), argmax.numpy()
     return {
         "train_loss": float(loss.detach()),
         "probs": probs.numpy(),
