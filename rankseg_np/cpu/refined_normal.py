@@ -1,0 +1,559 @@
+"""BA, TRNA and BA+TRNA (MATH section 6) on the CPU, in Numba.
+
+These are the refined-normal approximations of Dai & Li (JMLR 2023), kept so
+that users of ``rankseg`` 0.0.8 who call them by name get the same masks.
+The exact solver supersedes both.  Dice only, one row = one (image, class).
+
+Notation (MATH section 3): ``q_1 >= ... >= q_d`` the sorted row, ``S_tau``
+its prefix sums, ``Gamma = sum_j Y_j`` and ``Gamma_{-j} = Gamma - Y_j``.  The
+count laws are replaced by the refined normal law (Volkova 1996)
+
+    F(k) = clip(Phi(x) + kappa (1 - x^2) phi(x) / 6, 0, 1),  x = (k + 1/2 - m) / s,
+    pmf(k) = max(F(k) - F(k - 1), 0)
+
+with ``m``, ``s^2``, ``kappa`` the mean, variance and skewness of the count,
+restricted to the integer support ``[lq, uq]`` of ``Gamma`` that holds its
+central ``1 - eps`` mass, and renormalised there.  With ``A(n) = 1/(n+g+1)``
+and ``N(n) = g/(n+g)`` (``g`` = smooth), the volume scores are
+
+    BA:    pi(tau) = 2 S_tau  E[A(Gamma + tau)]               + E[N(Gamma + tau)]
+    TRNA:  pi(tau) = 2 sum_{j<=tau} q_j E[A(Gamma_{-j} + tau)] + E[N(Gamma + tau)]
+
+for ``tau = 1..up_tau`` and ``pi(0) = E[N(Gamma)]`` (0 when ``g = 0``).
+``up_tau`` is the search bound of the paper's Lemma 3: the first ``tau`` with
+``S_tau >= (tau + g + d) q_{tau+1}`` (``d`` if none).  The mask is the top-tau
+set of the first maximiser.  For ``g >= 1`` the equivalent score
+``g (pi - 1)`` is maximised (it keeps the differences that ``pi ~ 1`` rounds
+away), as ``rankseg`` does; both forms are computed in float64 here.
+``BA+TRNA`` uses BA on a row when ``1/s < 0.2`` (Cohen's d), TRNA otherwise.
+
+What makes it fast
+------------------
+* ``rankseg`` evaluates the TRNA law of every ``Gamma_{-j}`` in Python, one
+  volume at a time.  Here the law of ``Gamma_{-j}`` is built from the row's
+  three moments minus pixel ``j``'s own contribution (O(1) per ``j``), the
+  weighted sum ``W_tau(k) = sum_{j<=tau} q_j pmf_j(k)`` is updated in place,
+  and every score is a dot product with a precomputed table of ``A``.  All of
+  it is compiled and parallel over rows.
+* No volume beyond the optimum is visited: every law lives on ``k >= lq``
+  and has mass 1, so ``pi(tau) <= B(tau) = 2 S_tau A(lq + tau) + N(lq + tau)``.
+  ``B`` is non-increasing from the first ``tau`` with
+  ``q_{tau+1} (lq + g + 1 + tau) <= S_tau`` on (``phi(tau) = q_{tau+1}(c +
+  tau) - S_tau`` is non-increasing in ``tau`` because ``q`` is, and ``N`` is
+  decreasing), so the scan stops there as soon as ``B(tau)`` falls below the
+  best score found.  This changes no answer (a proof, not a heuristic) and
+  removes most of the work when ``up_tau`` is far above the optimum.
+
+Precision
+---------
+``rankseg`` computes in the input's dtype.  What decides its support and its
+search bound is mirrored exactly for float32 input: the row moments, the
+law's parameters (and those of every ``Gamma_{-j}``), the interval endpoints
+and the Lemma 3 comparisons are rounded to float32 after each operation as
+PyTorch does (a float64 operation on float32 operands followed by rounding is
+the correctly rounded float32 result), and the prefix sums are PyTorch's
+float64-accumulated, float32-stored ``cumsum``.  The interval quantiles are
+found by SciPy's ``brentq`` from the same bracket SciPy's generic ``ppf``
+uses, which matters when the refined normal CDF is not monotone (large skew:
+then several roots exist).  The scores themselves are evaluated in float64:
+their float32 convolution and accumulation order in PyTorch cannot be
+reproduced, and the float64 score is the better estimate of the same
+objective.  Rows may therefore differ from ``rankseg`` on float32 input when
+two volumes score within float32 rounding of each other; the test suite
+measures how often.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+from scipy.optimize import brentq
+
+from .._decision import RowDecision
+from .._validate import Config, raise_bad_values
+from ._kernels import first_pass, tie_cut
+
+BA = 0
+TRNA = 1
+
+SQRT2 = math.sqrt(2.0)
+INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+LOG_SQRT2PI = math.log(math.sqrt(2.0 * math.pi))
+F32_EPS = float(np.finfo(np.float32).eps)
+F64_EPS = float(np.finfo(np.float64).eps)
+# rankseg maximises smooth * (pi - 1) for smooth >= 1 (same argmax in exact
+# arithmetic), and compares the Lemma 3 bound by division above 1e6.
+SCALED_SMOOTH = 1.0
+DIVIDE_SMOOTH = 1e6
+# Cohen's d switch of BA+TRNA: BA when 1 / max(sigma, 1e-8) < 0.2.
+COHEN_D = 0.2
+SIGMA_FLOOR = 1e-8
+# SciPy's generic ppf: bracket from +-10, widening by 10x, then brentq with
+# the rv_continuous default xtol.
+PPF_FACTOR = 10.0
+PPF_XTOL = 1e-14
+# Early stop of the volume scan: stop only when the bound is below the best
+# score by this relative margin (the float64 scores carry ~1e-15 relative error).
+STOP_RTOL_F64 = 1e-9
+# float32 scores carry accumulated rounding of up to ~1e-6 relative.
+STOP_RTOL_F32 = 1e-4
+# Volumes per chunk of the BA convolution (between early-stop checks).
+CHUNK = 256
+
+
+# --------------------------------------------------------------------------
+# The refined normal CDF, scalar (for the interval) and compiled.
+# --------------------------------------------------------------------------
+
+
+def _refined_cdf(x: float, skew: float) -> float:
+    """F(x) = clip(Phi(x) + skew (1 - x^2) phi(x) / 6, 0, 1) for a standardised x."""
+    phi = math.exp(-0.5 * x * x) * INV_SQRT2PI
+    v = 0.5 * math.erfc(-x / SQRT2) + skew * (1.0 - x * x) * phi / 6.0
+    return min(max(v, 0.0), 1.0)
+
+
+def _ppf(prob: float, skew: float) -> float:
+    """Quantile of the refined normal law, found the way SciPy's generic ``ppf`` finds it.
+
+    The CDF is clipped and, for large skew, not monotone; which root is
+    returned then depends on the bracket, so the bracket is SciPy's.
+    """
+    if prob <= 0.0:
+        return -math.inf
+    if prob >= 1.0:
+        return math.inf
+
+    def f(x):
+        return _refined_cdf(x, skew) - prob
+
+    left, right = -PPF_FACTOR, math.inf
+    while f(left) > 0.0:
+        left, right = left * PPF_FACTOR, left
+    if math.isinf(right):
+        right = max(PPF_FACTOR, left)
+        while f(right) < 0.0:
+            left, right = right, right * PPF_FACTOR
+    return brentq(f, left, right, xtol=PPF_XTOL)
+
+
+def _standard_interval(skew: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised quantiles (z_lo, z_hi) holding the central 1 - eps of each row's law."""
+    confidence = 1.0 - eps
+    p_lo = (1.0 - confidence) / 2.0
+    p_hi = (1.0 + confidence) / 2.0
+    lo = np.empty(skew.size)
+    hi = np.empty(skew.size)
+    cache: dict[float, tuple[float, float]] = {}
+    for i, k in enumerate(skew.tolist()):
+        if k not in cache:
+            cache[k] = (_ppf(p_lo, k), _ppf(p_hi, k))
+        lo[i], hi[i] = cache[k]
+    return lo, hi
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _r(x, f32):
+    """``x`` rounded to float32 when ``f32``, else ``x`` unchanged.
+
+    Applied after each float64 operation on float32-representable operands,
+    this gives exactly the float32 operation's result (+, -, *, / and sqrt
+    computed in float64 and rounded once are correctly rounded in float32).
+    """
+    if f32:
+        return float(np.float32(x))
+    return x
+
+
+@njit(cache=True, nogil=True)
+def _cdf_at(k, loc, scale, skew, f32, c_sqrt2, c_log):
+    """F(k) of the refined normal law at the integer ``k``, one rounding per operation.
+
+    The operation order is that of rankseg's ``RefinedNormalPB.cdf`` (through
+    ``torch.distributions.Normal``): Phi = 0.5 (1 + erf(x / sqrt 2)) and
+    phi = exp(-x^2 / 2 - log sqrt(2 pi)).
+    """
+    x = _r(_r(k + 0.5 - loc, f32) / scale, f32)
+    big_phi = _r(0.5 * _r(1.0 + _r(math.erf(_r(x / c_sqrt2, f32)), f32), f32), f32)
+    x2 = _r(x * x, f32)
+    small_phi = _r(math.exp(_r(-0.5 * x2 - c_log, f32)), f32)
+    term = _r(_r(_r(skew * _r(1.0 - x2, f32), f32) * small_phi, f32) / 6.0, f32)
+    v = _r(big_phi + term, f32)
+    if v < 0.0:
+        return 0.0
+    if v > 1.0:
+        return 1.0
+    return v
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _law(lq, n, loc, scale, skew, f32, out):
+    """Normalised pmf of the refined normal law on k = lq .. lq+n-1, written to ``out``.
+
+    Returns the mass before normalisation.  A zero mass leaves NaN in ``out``,
+    as the division by a zero sum does in rankseg.
+    """
+    c_sqrt2 = _r(SQRT2, f32)
+    c_log = _r(LOG_SQRT2PI, f32)
+    prev = _cdf_at(lq - 1, loc, scale, skew, f32, c_sqrt2, c_log)
+    total = 0.0
+    for i in range(n):
+        cur = _cdf_at(lq + i, loc, scale, skew, f32, c_sqrt2, c_log)
+        v = _r(cur - prev, f32)
+        out[i] = v if v > 0.0 else 0.0
+        total += out[i]
+        prev = cur
+    norm = _r(total, f32)
+    for i in range(n):
+        out[i] = _r(out[i] / norm, f32)
+    return total
+
+
+# --------------------------------------------------------------------------
+# Per-row statistics
+# --------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _row_moments(p2, mu, var, m3, peak, bad):
+    """Per row, in float64: sum p, sum p(1-p), sum p(1-p)(1-2p), max p, and a bad-value flag."""
+    for r in prange(p2.shape[0]):
+        row = p2[r]
+        total, mx, b, _, _ = first_pass(row)
+        s2 = 0.0
+        s3 = 0.0
+        for i in range(row.size):
+            v = float(row[i])
+            a = v * (1.0 - v)
+            s2 += a
+            s3 += a * (1.0 - 2.0 * v)
+        mu[r] = total
+        var[r] = s2
+        m3[r] = s3
+        peak[r] = mx
+        bad[r] = b
+
+
+# --------------------------------------------------------------------------
+# The volume search of one row
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _up_tau(q, prefix, smooth, f32):
+    """Lemma 3's search bound: first tau in 1..d-1 with S_tau >= (tau + g + d) q_{tau+1}, else d.
+
+    The comparison is rankseg's, in the input precision: ``((tau + g) + d) * q``
+    against the stored cumsum (by division when g > 1e6).
+    """
+    d = q.size
+    if d == 1:
+        return 1
+    g = _r(smooth, f32)
+    for tau in range(1, d):
+        den = _r(_r(tau + g, f32) + d, f32)
+        if smooth > DIVIDE_SMOOTH:
+            stop = _r(prefix[tau] / den, f32) >= q[tau]
+        else:
+            stop = prefix[tau] >= _r(den * q[tau], f32)
+        if stop:
+            return tau
+    return d
+
+
+@njit(cache=True, nogil=True)
+def _stop(q, exact, tau, lq, smooth, scaled, best, rtol):
+    """True when no volume >= tau can beat ``best`` (bound of the module docstring)."""
+    d = q.size
+    q_next = q[tau] if tau < d else 0.0
+    s_tau = exact[tau]
+    if q_next * (lq + smooth + 1.0 + tau) > s_tau:
+        return False  # the bound may still rise
+    k = lq + tau
+    if scaled:
+        a = 2.0 * s_tau / (1.0 + (k + 1.0) / smooth)
+        b = -k / (1.0 + k / smooth)
+    else:
+        a = 2.0 * s_tau / (k + smooth + 1.0)
+        b = smooth / (k + smooth) if smooth > 0.0 else 0.0
+    return a + b < best - rtol * (abs(a) + abs(b) + abs(best))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _empty_score(lq, n, full, smooth, s_r, scaled, f32):
+    """Score of the empty mask, tau = 0: E[N(Gamma)], or 0 when smooth = 0."""
+    if smooth == 0.0:
+        return 0.0
+    acc = 0.0
+    for i in range(n):
+        k = float(lq + i)
+        if scaled:
+            t = _r(k / _r(1.0 + _r(k / s_r, f32), f32), f32)
+        else:
+            t = _r(1.0 / _r(k + s_r, f32), f32)
+        acc += _r(t * full[i], f32)
+    if scaled:
+        return -_r(acc, f32)
+    return _r(s_r * _r(acc, f32), f32)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol):
+    """First maximiser of the BA score over tau = 0..up.
+
+    rankseg forms the scores of all volumes as a 1-D convolution of the pmf
+    with a table of weights, in the input dtype; PyTorch's CPU convolution
+    accumulates each output sequentially over the kernel taps with separate
+    multiplies and adds, which the loops below reproduce in the same dtype
+    (``proto.dtype``), vectorised over volumes.  Volumes are scanned in
+    chunks so the early stop applies.
+    """
+    scaled = smooth >= SCALED_SMOOTH
+    s_r = _r(smooth, f32)
+    pm = np.empty(n, dtype=proto.dtype)
+    for i in range(n):
+        pm[i] = full[i]
+    # Weight tables indexed by m = k + tau - 1 - lq (rankseg's convolution input).
+    size = n + up - 1
+    xa = np.empty(size, dtype=proto.dtype)
+    xn = np.empty(size, dtype=proto.dtype)
+    for m in range(size):
+        k = float(lq + m)
+        if scaled:
+            xa[m] = _r(1.0 / _r(1.0 + _r(_r(k + 2.0, f32) / s_r, f32), f32), f32)
+            xn[m] = _r(-_r(k + 1.0, f32) / _r(1.0 + _r(_r(k + 1.0, f32) / s_r, f32), f32), f32)
+        else:
+            rd = _r(_r(k + s_r, f32) + 1.0, f32)
+            xa[m] = _r(1.0 / _r(rd + 1.0, f32), f32)
+            # PyTorch evaluates ``scalar / tensor`` as reciprocal(tensor) * scalar.
+            xn[m] = _r(_r(1.0 / rd, f32) * s_r, f32)
+    best = _empty_score(lq, n, full, smooth, s_r, scaled, f32)
+    best_tau = 0
+    ma = np.empty(CHUNK, dtype=proto.dtype)
+    nu = np.empty(CHUNK, dtype=proto.dtype)
+    t0 = 0
+    while t0 < up:
+        if _stop(q, exact, t0 + 1, lq, smooth, scaled, best, rtol):
+            break
+        t1 = min(up, t0 + CHUNK)
+        ma[:] = 0.0
+        nu[:] = 0.0
+        for j in range(n):
+            c = pm[j]
+            for t in range(t1 - t0):
+                ma[t] = ma[t] + c * xa[t0 + t + j]
+        if smooth > 0.0:
+            for j in range(n):
+                c = pm[j]
+                for t in range(t1 - t0):
+                    nu[t] = nu[t] + c * xn[t0 + t + j]
+        for t in range(t1 - t0):
+            tau = t0 + t + 1
+            score = _r(_r(2.0 * ma[t], f32) * prefix[tau], f32)
+            score = _r(score + nu[t], f32)
+            if score > best:
+                best = score
+                best_tau = tau
+        t0 = t1
+    return best_tau
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol):
+    """First maximiser of the TRNA score over tau = 0..up (arithmetic as rankseg's, see module docstring)."""
+    scaled = smooth >= SCALED_SMOOTH
+    s_r = _r(smooth, f32)
+    floor = F32_EPS if f32 else F64_EPS
+    # Weight tables indexed by m = k + tau - lq.
+    size = n + up
+    ta = np.empty(size)
+    tn = np.empty(size)
+    for m in range(size):
+        k = float(lq + m)
+        if scaled:
+            ta[m] = _r(2.0 / _r(1.0 + _r(_r(k + 1.0, f32) / s_r, f32), f32), f32)
+            tn[m] = _r(k / _r(1.0 + _r(k / s_r, f32), f32), f32)
+        else:
+            ta[m] = _r(2.0 / _r(_r(k + s_r, f32) + 1.0, f32), f32)
+            tn[m] = _r(1.0 / _r(k + s_r, f32), f32)
+    best = _empty_score(lq, n, full, smooth, s_r, scaled, f32)
+    best_tau = 0
+    w = np.zeros(n)
+    pmf = np.empty(n)
+    for tau in range(1, up + 1):
+        if _stop(q, exact, tau, lq, smooth, scaled, best, rtol):
+            break
+        qj = q[tau - 1]
+        # Law of Gamma_{-j}: the row's moments less pixel j's share, one
+        # rounding per operation as rankseg's (input-dtype) tensor arithmetic.
+        one_m = _r(1.0 - qj, f32)
+        a = _r(qj * one_m, f32)
+        loc_j = _r(loc - qj, f32)
+        var_j = max(_r(var_raw - a, f32), floor)
+        scale_j = _r(math.sqrt(var_j), f32)
+        m3_j = _r(m3_raw - _r(a * _r(1.0 - _r(2.0 * qj, f32), f32), f32), f32)
+        skew_j = _r(m3_j / _r(var_j**1.5, f32), f32)
+        mass = _law(lq, n, loc_j, scale_j, skew_j, f32, pmf)
+        if not mass > 0.0:
+            return tau  # a NaN score: torch.argmax returns the first NaN
+        acc = 0.0
+        for i in range(n):
+            w[i] = _r(w[i] + _r(qj * pmf[i], f32), f32)
+            acc += _r(ta[i + tau] * w[i], f32)
+        score = _r(acc, f32)
+        if smooth > 0.0:
+            acc = 0.0
+            for i in range(n):
+                acc += _r(tn[i + tau] * full[i], f32)
+            nu = -_r(acc, f32) if scaled else _r(s_r * _r(acc, f32), f32)
+            score = _r(score + nu, f32)
+        if score > best:
+            best = score
+            best_tau = tau
+    return best_tau
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _solve_row(proto, q, kind, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32):
+    """Optimal volume of one active row, ``q`` sorted descending (float64 copy of the input values)."""
+    d = q.size
+    # PyTorch's CPU cumsum accumulates in float64 and stores in the input
+    # dtype; ``exact`` keeps the float64 sums for the (exact) early-stop bound.
+    exact = np.empty(d + 1)
+    prefix = np.empty(d + 1)
+    exact[0] = 0.0
+    prefix[0] = 0.0
+    acc = 0.0
+    for i in range(d):
+        acc += q[i]
+        exact[i + 1] = acc
+        prefix[i + 1] = _r(acc, f32)
+    up = _up_tau(q, prefix, smooth, f32)
+    n = uq - lq + 1
+    full = np.empty(n)
+    if not _law(lq, n, loc, scale, skew, f32, full) > 0.0:
+        # Normalising by a zero sum makes every score with the law in it NaN
+        # in rankseg (the empty mask's too when smooth > 0); torch.argmax
+        # returns the first NaN.
+        return 0 if smooth > 0.0 else 1
+    rtol = STOP_RTOL_F32 if f32 else STOP_RTOL_F64
+    if kind == BA:
+        return _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol)
+    return _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol)
+
+
+@njit(parallel=True, cache=True)
+def _solve_rows(p2, rows, kinds, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32, threshold, tie_end):
+    for i in prange(rows.size):
+        r = rows[i]
+        row = p2[r]
+        q = np.sort(row)  # ascending, in the input dtype
+        d = row.size
+        desc = np.empty(d)
+        for k in range(d):
+            desc[k] = q[d - 1 - k]
+        tau = _solve_row(row, desc, kinds[i], loc[i], scale[i], skew[i], var_raw[i], m3_raw[i], lq[i], uq[i], smooth, f32)
+        if tau == 0:
+            continue
+        # The top-tau set is {p > v} plus the first (lowest-index) pixels equal to v.
+        v = q[d - tau]
+        n_greater = 0
+        n_equal = 0
+        for k in range(d):
+            if q[k] > v:
+                n_greater += 1
+            elif q[k] == v:
+                n_equal += 1
+        need = tau - n_greater
+        threshold[r] = v
+        tie_end[r] = d if need == n_equal else tie_cut(row, v, need)
+
+
+# --------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------
+
+
+def _law_parameters(mu, var, m3, f32):
+    """(loc, scale, skew, var, m3) of each row's count law, rounded as rankseg rounds them."""
+    if f32:
+        r = lambda x: np.asarray(x, dtype=np.float32).astype(np.float64)  # noqa: E731
+        loc, var, m3 = r(mu), r(var), r(m3)
+        safe = np.maximum(var, F32_EPS)
+        scale = r(np.sqrt(safe))
+        skew = r(m3 / r(safe**1.5))
+    else:
+        loc = mu
+        safe = np.maximum(var, F64_EPS)
+        scale = np.sqrt(safe)
+        skew = m3 / safe**1.5
+    return loc, scale, skew, var, m3
+
+
+def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
+    """BA / TRNA / BA+TRNA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array.
+
+    Parameters
+    ----------
+    p3 : ndarray, shape (B, C, d)
+        C-contiguous float32 or float64 probabilities.
+    cfg : Config
+        Validated configuration; ``cfg.solver`` is ``'ba'``, ``'trna'`` or
+        ``'ba+trna'``, ``cfg.eps`` the tail mass left out of the support.
+
+    Returns
+    -------
+    RowDecision
+        Per row: threshold and tie cut of the chosen top-tau set (ties at the
+        cut go to the lowest pixel index), the active flag, and the row sum.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rankseg_np._validate import check_config
+    >>> from rankseg_np.cpu.refined_normal import decide
+    >>> p3 = np.array([[[0.9, 0.6, 0.4, 0.1]]])
+    >>> dec = decide(p3, check_config(1, output_mode="multilabel", solver="BA"))
+    >>> float(dec.threshold[0, 0]), int(dec.tie_end[0, 0])
+    (0.4, 4)
+    """
+    b, c, d = p3.shape
+    p2 = p3.reshape(b * c, d)
+    rows = b * c
+    mu = np.empty(rows)
+    var = np.empty(rows)
+    m3 = np.empty(rows)
+    peak = np.empty(rows)
+    bad = np.empty(rows, dtype=np.bool_)
+    _row_moments(p2, mu, var, m3, peak, bad)
+    if bad.any():
+        raise_bad_values(p3)
+
+    f32 = p3.dtype == np.float32
+    active = peak > cfg.pruning_prob
+    threshold = np.full(rows, np.inf)
+    tie_end = np.zeros(rows, dtype=np.int64)
+    idx = np.flatnonzero(active)
+    if idx.size:
+        loc, scale, skew, var_a, m3_a = _law_parameters(mu[idx], var[idx], m3[idx], f32)
+        if cfg.solver == "ba":
+            kinds = np.full(idx.size, BA, dtype=np.int64)
+        elif cfg.solver == "trna":
+            kinds = np.full(idx.size, TRNA, dtype=np.int64)
+        else:
+            ftype = np.float32 if f32 else np.float64
+            sigma = np.maximum(scale.astype(ftype), ftype(SIGMA_FLOOR))
+            use_ba = (ftype(1.0) / sigma) < ftype(COHEN_D)
+            kinds = np.where(use_ba, BA, TRNA).astype(np.int64)
+        z_lo, z_hi = _standard_interval(skew, cfg.eps)
+        with np.errstate(invalid="ignore", over="ignore"):
+            lq = np.clip(np.floor(scale * z_lo + loc) - 1.0, 0.0, d)
+            uq = np.clip(np.ceil(scale * z_hi + loc), 0.0, d)
+        _solve_rows(
+            p2, idx.astype(np.int64), kinds, loc, scale, skew, var_a, m3_a,
+            lq.astype(np.int64), uq.astype(np.int64), float(cfg.smooth), bool(f32), threshold, tie_end,
+        )
+    shape = (b, c)
+    return RowDecision(threshold.reshape(shape), tie_end.reshape(shape), active.reshape(shape), mu.reshape(shape))
