@@ -76,7 +76,8 @@ NB = 2048
 # Bins below SMALL_BIN (p < 1/4) go through power sums when below the band.
 SMALL_BIN = NB // 4
 # Power-sum terms by pixel size: the series remainder per pixel is
-# p^(M+1)/((M+1)(1-p)) <= 1e-18 for p < 1/64 (9 terms), p < 1/8 (18), p < 1/4 (27).
+# p^(M+1)/((M+1)(1-p)) <= 1e-18 for p < 2^-20 (2 terms), p < 1/64 (9),
+# p < 1/8 (18), p < 1/4 (27).
 TINY_BIN = NB // 64
 MIDSMALL_BIN = NB // 8
 M_POW = 27
@@ -149,19 +150,52 @@ def make_rule(r0, theta, lag_v, lag_lw, jac_x, jac_lw, lt, lw, t, s):
 # Pieces of log G(t) and A(t) = sum_j q_j / (1 - q_j s).
 
 
+# Power-sum terms by size class (see the remainder bound above).  The
+# smallest pixels get only 2 terms: their remainder p^3/3 < 1e-18 already, and
+# higher powers would sink into subnormal numbers (very slow arithmetic).
+MICRO = 2.0**-20
+N_MICRO, N_TINY, N_MIDSMALL = 2, 9, 18
+POW_BLOCK = 256
+
+
 @njit(cache=True, nogil=True)
-def add_powers(pows, v):
-    """Accumulate v^m into pows[m-1], with as many terms as v's size needs."""
+def size_class(v):
+    """0: p < 2^-20, 1: < 1/64, 2: < 1/8, 3: < 1/4 (2, 9, 18 and 27 power-sum terms)."""
     if v < TINY_BIN / NB:
-        n = 9
-    elif v < MIDSMALL_BIN / NB:
-        n = 18
-    else:
-        n = M_POW
-    pw = 1.0
-    for m in range(n):
-        pw *= v
-        pows[m] += pw
+        return 0 if v < MICRO else 1
+    if v < MIDSMALL_BIN / NB:
+        return 2
+    return 3
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def power_sums(vals, n_terms, pows):
+    """pows[m-1] += sum_i vals[i]^m for m = 1..n_terms, in cache-sized blocks.
+
+    Reassociation lets the sums vectorise; they stay deterministic (fixed order
+    for a given build) and float64.
+    """
+    n = vals.size
+    w = np.empty(POW_BLOCK)
+    for start in range(0, n, POW_BLOCK):
+        k = min(n, start + POW_BLOCK) - start
+        for i in range(k):
+            w[i] = vals[start + i]
+        for m in range(n_terms):
+            acc = 0.0
+            for i in range(k):
+                acc += w[i]
+                w[i] *= vals[start + i]
+            pows[m] += acc
+
+
+@njit(cache=True, nogil=True)
+def class_power_sums(buf, starts, ends, pows):
+    """Power sums of the four size classes, class c in ``buf[starts[c]:ends[c]]``."""
+    power_sums(buf[starts[0] : ends[0]], N_MICRO, pows)
+    power_sums(buf[starts[1] : ends[1]], N_TINY, pows)
+    power_sums(buf[starts[2] : ends[2]], N_MIDSMALL, pows)
+    power_sums(buf[starts[3] : ends[3]], M_POW, pows)
 
 
 @njit(cache=True, nogil=True)
@@ -323,11 +357,18 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
         n_mid = 0
         for b in range(SMALL_BIN, b_lo):
             n_mid += counts[b]
+        # Small pixels below the band, by size class: bins < TINY_BIN hold
+        # classes 0 (filled from the back) and 1 (from the front), then 2, then 3.
+        n_b = np.zeros(3, dtype=np.int64)
+        for b in range(min(b_lo, SMALL_BIN)):
+            n_b[0 if b < TINY_BIN else (1 if b < MIDSMALL_BIN else 2)] += counts[b]
+        small_buf = np.empty(n_b[0] + n_b[1] + n_b[2])
+        starts = np.array([n_b[0], 0, n_b[0], n_b[0] + n_b[1]])
+        ends = starts.copy()  # fill pointers; class 0 grows downwards from n_b[0]
         top_buf = np.empty(n_top)
         band_v = np.empty(w_n)
         band_i = np.empty(w_n, dtype=np.int64)
         mid_v = np.empty(n_mid)
-        pows = np.zeros(M_POW)
         s_top = 0.0
         s_band = 0.0
         n_one = 0
@@ -355,7 +396,13 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
                 mid_v[jm] = v
                 jm += 1
             elif v > 0.0:
-                add_powers(pows, v)
+                k = size_class(v)
+                if k == 0:
+                    starts[0] -= 1
+                    small_buf[starts[0]] = v
+                else:
+                    small_buf[ends[k]] = v
+                    ends[k] += 1
         ok_top = n_top == 0 or alpha * s_top - lamp * n_top < ell
         ok_bot = n_top + w_n == d or alpha * (s_top + s_band) - lamp * (n_top + w_n) < ell
         if ok_top and ok_bot:
@@ -365,6 +412,8 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
         if not ok_bot:
             b_lo = max(0, b_lo - max(1, bstar - b_lo))
 
+    pows = np.zeros(M_POW)
+    class_power_sums(small_buf, starts, ends, pows)
     top_v = top_buf[:jt].copy()
     order = np.argsort(-band_v, kind="mergesort")  # descending; ties keep index order
     bv = band_v[order]
@@ -515,6 +564,7 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
     s_in = 0.0
     tau = 0
     n_big = 0
+    n_cls = np.zeros((2, 4), dtype=np.int64)  # small pixels by (outside/inside, size class)
     bad = False
     for i in range(d):
         v = p[i]
@@ -527,14 +577,23 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
             tau += 1
         if v >= 0.25:
             n_big += 1
+        elif v > 0.0:
+            n_cls[1 if m[i] else 0, size_class(v)] += 1
     if bad:
         return 0.0, True
     if tau == 0 and smooth == 0.0:
         return 0.0, False  # Dice = 0 and IoU = 0 for the empty mask (0/0 := 0)
 
-    # Power sums of the small pixels (all, and inside the mask); the others are kept.
-    pows = np.zeros(M_POW)
-    pows_in = np.zeros(M_POW)
+    # Power sums of the small pixels (inside and outside the mask); the others are kept.
+    # One buffer, eight segments: (outside, inside) x size class.
+    starts = np.zeros((2, 4), dtype=np.int64)
+    acc_n = 0
+    for a in range(2):
+        for k in range(4):
+            starts[a, k] = acc_n
+            acc_n += n_cls[a, k]
+    small_buf = np.empty(acc_n)
+    ends = starts.copy()
     big = np.empty(n_big)
     big_in = np.empty(n_big, dtype=np.bool_)
     n_one = 0
@@ -554,10 +613,16 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
             lp0 += math.log1p(-v)
             j += 1
         elif v > 0.0:
-            add_powers(pows, v)
-            if m[i]:
-                add_powers(pows_in, v)
+            a = 1 if m[i] else 0
+            k = size_class(v)
+            small_buf[ends[a, k]] = v
+            ends[a, k] += 1
     n_big = j
+    pows_out = np.zeros(M_POW)
+    pows_in = np.zeros(M_POW)
+    class_power_sums(small_buf, starts[0], ends[0], pows_out)
+    class_power_sums(small_buf, starts[1], ends[1], pows_in)
+    pows = pows_out + pows_in
     lp0 += series_log(pows, 1.0)
 
     if tau == 0:  # smooth > 0: g E[1/(g + Gamma)], as for the empty mask in the solver
@@ -589,12 +654,8 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
                     a_sum += big[i] / dd
             acc += math.exp(lw[k] + (tau + smooth - c) * lt[k] + lg) * (2.0 * t * a_sum + smooth)
         else:
-            # Only the pixels outside the mask: their small ones are pows - pows_in.
-            lg = (n_one - n_one_in) * lt[k]
-            acc_pow = 0.0
-            for mm in range(M_POW, 0, -1):
-                acc_pow = (acc_pow + (pows[mm - 1] - pows_in[mm - 1]) / mm) * s
-            lg -= acc_pow
+            # Only the pixels outside the mask.
+            lg = (n_one - n_one_in) * lt[k] + series_log(pows_out, s)
             for i in range(n_big):
                 if not big_in[i]:
                     lg += math.log(one_minus(big[i], t, s))
