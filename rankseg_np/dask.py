@@ -50,11 +50,10 @@ The reduction strategy, per ``(image, class)`` row:
    m_c summed over chunks), then the labels blockwise (``_claims`` +
    ``_conflicts`` with the global per-class scalars).
 
-Each pass recomputes the input chunks (``dask.graph_manipulation.bind``: the
-input's graph is cloned and made to wait for the previous pass), so an input
-larger than memory is streamed once per pass and never held whole.  Persist
-``x`` first (``x = x.persist()``) when it fits in memory and is expensive to
-compute.
+Each pass recomputes the input chunks (every task computes its own chunk from
+the chunk's private sub-graph, see :class:`_Source`), so an input larger than
+memory is streamed once per pass and never held whole.  Persist ``x`` first
+(``x = x.persist()``) when it fits in memory and is expensive to compute.
 
 Exactness.  Every decision is the in-memory one computed from the same
 values; the only difference is the order in which float64 sums are
@@ -91,7 +90,8 @@ try:
     import dask.array as da
     from dask.base import tokenize
     from dask.delayed import Delayed
-    from dask.graph_manipulation import bind
+    import dask.local
+    from dask._task_spec import Alias, DataNode, Task
     from dask.highlevelgraph import HighLevelGraph
 except ImportError as exc:  # pragma: no cover - exercised only without dask
     raise ImportError(
@@ -651,13 +651,105 @@ def _onehot_chunk(block: np.ndarray, cfg: Config, n_tasks: int) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Graph building.
 # --------------------------------------------------------------------------
-class _Graph:
-    """Accumulates one stage's tasks in one layer and wraps keys as Delayed."""
+class _Recipe:
+    """How to compute one input chunk: its private sub-graph, run inside the task that reads it.
 
-    def __init__(self, name: str, deps: list):
+    An opaque object, so the scheduler neither traverses nor schedules the
+    sub-graph: the chunk exists only while the task that needs it runs.
+    """
+
+    __slots__ = ("graph", "key", "external")
+
+    def __init__(self, graph: dict, key: Any, external: list):
+        self.graph = graph
+        self.key = key
+        self.external = external
+
+    def __repr__(self) -> str:
+        return f"_Recipe({self.key!r}, {len(self.graph)} tasks)"
+
+
+def _run_recipe(recipe: _Recipe, external_values: list) -> Any:
+    graph = dict(recipe.graph)
+    for k, v in zip(recipe.external, external_values):
+        graph[k] = DataNode(k, v)
+    return dask.local.get_sync(graph, recipe.key)
+
+
+class _Source:
+    """The input array as per-chunk recipes, for passes that each stream the whole input.
+
+    A multi-pass algorithm must not let the scheduler keep input chunks from
+    one pass to the next (that is the whole image in memory), nor compute
+    them ahead of the pass that needs them.  Each pass's task therefore
+    computes its chunk itself from the chunk's own sub-graph (the input's
+    optimised graph culled to that chunk).  Keys shared by more than
+    ``MAX_FAN`` chunks (a global scalar such as a normalisation constant) and
+    already-computed data (``from_array``, persisted chunks, a Zarr handle)
+    are *external*: ordinary graph keys, computed once and passed in.
+    (``dask.graph_manipulation.bind`` would be the obvious tool, but Dask's
+    array optimisation can drop the dependency it adds, and the next pass's
+    chunks are then computed during the first pass and held.)
+    """
+
+    MAX_FAN = 4
+
+    def __init__(self, x):
+        from dask.core import flatten, get_dependencies
+
+        keys = list(flatten(x.__dask_keys__()))
+        dsk = dict(x.__dask_optimize__(x.__dask_graph__(), keys))
+        deps = {k: set(getattr(v, "dependencies", None) or get_dependencies(dsk, k)) for k, v in dsk.items()}
+        missing = set().union(*deps.values()) - set(dsk)
+        if missing:  # e.g. persisted chunks (Futures), which optimisation leaves out
+            raw = dict(x.__dask_graph__())
+            for k in missing:
+                dsk[k] = raw[k]
+                deps[k] = set()
+        ancestors = {}
+        fan: dict = {}
+        for ck in keys:
+            seen = set()
+            stack = [ck]
+            while stack:
+                k = stack.pop()
+                if k in seen:
+                    continue
+                seen.add(k)
+                stack.extend(deps[k])
+            ancestors[ck] = seen
+            for k in seen:
+                fan[k] = fan.get(k, 0) + 1
+        external = {k for k in dsk if not isinstance(dsk[k], (Task, Alias)) or fan.get(k, 0) > self.MAX_FAN}
+        # Everything an external key needs is external too.
+        stack = list(external)
+        while stack:
+            for dep in deps[stack.pop()]:
+                if dep not in external:
+                    external.add(dep)
+                    stack.append(dep)
+        self.layer = {k: dsk[k] for k in external}
+        self.args = {}
+        for ck in keys:
+            if ck in external:
+                self.args[ck] = ck  # an ordinary dependency
+                continue
+            private = {k: dsk[k] for k in ancestors[ck] if k not in external}
+            ext = sorted((k for k in ancestors[ck] if k in external and k in set().union(*(deps[j] for j in private))), key=str)
+            self.args[ck] = (_run_recipe, _Recipe(private, ck, ext), list(ext))
+        self.name = f"rankseg-input-{tokenize(x)}"
+
+    def chunk(self, x, idx: tuple) -> Any:
+        """The task argument that evaluates to chunk ``idx`` of ``x``."""
+        return self.args[(x.name,) + tuple(idx)]
+
+
+class _Graph:
+    """Accumulates the tasks of one strategy in one layer and wraps keys as Delayed."""
+
+    def __init__(self, name: str, source: _Source):
         self.name = name
-        self.layer: dict = {}
-        self.deps = deps
+        self.layer: dict = dict(source.layer)
 
     def key(self, *parts) -> tuple:
         return (self.name,) + parts
@@ -674,9 +766,11 @@ class _Graph:
             level += 1
         return keys[0]
 
+    def graph(self) -> HighLevelGraph:
+        return HighLevelGraph.from_collections(self.name, self.layer, dependencies=[])
+
     def delayed(self, key) -> Delayed:
-        hlg = HighLevelGraph.from_collections(self.name, self.layer, dependencies=self.deps)
-        return Delayed(key, hlg, layer=self.name)
+        return Delayed(key, self.graph(), layer=self.name)
 
 
 def _row_groups(x):
@@ -696,63 +790,56 @@ def _spatial_blocks(x):
 
 
 def _merge_classes(x):
-    """Rechunk so each chunk holds every class, splitting space to keep chunk sizes."""
-    n = len(x.chunks[1])
-    if n == 1:
-        return x
-    # Split the spatial axis with the largest chunks by the number of class chunks.
-    ax = 2 + int(np.argmax([max(c) for c in x.chunks[2:]]))
-    size = max(1, math.ceil(max(x.chunks[ax]) / n))
-    return x.rechunk({1: -1, ax: size})
+    """Rechunk so that each chunk holds every class (a pixel's label needs all of them).
+
+    Only the class axis is merged, so each new chunk is made of the class
+    chunks of one spatial block: no input chunk feeds two new chunks.
+    """
+    return x if len(x.chunks[1]) == 1 else x.rechunk({1: -1})
 
 
-def _decision_graph(x, cfg: Config):
-    """Passes 1 and 2 of the reduction strategy: a Delayed dict of (B, C) row decisions."""
+def _decision_passes(x, cfg: Config, g: _Graph, src: _Source):
+    """Passes 1 and 2 of the reduction strategy; returns the key of the (B, C) row decisions."""
     shape = tuple(int(s) for s in x.shape)
     bc = shape[:2]
     full = shape[2:]
     d = math.prod(full)
     compute_dtype = "float64" if x.dtype == np.float64 else "float32"
-    token = tokenize(x, cfg, "rankseg_np.dask")
     groups = _row_groups(x)
     index = [sel for _, sel in groups]
     blocks = list(_spatial_blocks(x))
 
     # Pass 1: histograms.
-    g1 = _Graph(f"rankseg-hist-{token}", [x])
     finished = []
     for (ib, ic), _sel in groups:
         keys = []
         for sidx, _ in blocks:
-            k = g1.key("chunk", ib, ic, *sidx)
-            g1.layer[k] = (_p1_chunk, (x.name, ib, ic, *sidx), cfg.pruning_prob)
+            k = g.key("hist", ib, ic, *sidx)
+            g.layer[k] = (_p1_chunk, src.chunk(x, (ib, ic, *sidx)), cfg.pruning_prob)
             keys.append(k)
-        root = g1.tree(keys, _p1_combine, (ib, ic))
-        fk = g1.key("group", ib, ic)
-        g1.layer[fk] = (_p1_finish_group, root, cfg)
+        root = g.tree(keys, _p1_combine, ("hist", ib, ic))
+        fk = g.key("hist-group", ib, ic)
+        g.layer[fk] = (_p1_finish_group, root, cfg)
         finished.append(fk)
-    info_key = g1.key("info")
-    g1.layer[info_key] = (_p1_global, finished, index, bc, compute_dtype)
-    info = g1.delayed(info_key)
+    info = g.key("info")
+    g.layer[info] = (_p1_global, finished, index, bc, compute_dtype)
 
     # Pass 2: windows and the per-row finish.
-    x2 = bind(x, info, seed=(token, 2))
-    g2 = _Graph(f"rankseg-window-{token}", [x2, info])
     with_idx = cfg.metric == "dice" and cfg.smooth > 0.0
     finished = []
     for (ib, ic), sel in groups:
         keys = []
         for sidx, offs in blocks:
-            k = g2.key("chunk", ib, ic, *sidx)
-            g2.layer[k] = (_p2_chunk, (x2.name, ib, ic, *sidx), info.key, sel, offs, full, with_idx)
+            k = g.key("window", ib, ic, *sidx)
+            g.layer[k] = (_p2_chunk, src.chunk(x, (ib, ic, *sidx)), info, sel, offs, full, with_idx)
             keys.append(k)
-        root = g2.tree(keys, _p2_combine, (ib, ic))
-        fk = g2.key("group", ib, ic)
-        g2.layer[fk] = (_p2_finish_group, root, info.key, sel, cfg, d)
+        root = g.tree(keys, _p2_combine, ("window", ib, ic))
+        fk = g.key("window-group", ib, ic)
+        g.layer[fk] = (_p2_finish_group, root, info, sel, cfg, d)
         finished.append(fk)
-    dec_key = g2.key("decision")
-    g2.layer[dec_key] = (_p2_global, finished, index, bc, info.key, compute_dtype)
-    return g2.delayed(dec_key), token, groups, blocks
+    dec = g.key("decision")
+    g.layer[dec] = (_p2_global, finished, index, bc, info, compute_dtype)
+    return dec, groups, blocks
 
 
 def _reduce_rma(x, cfg: Config):
@@ -760,49 +847,44 @@ def _reduce_rma(x, cfg: Config):
     multi = cfg.output_mode == "multiclass"
     if multi:
         x = _merge_classes(x)
-    dec, token, groups, blocks = _decision_graph(x, cfg)
+    src = _Source(x)
+    token = tokenize(x, cfg, "rankseg_np.dask")
+    g = _Graph(f"rankseg-{token}", src)
+    dec, groups, blocks = _decision_passes(x, cfg, g, src)
     bc = tuple(int(s) for s in x.shape[:2])
     full = tuple(int(s) for s in x.shape[2:])
     n_chunks = len(groups) * len(blocks)
-
-    x3 = bind(x, dec, seed=(token, 3))
+    name = f"rankseg-out-{token}"
+    out = {}
     if not multi:
-        name = f"rankseg-masks-{token}"
-        layer = {}
         for (ib, ic), sel in groups:
             for sidx, offs in blocks:
-                layer[(name, ib, ic, *sidx)] = (
-                    _masks_chunk, (x3.name, ib, ic, *sidx), dec.key, sel, offs, full, n_chunks,
+                out[(name, ib, ic, *sidx)] = (
+                    _masks_chunk, src.chunk(x, (ib, ic, *sidx)), dec, sel, offs, full, n_chunks,
                 )
-        hlg = HighLevelGraph.from_collections(name, layer, dependencies=[x3, dec])
-        return da.Array(hlg, name, x.chunks, dtype=np.bool_)
-
-    # Multiclass: claims pass (tau_c, m_c), then labels.
-    g3 = _Graph(f"rankseg-claims-{token}", [x3, dec])
-    finished = []
-    img_index = []
-    for (ib, ic), sel in groups:  # one class block after _merge_classes
-        keys = []
-        for sidx, offs in blocks:
-            k = g3.key("chunk", ib, *sidx)
-            g3.layer[k] = (_claims_chunk, (x3.name, ib, ic, *sidx), dec.key, sel, offs, full, n_chunks)
-            keys.append(k)
-        finished.append(g3.tree(keys, _sum_pairs, ib))
-        img_index.append(sel)
-    tm_key = g3.key("tau_m")
-    g3.layer[tm_key] = (_claims_global, finished, img_index, bc)
-    tm = g3.delayed(tm_key)
-
-    x4 = bind(x, tm, seed=(token, 4))
-    name = f"rankseg-labels-{token}"
-    layer = {}
-    for (ib, ic), sel in groups:
-        for sidx, offs in blocks:
-            layer[(name, ib, *sidx)] = (
-                _labels_chunk, (x4.name, ib, ic, *sidx), dec.key, tm.key, sel, offs, full, cfg, n_chunks,
-            )
-    hlg = HighLevelGraph.from_collections(name, layer, dependencies=[x4, dec, tm])
-    return da.Array(hlg, name, (x.chunks[0],) + x.chunks[2:], dtype=np.int64)
+        chunks, dtype = x.chunks, np.bool_
+    else:
+        # Pass 3: claims (tau_c, m_c over sole-claimed pixels); pass 4: labels.
+        finished = []
+        img_index = []
+        for (ib, ic), sel in groups:  # one class block after _merge_classes
+            keys = []
+            for sidx, offs in blocks:
+                k = g.key("claims", ib, *sidx)
+                g.layer[k] = (_claims_chunk, src.chunk(x, (ib, ic, *sidx)), dec, sel, offs, full, n_chunks)
+                keys.append(k)
+            finished.append(g.tree(keys, _sum_pairs, ("claims", ib)))
+            img_index.append(sel)
+        tm = g.key("tau-m")
+        g.layer[tm] = (_claims_global, finished, img_index, bc)
+        for (ib, ic), sel in groups:
+            for sidx, offs in blocks:
+                out[(name, ib, *sidx)] = (
+                    _labels_chunk, src.chunk(x, (ib, ic, *sidx)), dec, tm, sel, offs, full, cfg, n_chunks,
+                )
+        chunks, dtype = (x.chunks[0],) + x.chunks[2:], np.int64
+    hlg = HighLevelGraph.from_collections(name, out, dependencies=[g.delayed(dec)])
+    return da.Array(hlg, name, chunks, dtype=dtype)
 
 
 def _out_meta(cfg: Config):
@@ -867,8 +949,10 @@ def row_decisions(x: Any, **params: Any) -> Delayed:
     if cfg.solver != "rma" or cfg.metric not in ("dice", "iou"):
         raise ValueError(f"row_decisions needs metric 'dice' or 'iou' with solver 'RMA'; got {cfg.metric!r}, {cfg.solver!r}")
     check_probs_structure(x)
-    dec, *_ = _decision_graph(x, cfg)
-    return dask.delayed(_as_row_decision)(dec)
+    src = _Source(x)
+    g = _Graph(f"rankseg-decisions-{tokenize(x, cfg)}", src)
+    dec, _, _ = _decision_passes(x, cfg, g, src)
+    return dask.delayed(_as_row_decision)(g.delayed(dec))
 
 
 def _as_row_decision(dec: dict) -> RowDecision:
