@@ -232,6 +232,41 @@ def log_one_minus(q, t, s):
 
 
 @njit(cache=True, nogil=True)
+def sort_desc_stable(v, idx):
+    """Sort ``v`` descending, ties keeping their order, carrying ``idx`` (bottom-up merge sort).
+
+    Hand-written because Numba's ``np.argsort(kind="mergesort")`` adds seconds
+    to the first compilation; the band is small, so simplicity costs nothing.
+    """
+    n = v.size
+    src_v = v.copy()
+    src_i = idx.copy()
+    dst_v = np.empty(n)
+    dst_i = np.empty(n, dtype=np.int64)
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            a = lo
+            b = mid
+            for k in range(lo, hi):
+                # take from the right run only when strictly larger: stable
+                if b < hi and (a >= mid or src_v[b] > src_v[a]):
+                    dst_v[k] = src_v[b]
+                    dst_i[k] = src_i[b]
+                    b += 1
+                else:
+                    dst_v[k] = src_v[a]
+                    dst_i[k] = src_i[a]
+                    a += 1
+        src_v, dst_v = dst_v, src_v
+        src_i, dst_i = dst_i, src_i
+        width *= 2
+    return src_v, src_i
+
+
+@njit(cache=True, nogil=True)
 def rma_value(metric, s, n, mu, smooth):
     """The RMA objective L of a top-n set with sum s (MATH 4): a lower bound of the exact score."""
     if metric == DICE:
@@ -415,9 +450,7 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
     pows = np.zeros(M_POW)
     class_power_sums(small_buf, starts, ends, pows)
     top_v = top_buf[:jt].copy()
-    order = np.argsort(-band_v, kind="mergesort")  # descending; ties keep index order
-    bv = band_v[order]
-    bi = band_i[order]
+    bv, bi = sort_desc_stable(band_v, band_i)  # descending; ties keep index order
     cum = np.empty(w_n + 1)  # S_tau for tau = n_top + i
     cum[0] = s_top
     for i in range(w_n):
