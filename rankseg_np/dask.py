@@ -124,6 +124,8 @@ _BIN_PARAMS = {
 SLACK = 1e-6
 # Fan-in of the tree reductions.
 SPLIT_EVERY = 8
+# Block of values counted before copying (see _window_fill).
+_FILL_BLOCK = 2048
 
 
 def _bin_edges() -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +186,13 @@ def _hist_counts(row, brow, shift, base, counts):
 
 @njit(cache=True, nogil=True)
 def _window_fill(p2, lo, hi, use, start, vals, idx, with_idx):
-    """Copy the values in (lo, hi] of each row (and their in-chunk flat indices), in row order."""
+    """Copy the values in (lo, hi] of each row (and their in-chunk flat indices), in row order.
+
+    Windows are tiny next to the chunk, so the row is scanned in blocks with
+    a vectorised count, and only blocks that hold window values are copied,
+    branch-free (each value is written, the cursor advances only when it is
+    kept; ``vals``/``idx`` have one slot of slack at the end).
+    """
     for r in range(p2.shape[0]):
         if not use[r]:
             continue
@@ -192,13 +200,21 @@ def _window_fill(p2, lo, hi, use, start, vals, idx, with_idx):
         a = lo[r]
         b = hi[r]
         j = start[r]
-        for i in range(row.size):
-            v = row[i]
-            if v > a and v <= b:
+        n = row.size
+        for i0 in range(0, n, _FILL_BLOCK):
+            i1 = min(n, i0 + _FILL_BLOCK)
+            hits = 0
+            for i in range(i0, i1):
+                v = row[i]
+                hits += (v > a) & (v <= b)
+            if hits == 0:
+                continue
+            for i in range(i0, i1):
+                v = row[i]
                 vals[j] = v
                 if with_idx:
                     idx[j] = i
-                j += 1
+                j += (v > a) & (v <= b)
 
 
 @njit(cache=True, nogil=True)
@@ -437,10 +453,11 @@ def _p2_chunk(block, info, rows_sel, offsets, full, with_idx) -> tuple:
         s_hi[r], n_hi[r] = _kernels.sum_above(p2[r], hi[r])
         n_win[r] = _kernels.sum_above(p2[r], lo[r])[1] - n_hi[r]
     start = np.concatenate([[0], np.cumsum(n_win)]).astype(np.int64)
-    vals = np.empty(int(start[-1]), dtype=p2.dtype)
-    idx = np.empty(int(start[-1]) if with_idx else 0, dtype=np.int64)
+    vals = np.empty(int(start[-1]) + 1, dtype=p2.dtype)  # + 1: _window_fill's slack slot
+    idx = np.empty(int(start[-1]) + 1 if with_idx else 1, dtype=np.int64)
     if start[-1]:
         _window_fill(p2, lo, hi, active & (n_win > 0), start, vals, idx, with_idx)
+    vals, idx = vals[:-1], idx[:-1]
     if with_idx and idx.size:
         # In-chunk flat index -> global flat index of the image's spatial grid.
         chunk_shape = tuple(block.shape[2:])
