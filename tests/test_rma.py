@@ -134,7 +134,7 @@ def test_images_are_independent(probs, params):
 
 @pytest.mark.parametrize("params", [dict(), dict(metric="iou", smooth=1.0), dict(smooth=2.0, output_mode="multilabel")])
 def test_deterministic_across_runs_and_thread_counts(params):
-    probs = make_probs((3, 5, 70, 90), np.float32, "softmax", 7)
+    probs = make_probs((3, 5, 300, 300), np.float32, "softmax", 7)  # above cpu.SERIAL_BELOW: really parallel
     first = rankseg(probs, **params)
     threads = numba.get_num_threads()
     try:
