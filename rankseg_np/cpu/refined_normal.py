@@ -13,59 +13,82 @@ count laws are replaced by the refined normal law (Volkova 1996)
 
 with ``m``, ``s^2``, ``kappa`` the mean, variance and skewness of the count,
 restricted to the integer support ``[lq, uq]`` of ``Gamma`` that holds its
-central ``1 - eps`` mass, and renormalised there.  With ``A(n) = 1/(n+g+1)``
-and ``N(n) = g/(n+g)`` (``g`` = smooth), the volume scores are
+central ``1 - eps`` mass (quantiles of the standardised law, then
+``lq = floor(s z_lo + m) - 1``, ``uq = ceil(s z_hi + m)``, clipped to
+``[0, d]``), and renormalised there.  With ``A(n) = 1/(n+g+1)`` and
+``N(n) = g/(n+g)`` (``g`` = smooth), the volume scores are
 
     BA:    pi(tau) = 2 S_tau  E[A(Gamma + tau)]               + E[N(Gamma + tau)]
     TRNA:  pi(tau) = 2 sum_{j<=tau} q_j E[A(Gamma_{-j} + tau)] + E[N(Gamma + tau)]
 
-for ``tau = 1..up_tau`` and ``pi(0) = E[N(Gamma)]`` (0 when ``g = 0``).
-``up_tau`` is the search bound of the paper's Lemma 3: the first ``tau`` with
+for ``tau = 1..up_tau`` and ``pi(0) = E[N(Gamma)]`` (0 when ``g = 0``); the
+law of ``Gamma_{-j}`` is the refined normal law with the row's moments less
+pixel ``j``'s share, evaluated on ``Gamma``'s support.  ``up_tau`` is the
+search bound of the paper's Lemma 3: the first ``tau`` with
 ``S_tau >= (tau + g + d) q_{tau+1}`` (``d`` if none).  The mask is the top-tau
 set of the first maximiser.  For ``g >= 1`` the equivalent score
-``g (pi - 1)`` is maximised (it keeps the differences that ``pi ~ 1`` rounds
-away), as ``rankseg`` does; both forms are computed in float64 here.
-``BA+TRNA`` uses BA on a row when ``1/s < 0.2`` (Cohen's d), TRNA otherwise.
+``g (pi - 1)`` is maximised (it keeps differences that ``pi ~ 1`` would round
+away), as ``rankseg`` does.  ``BA+TRNA`` uses BA on a row when
+``1 / s < 0.2`` (Cohen's d), TRNA otherwise.
 
 What makes it fast
 ------------------
 * ``rankseg`` evaluates the TRNA law of every ``Gamma_{-j}`` in Python, one
-  volume at a time.  Here the law of ``Gamma_{-j}`` is built from the row's
-  three moments minus pixel ``j``'s own contribution (O(1) per ``j``), the
-  weighted sum ``W_tau(k) = sum_{j<=tau} q_j pmf_j(k)`` is updated in place,
-  and every score is a dot product with a precomputed table of ``A``.  All of
-  it is compiled and parallel over rows.
-* No volume beyond the optimum is visited: every law lives on ``k >= lq``
-  and has mass 1, so ``pi(tau) <= B(tau) = 2 S_tau A(lq + tau) + N(lq + tau)``.
-  ``B`` is non-increasing from the first ``tau`` with
+  volume at a time (about 30 s for one 128x128 image with 21 classes).  Here
+  the law of ``Gamma_{-j}`` comes from the row's three moments less pixel
+  ``j``'s share (O(1) per ``j``), ``W_tau(k) = sum_{j<=tau} q_j pmf_j(k)`` is
+  updated in place, every score is a dot product with a precomputed weight
+  table, and everything is compiled and parallel over rows.
+* Volumes far beyond the optimum are never scored: every law lives on
+  ``k >= lq`` and has mass 1, so ``pi(tau) <= B(tau) = 2 S_tau A(lq + tau) +
+  N(lq + tau)``.  ``B`` is non-increasing from the first ``tau`` with
   ``q_{tau+1} (lq + g + 1 + tau) <= S_tau`` on (``phi(tau) = q_{tau+1}(c +
-  tau) - S_tau`` is non-increasing in ``tau`` because ``q`` is, and ``N`` is
-  decreasing), so the scan stops there as soon as ``B(tau)`` falls below the
-  best score found.  This changes no answer (a proof, not a heuristic) and
-  removes most of the work when ``up_tau`` is far above the optimum.
+  tau) - S_tau`` is non-increasing because ``q`` is, and ``N`` decreases), so
+  the scan stops as soon as that holds and ``B(tau)`` is below the best score
+  so far (with a margin for rounding).  This is a proof, not a heuristic: it
+  changes no answer, and on softmax images it skips most of the volumes
+  below ``up_tau``.
 
-Precision
----------
-``rankseg`` computes in the input's dtype.  What decides its support and its
-search bound is mirrored exactly for float32 input: the row moments, the
-law's parameters (and those of every ``Gamma_{-j}``), the interval endpoints
-and the Lemma 3 comparisons are rounded to float32 after each operation as
-PyTorch does (a float64 operation on float32 operands followed by rounding is
-the correctly rounded float32 result), and the prefix sums are PyTorch's
-float64-accumulated, float32-stored ``cumsum``.  The interval quantiles are
-found by SciPy's ``brentq`` from the same bracket SciPy's generic ``ppf``
-uses, which matters when the refined normal CDF is not monotone (large skew:
-then several roots exist).  The scores themselves are evaluated in float64:
-their float32 convolution and accumulation order in PyTorch cannot be
-reproduced, and the float64 score is the better estimate of the same
-objective.  Rows may therefore differ from ``rankseg`` on float32 input when
-two volumes score within float32 rounding of each other; the test suite
-measures how often.
+Precision: following rankseg's arithmetic
+------------------------------------------
+``rankseg`` computes everything in the input's dtype, and on float32 input
+two volumes often score within float32 rounding of each other (more often
+the larger the image), so its choice depends on exactly how each float32
+value was rounded.  For float32 input this module therefore repeats
+PyTorch's float32 arithmetic wherever that is possible to do exactly:
+
+* every elementwise operation (the law's parameters and those of every
+  ``Gamma_{-j}``, the argument ``x``, the weight tables, the Lemma 3
+  comparison, the final score) is rounded to float32 after each operation
+  (a float64 operation on float32 operands, rounded once, is the correctly
+  rounded float32 result), in PyTorch's order; PyTorch evaluates
+  ``scalar / tensor`` as ``reciprocal(tensor) * scalar``, and so does this;
+* the prefix sums are PyTorch's CPU ``cumsum``: float64 accumulation, float32
+  storage;
+* sums (the row moments, the normalisation of each law, the TRNA dot
+  products) follow ATen's float32 ``sum`` kernel: a cascade of partial sums
+  over 8-lane vectors (the width of ATen's AVX2 sum kernel, which x86 builds
+  also use on AVX-512 machines; 4 on ARM), 4 interleaved accumulators, then
+  the scalar tail and the lanes;
+* the BA scores are rankseg's ``conv1d``, which on the CPU accumulates each
+  output sequentially over the kernel taps with separate float32 multiplies
+  and adds: the loops below do the same, in the input dtype.
+
+What cannot be repeated exactly are the ``erf`` and ``exp`` inside the
+normal CDF (MKL's vector math in PyTorch builds; here the correctly rounded
+values, which agree on ~99% of arguments) and the sum of a single row of
+more than 32768 values (split across threads by PyTorch).  Rows whose top
+volumes are tied within that residual noise can differ from ``rankseg``; the
+tests measure how often (well under 5% of rows on softmax images up to
+128x128) and check that every such row is a tie at float32 precision.  On
+float64 input the same code runs in float64 and rows agree except for
+exact ties.
 """
 
 from __future__ import annotations
 
 import math
+import platform
 
 import numpy as np
 from numba import njit, prange
@@ -73,7 +96,7 @@ from scipy.optimize import brentq
 
 from .._decision import RowDecision
 from .._validate import Config, raise_bad_values
-from ._kernels import first_pass, tie_cut
+from ._kernels import first_pass
 
 BA = 0
 TRNA = 1
@@ -95,16 +118,21 @@ SIGMA_FLOOR = 1e-8
 PPF_FACTOR = 10.0
 PPF_XTOL = 1e-14
 # Early stop of the volume scan: stop only when the bound is below the best
-# score by this relative margin (the float64 scores carry ~1e-15 relative error).
+# score by this relative margin (float64 scores carry ~1e-15 relative error,
+# float32 ones up to ~1e-6).
 STOP_RTOL_F64 = 1e-9
-# float32 scores carry accumulated rounding of up to ~1e-6 relative.
 STOP_RTOL_F32 = 1e-4
 # Volumes per chunk of the BA convolution (between early-stop checks).
 CHUNK = 256
+# Lanes of ATen's float32 sum kernel (Vectorized<float> of its AVX2 / default
+# build on x86, NEON on ARM).  Only used to round sums as PyTorch does.
+SUM_LANES = 4 if platform.machine().lower() in ("arm64", "aarch64") else 8
+# Sorted rows are kept for one block of rows at a time (bytes).
+BLOCK_BYTES = 1 << 26
 
 
 # --------------------------------------------------------------------------
-# The refined normal CDF, scalar (for the interval) and compiled.
+# The support: quantiles of the standardised refined normal law (Python)
 # --------------------------------------------------------------------------
 
 
@@ -116,7 +144,7 @@ def _refined_cdf(x: float, skew: float) -> float:
 
 
 def _ppf(prob: float, skew: float) -> float:
-    """Quantile of the refined normal law, found the way SciPy's generic ``ppf`` finds it.
+    """Quantile of the refined normal law, located as SciPy's generic ``ppf`` locates it.
 
     The CDF is clipped and, for large skew, not monotone; which root is
     returned then depends on the bracket, so the bracket is SciPy's.
@@ -154,13 +182,18 @@ def _standard_interval(skew: np.ndarray, eps: float) -> tuple[np.ndarray, np.nda
     return lo, hi
 
 
+# --------------------------------------------------------------------------
+# Float32 arithmetic as PyTorch rounds it
+# --------------------------------------------------------------------------
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _r(x, f32):
-    """``x`` rounded to float32 when ``f32``, else ``x`` unchanged.
+    """``x`` rounded to float32 when ``f32``, else unchanged.
 
     Applied after each float64 operation on float32-representable operands,
-    this gives exactly the float32 operation's result (+, -, *, / and sqrt
-    computed in float64 and rounded once are correctly rounded in float32).
+    this gives exactly the float32 operation's result: +, -, *, / and sqrt
+    computed in float64 and rounded once are correctly rounded in float32.
     """
     if f32:
         return float(np.float32(x))
@@ -168,11 +201,120 @@ def _r(x, f32):
 
 
 @njit(cache=True, nogil=True)
+def _ceil_log2(x):
+    """ceil(log2(x)) for x > 2, and 1 for x <= 2 (ATen's convention)."""
+    if x <= 2:
+        return 1
+    v = x - 1
+    bits = 0
+    while v > 0:
+        v >>= 1
+        bits += 1
+    return bits
+
+
+@njit(cache=True, nogil=True)
+def _cascade(x, lanes, size, acc, part):
+    """Float32 cascade sums of ``size`` groups of 4 interleaved items of ``lanes`` values.
+
+    ``part[r, k]`` receives the sum over ``i < size`` of ``x[(4 i + r) * lanes + k]``,
+    accumulated in levels: ``2^p`` items into level 0, then level ``j``
+    flushed into level ``j + 1`` whenever the item count is a multiple of
+    ``2^(p (j + 1))``, with ``p = max(4, ceil(log2 size) // 4)``; so only
+    partial sums of similar size are ever added (ATen's ``multi_row_sum``).
+    """
+    levels = 4
+    power = max(4, _ceil_log2(size) // levels)
+    step = 1 << power
+    mask = step - 1
+    acc[:] = 0.0
+    i = 0
+    while i + step <= size:
+        for _ in range(step):
+            for r in range(4):
+                base = (4 * i + r) * lanes
+                for k in range(lanes):
+                    acc[0, r, k] += x[base + k]
+            i += 1
+        for j in range(1, levels):
+            for r in range(4):
+                for k in range(lanes):
+                    acc[j, r, k] += acc[j - 1, r, k]
+                    acc[j - 1, r, k] = 0.0
+            if (i & (mask << (j * power))) != 0:
+                break
+    while i < size:
+        for r in range(4):
+            base = (4 * i + r) * lanes
+            for k in range(lanes):
+                acc[0, r, k] += x[base + k]
+        i += 1
+    for r in range(4):
+        for k in range(lanes):
+            v = acc[0, r, k]
+            for j in range(1, levels):
+                v += acc[j, r, k]
+            part[r, k] = v
+
+
+@njit(cache=True, nogil=True)
+def _row_sum(x, lanes, items, acc, part):
+    """Sum of ``items`` items of ``lanes`` values, per lane, into ``part[0]`` (4-way interleaved)."""
+    groups = items // 4
+    _cascade(x, lanes, groups, acc, part)
+    for it in range(4 * groups, items):
+        for k in range(lanes):
+            part[0, k] += x[it * lanes + k]
+    for r in range(1, 4):
+        for k in range(lanes):
+            part[0, k] += part[r, k]
+
+
+@njit(cache=True, nogil=True)
+def _aten_sum32(x, n, lanes, acc, part):
+    """Sum of the float32 array ``x[:n]`` rounded exactly as ATen's CPU float32 ``sum`` rounds it.
+
+    Rows of at least ``lanes`` values are summed as vectors (per-lane cascade,
+    then the scalar tail, then the lanes in order); shorter ones as scalars.
+    ``acc`` (4, 4, lanes) and ``part`` (4, lanes) are float32 scratch.
+    """
+    if n >= lanes:
+        vectors = n // lanes
+        _row_sum(x, lanes, vectors, acc, part)
+        total = np.float32(0.0)
+        for i in range(vectors * lanes, n):
+            total += x[i]
+        for k in range(lanes):
+            total += part[0, k]
+        return total
+    _row_sum(x, 1, n, acc, part)
+    return part[0, 0]
+
+
+@njit(cache=True, nogil=True)
+def _sum(x, n, f32, buf, acc, part):
+    """sum(x[:n]): ATen's float32 rounding when ``f32``, else a float64 running sum."""
+    if f32:
+        for i in range(n):
+            buf[i] = x[i]
+        return float(_aten_sum32(buf, n, part.shape[1], acc, part))
+    total = 0.0
+    for i in range(n):
+        total += x[i]
+    return total
+
+
+# --------------------------------------------------------------------------
+# The refined normal law on the support
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
 def _cdf_at(k, loc, scale, skew, f32, c_sqrt2, c_log):
     """F(k) of the refined normal law at the integer ``k``, one rounding per operation.
 
-    The operation order is that of rankseg's ``RefinedNormalPB.cdf`` (through
-    ``torch.distributions.Normal``): Phi = 0.5 (1 + erf(x / sqrt 2)) and
+    The order is that of rankseg's ``RefinedNormalPB.cdf`` through
+    ``torch.distributions.Normal``: Phi = 0.5 (1 + erf(x / sqrt 2)) and
     phi = exp(-x^2 / 2 - log sqrt(2 pi)).
     """
     x = _r(_r(k + 0.5 - loc, f32) / scale, f32)
@@ -189,7 +331,7 @@ def _cdf_at(k, loc, scale, skew, f32, c_sqrt2, c_log):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _law(lq, n, loc, scale, skew, f32, out):
+def _law(lq, n, loc, scale, skew, f32, out, buf, acc, part):
     """Normalised pmf of the refined normal law on k = lq .. lq+n-1, written to ``out``.
 
     Returns the mass before normalisation.  A zero mass leaves NaN in ``out``,
@@ -198,16 +340,14 @@ def _law(lq, n, loc, scale, skew, f32, out):
     c_sqrt2 = _r(SQRT2, f32)
     c_log = _r(LOG_SQRT2PI, f32)
     prev = _cdf_at(lq - 1, loc, scale, skew, f32, c_sqrt2, c_log)
-    total = 0.0
     for i in range(n):
         cur = _cdf_at(lq + i, loc, scale, skew, f32, c_sqrt2, c_log)
         v = _r(cur - prev, f32)
         out[i] = v if v > 0.0 else 0.0
-        total += out[i]
         prev = cur
-    norm = _r(total, f32)
+    total = _sum(out, n, f32, buf, acc, part)
     for i in range(n):
-        out[i] = _r(out[i] / norm, f32)
+        out[i] = _r(out[i] / total, f32)
     return total
 
 
@@ -217,23 +357,58 @@ def _law(lq, n, loc, scale, skew, f32, out):
 
 
 @njit(parallel=True, cache=True)
-def _row_moments(p2, mu, var, m3, peak, bad):
-    """Per row, in float64: sum p, sum p(1-p), sum p(1-p)(1-2p), max p, and a bad-value flag."""
+def _row_peaks(p2, mu, peak, bad):
+    """Per row: float64 sum, maximum, and whether any value is NaN/inf/outside [0, 1]."""
     for r in prange(p2.shape[0]):
-        row = p2[r]
-        total, mx, b, _, _ = first_pass(row)
-        s2 = 0.0
-        s3 = 0.0
-        for i in range(row.size):
-            v = float(row[i])
-            a = v * (1.0 - v)
-            s2 += a
-            s3 += a * (1.0 - 2.0 * v)
+        total, mx, b, _, _ = first_pass(p2[r])
         mu[r] = total
-        var[r] = s2
-        m3[r] = s3
         peak[r] = mx
         bad[r] = b
+
+
+@njit(parallel=True, cache=True)
+def _sort_and_moments(p2, rows, qbuf, mean, var, m3, f32, lanes):
+    """Sort each listed row descending into ``qbuf`` and take its three moments as rankseg does.
+
+    rankseg sums ``q``, ``q (1 - q)`` and ``q (1 - q)(1 - 2q)`` over the sorted
+    row in the input dtype; for float32 input the elementwise products are
+    rounded per operation and the sums follow ATen's float32 ``sum``.
+    """
+    for i in prange(rows.size):
+        row = p2[rows[i]]
+        d = row.size
+        asc = np.sort(row)
+        q = qbuf[i]
+        for k in range(d):
+            q[k] = asc[d - 1 - k]
+        if f32:
+            acc = np.zeros((4, 4, lanes), np.float32)
+            part = np.zeros((4, lanes), np.float32)
+            t = np.empty(d, dtype=np.float32)
+            for k in range(d):
+                t[k] = q[k]
+            mean[i] = _aten_sum32(t, d, lanes, acc, part)
+            for k in range(d):
+                v = np.float32(q[k])
+                t[k] = v * (np.float32(1.0) - v)
+            var[i] = _aten_sum32(t, d, lanes, acc, part)
+            for k in range(d):
+                v = np.float32(q[k])
+                t[k] = (v * (np.float32(1.0) - v)) * (np.float32(1.0) - np.float32(2.0) * v)
+            m3[i] = _aten_sum32(t, d, lanes, acc, part)
+        else:
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            for k in range(d):
+                v = float(q[k])
+                a = v * (1.0 - v)
+                s1 += v
+                s2 += a
+                s3 += a * (1.0 - 2.0 * v)
+            mean[i] = s1
+            var[i] = s2
+            m3[i] = s3
 
 
 # --------------------------------------------------------------------------
@@ -265,7 +440,7 @@ def _up_tau(q, prefix, smooth, f32):
 
 @njit(cache=True, nogil=True)
 def _stop(q, exact, tau, lq, smooth, scaled, best, rtol):
-    """True when no volume >= tau can beat ``best`` (bound of the module docstring)."""
+    """True when no volume >= tau can beat ``best`` (the bound of the module docstring)."""
     d = q.size
     q_next = q[tau] if tau < d else 0.0
     s_tau = exact[tau]
@@ -282,40 +457,39 @@ def _stop(q, exact, tau, lq, smooth, scaled, best, rtol):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _empty_score(lq, n, full, smooth, s_r, scaled, f32):
+def _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, acc, part):
     """Score of the empty mask, tau = 0: E[N(Gamma)], or 0 when smooth = 0."""
     if smooth == 0.0:
         return 0.0
-    acc = 0.0
     for i in range(n):
         k = float(lq + i)
         if scaled:
             t = _r(k / _r(1.0 + _r(k / s_r, f32), f32), f32)
         else:
             t = _r(1.0 / _r(k + s_r, f32), f32)
-        acc += _r(t * full[i], f32)
+        prod[i] = _r(t * full[i], f32)
+    total = _sum(prod, n, f32, buf, acc, part)
     if scaled:
-        return -_r(acc, f32)
-    return _r(s_r * _r(acc, f32), f32)
+        return -total
+    return _r(s_r * total, f32)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol):
+def _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, acc, part):
     """First maximiser of the BA score over tau = 0..up.
 
-    rankseg forms the scores of all volumes as a 1-D convolution of the pmf
-    with a table of weights, in the input dtype; PyTorch's CPU convolution
-    accumulates each output sequentially over the kernel taps with separate
-    multiplies and adds, which the loops below reproduce in the same dtype
-    (``proto.dtype``), vectorised over volumes.  Volumes are scanned in
-    chunks so the early stop applies.
+    rankseg forms all BA scores as one ``conv1d`` of the pmf with a weight
+    table, in the input dtype; PyTorch's CPU convolution accumulates each
+    output sequentially over the taps with separate multiplies and adds,
+    which the loops below repeat in the input dtype (``proto.dtype``),
+    vectorised over volumes.  Volumes go in chunks so the early stop applies.
     """
     scaled = smooth >= SCALED_SMOOTH
     s_r = _r(smooth, f32)
     pm = np.empty(n, dtype=proto.dtype)
     for i in range(n):
         pm[i] = full[i]
-    # Weight tables indexed by m = k + tau - 1 - lq (rankseg's convolution input).
+    # Weight tables, indexed by m = k + tau - 1 - lq (rankseg's conv1d input).
     size = n + up - 1
     xa = np.empty(size, dtype=proto.dtype)
     xn = np.empty(size, dtype=proto.dtype)
@@ -329,7 +503,7 @@ def _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol):
             xa[m] = _r(1.0 / _r(rd + 1.0, f32), f32)
             # PyTorch evaluates ``scalar / tensor`` as reciprocal(tensor) * scalar.
             xn[m] = _r(_r(1.0 / rd, f32) * s_r, f32)
-    best = _empty_score(lq, n, full, smooth, s_r, scaled, f32)
+    best = _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, acc, part)
     best_tau = 0
     ma = np.empty(CHUNK, dtype=proto.dtype)
     nu = np.empty(CHUNK, dtype=proto.dtype)
@@ -361,12 +535,12 @@ def _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol):
-    """First maximiser of the TRNA score over tau = 0..up (arithmetic as rankseg's, see module docstring)."""
+def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, prod, buf, acc, part):
+    """First maximiser of the TRNA score over tau = 0..up, in rankseg's arithmetic."""
     scaled = smooth >= SCALED_SMOOTH
     s_r = _r(smooth, f32)
     floor = F32_EPS if f32 else F64_EPS
-    # Weight tables indexed by m = k + tau - lq.
+    # Weight tables, indexed by m = k + tau - lq.
     size = n + up
     ta = np.empty(size)
     tn = np.empty(size)
@@ -378,7 +552,7 @@ def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol):
         else:
             ta[m] = _r(2.0 / _r(_r(k + s_r, f32) + 1.0, f32), f32)
             tn[m] = _r(1.0 / _r(k + s_r, f32), f32)
-    best = _empty_score(lq, n, full, smooth, s_r, scaled, f32)
+    best = _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, acc, part)
     best_tau = 0
     w = np.zeros(n)
     pmf = np.empty(n)
@@ -386,8 +560,8 @@ def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol):
         if _stop(q, exact, tau, lq, smooth, scaled, best, rtol):
             break
         qj = q[tau - 1]
-        # Law of Gamma_{-j}: the row's moments less pixel j's share, one
-        # rounding per operation as rankseg's (input-dtype) tensor arithmetic.
+        # Law of Gamma_{-j}: the row's moments less pixel j's share, with
+        # rankseg's operations and (input-dtype) rounding.
         one_m = _r(1.0 - qj, f32)
         a = _r(qj * one_m, f32)
         loc_j = _r(loc - qj, f32)
@@ -395,19 +569,18 @@ def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol):
         scale_j = _r(math.sqrt(var_j), f32)
         m3_j = _r(m3_raw - _r(a * _r(1.0 - _r(2.0 * qj, f32), f32), f32), f32)
         skew_j = _r(m3_j / _r(var_j**1.5, f32), f32)
-        mass = _law(lq, n, loc_j, scale_j, skew_j, f32, pmf)
+        mass = _law(lq, n, loc_j, scale_j, skew_j, f32, pmf, buf, acc, part)
         if not mass > 0.0:
             return tau  # a NaN score: torch.argmax returns the first NaN
-        acc = 0.0
         for i in range(n):
             w[i] = _r(w[i] + _r(qj * pmf[i], f32), f32)
-            acc += _r(ta[i + tau] * w[i], f32)
-        score = _r(acc, f32)
+            prod[i] = _r(ta[i + tau] * w[i], f32)
+        score = _sum(prod, n, f32, buf, acc, part)
         if smooth > 0.0:
-            acc = 0.0
             for i in range(n):
-                acc += _r(tn[i + tau] * full[i], f32)
-            nu = -_r(acc, f32) if scaled else _r(s_r * _r(acc, f32), f32)
+                prod[i] = _r(tn[i + tau] * full[i], f32)
+            total = _sum(prod, n, f32, buf, acc, part)
+            nu = -total if scaled else _r(s_r * total, f32)
             score = _r(score + nu, f32)
         if score > best:
             best = score
@@ -416,11 +589,14 @@ def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _solve_row(proto, q, kind, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32):
-    """Optimal volume of one active row, ``q`` sorted descending (float64 copy of the input values)."""
-    d = q.size
+def _solve_row(qrow, kind, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32, lanes):
+    """Optimal volume of one active row; ``qrow`` is the row sorted descending, in the input dtype."""
+    d = qrow.size
+    q = np.empty(d)
+    for i in range(d):
+        q[i] = qrow[i]
     # PyTorch's CPU cumsum accumulates in float64 and stores in the input
-    # dtype; ``exact`` keeps the float64 sums for the (exact) early-stop bound.
+    # dtype; ``exact`` keeps the float64 sums for the early-stop bound.
     exact = np.empty(d + 1)
     prefix = np.empty(d + 1)
     exact[0] = 0.0
@@ -433,42 +609,51 @@ def _solve_row(proto, q, kind, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth
     up = _up_tau(q, prefix, smooth, f32)
     n = uq - lq + 1
     full = np.empty(n)
-    if not _law(lq, n, loc, scale, skew, f32, full) > 0.0:
+    prod = np.empty(n)
+    buf = np.empty(n, dtype=np.float32)
+    sacc = np.zeros((4, 4, lanes), np.float32)
+    part = np.zeros((4, lanes), np.float32)
+    if not _law(lq, n, loc, scale, skew, f32, full, buf, sacc, part) > 0.0:
         # Normalising by a zero sum makes every score with the law in it NaN
         # in rankseg (the empty mask's too when smooth > 0); torch.argmax
         # returns the first NaN.
         return 0 if smooth > 0.0 else 1
     rtol = STOP_RTOL_F32 if f32 else STOP_RTOL_F64
     if kind == BA:
-        return _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol)
-    return _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol)
+        return _ba(qrow, q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, sacc, part)
+    return _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, prod, buf, sacc, part)
 
 
 @njit(parallel=True, cache=True)
-def _solve_rows(p2, rows, kinds, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32, threshold, tie_end):
+def _solve_rows(p2, rows, qbuf, kinds, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32, lanes, threshold, tie_end):
     for i in prange(rows.size):
         r = rows[i]
-        row = p2[r]
-        q = np.sort(row)  # ascending, in the input dtype
-        d = row.size
-        desc = np.empty(d)
-        for k in range(d):
-            desc[k] = q[d - 1 - k]
-        tau = _solve_row(row, desc, kinds[i], loc[i], scale[i], skew[i], var_raw[i], m3_raw[i], lq[i], uq[i], smooth, f32)
+        q = qbuf[i]
+        tau = _solve_row(q, kinds[i], loc[i], scale[i], skew[i], var_raw[i], m3_raw[i], lq[i], uq[i], smooth, f32, lanes)
         if tau == 0:
             continue
-        # The top-tau set is {p > v} plus the first (lowest-index) pixels equal to v.
-        v = q[d - tau]
-        n_greater = 0
-        n_equal = 0
-        for k in range(d):
-            if q[k] > v:
-                n_greater += 1
-            elif q[k] == v:
-                n_equal += 1
-        need = tau - n_greater
+        # The top-tau set is {p > v} plus the first (lowest-index) pixels
+        # equal to v; the tie group of v is contiguous in the sorted row.
+        v = q[tau - 1]
+        first = tau - 1
+        while first > 0 and q[first - 1] == v:
+            first -= 1
+        last = tau
+        while last < q.size and q[last] == v:
+            last += 1
+        need = tau - first
         threshold[r] = v
-        tie_end[r] = d if need == n_equal else tie_cut(row, v, need)
+        if need == last - first:
+            tie_end[r] = q.size
+        else:
+            row = p2[r]
+            seen = 0
+            for k in range(row.size):
+                if row[k] == v:
+                    seen += 1
+                    if seen == need:
+                        tie_end[r] = k + 1
+                        break
 
 
 # --------------------------------------------------------------------------
@@ -476,20 +661,30 @@ def _solve_rows(p2, rows, kinds, loc, scale, skew, var_raw, m3_raw, lq, uq, smoo
 # --------------------------------------------------------------------------
 
 
-def _law_parameters(mu, var, m3, f32):
-    """(loc, scale, skew, var, m3) of each row's count law, rounded as rankseg rounds them."""
+def _law_parameters(mean, var, m3, f32):
+    """(scale, skew) of each row's count law, with rankseg's operations and rounding."""
     if f32:
         r = lambda x: np.asarray(x, dtype=np.float32).astype(np.float64)  # noqa: E731
-        loc, var, m3 = r(mu), r(var), r(m3)
         safe = np.maximum(var, F32_EPS)
         scale = r(np.sqrt(safe))
         skew = r(m3 / r(safe**1.5))
     else:
-        loc = mu
         safe = np.maximum(var, F64_EPS)
         scale = np.sqrt(safe)
         skew = m3 / safe**1.5
-    return loc, scale, skew, var, m3
+    return scale, skew
+
+
+def _kinds(solver: str, scale: np.ndarray, f32: bool) -> np.ndarray:
+    if solver == "ba":
+        return np.full(scale.size, BA, dtype=np.int64)
+    if solver == "trna":
+        return np.full(scale.size, TRNA, dtype=np.int64)
+    # Cohen's d = 1 / sigma, in the input dtype as rankseg compares it.
+    ftype = np.float32 if f32 else np.float64
+    sigma = np.maximum(scale.astype(ftype), ftype(SIGMA_FLOOR))
+    use_ba = (ftype(1.0) / sigma) < ftype(COHEN_D)
+    return np.where(use_ba, BA, TRNA).astype(np.int64)
 
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
@@ -523,11 +718,9 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     p2 = p3.reshape(b * c, d)
     rows = b * c
     mu = np.empty(rows)
-    var = np.empty(rows)
-    m3 = np.empty(rows)
     peak = np.empty(rows)
     bad = np.empty(rows, dtype=np.bool_)
-    _row_moments(p2, mu, var, m3, peak, bad)
+    _row_peaks(p2, mu, peak, bad)
     if bad.any():
         raise_bad_values(p3)
 
@@ -535,25 +728,25 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     active = peak > cfg.pruning_prob
     threshold = np.full(rows, np.inf)
     tie_end = np.zeros(rows, dtype=np.int64)
-    idx = np.flatnonzero(active)
-    if idx.size:
-        loc, scale, skew, var_a, m3_a = _law_parameters(mu[idx], var[idx], m3[idx], f32)
-        if cfg.solver == "ba":
-            kinds = np.full(idx.size, BA, dtype=np.int64)
-        elif cfg.solver == "trna":
-            kinds = np.full(idx.size, TRNA, dtype=np.int64)
-        else:
-            ftype = np.float32 if f32 else np.float64
-            sigma = np.maximum(scale.astype(ftype), ftype(SIGMA_FLOOR))
-            use_ba = (ftype(1.0) / sigma) < ftype(COHEN_D)
-            kinds = np.where(use_ba, BA, TRNA).astype(np.int64)
+    idx = np.flatnonzero(active).astype(np.int64)
+    # Sorted rows are held for one block of active rows at a time.
+    block = max(1, BLOCK_BYTES // (d * p3.itemsize))
+    for start in range(0, idx.size, block):
+        ids = idx[start : start + block]
+        qbuf = np.empty((ids.size, d), dtype=p3.dtype)
+        mean = np.empty(ids.size)
+        var = np.empty(ids.size)
+        m3 = np.empty(ids.size)
+        _sort_and_moments(p2, ids, qbuf, mean, var, m3, bool(f32), SUM_LANES)
+        scale, skew = _law_parameters(mean, var, m3, f32)
         z_lo, z_hi = _standard_interval(skew, cfg.eps)
         with np.errstate(invalid="ignore", over="ignore"):
-            lq = np.clip(np.floor(scale * z_lo + loc) - 1.0, 0.0, d)
-            uq = np.clip(np.ceil(scale * z_hi + loc), 0.0, d)
+            lq = np.clip(np.floor(scale * z_lo + mean) - 1.0, 0.0, d)
+            uq = np.clip(np.ceil(scale * z_hi + mean), 0.0, d)
         _solve_rows(
-            p2, idx.astype(np.int64), kinds, loc, scale, skew, var_a, m3_a,
-            lq.astype(np.int64), uq.astype(np.int64), float(cfg.smooth), bool(f32), threshold, tie_end,
+            p2, ids, qbuf, _kinds(cfg.solver, scale, f32), mean, scale, skew, var, m3,
+            lq.astype(np.int64), uq.astype(np.int64), float(cfg.smooth), bool(f32), SUM_LANES,
+            threshold, tie_end,
         )
     shape = (b, c)
     return RowDecision(threshold.reshape(shape), tie_end.reshape(shape), active.reshape(shape), mu.reshape(shape))
