@@ -126,6 +126,8 @@ SLACK = 1e-6
 SPLIT_EVERY = 8
 # Block of values counted before copying (see _window_fill).
 _FILL_BLOCK = 2048
+# Pixels per tile in _decided_claims.
+_TILE = 4096
 
 
 def _bin_edges() -> tuple[np.ndarray, np.ndarray]:
@@ -215,6 +217,57 @@ def _window_fill(p2, lo, hi, use, start, vals, idx, with_idx):
                 if with_idx:
                     idx[j] = i
                 j += (v > a) & (v <= b)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _decided_claims(p3, lo, hi, active, tau, m, undecided):
+    """Multiclass claims (MATH 5) of the pixels whose claims the windows already decide.
+
+    Class c claims pixel i iff ``p > t_c`` (or ``p == t_c`` before the tie
+    cut), and ``t_c`` lies in ``(lo_c, hi_c]``: ``p > hi_c`` claims, ``p <=
+    lo_c`` does not, whatever ``t_c`` is.  Pixels decided for every active
+    class add to ``tau``/``m`` when they have a sole claimant (as in
+    ``multiclass._claims``); the others are flagged in ``undecided`` and
+    resolved once the thresholds are known.  No label array is written.
+    Tiles of pixels, classes outside and pixels inside, in branch-free loops
+    that vectorise (reassociation only: the order of the sums is fixed at
+    compile time, so the result is deterministic).
+    """
+    n_img, n_cls, d = p3.shape
+    count = np.empty(_TILE, dtype=np.int32)
+    owner = np.empty(_TILE, dtype=np.int32)
+    for b in range(n_img):
+        for i0 in range(0, d, _TILE):
+            i1 = min(d, i0 + _TILE)
+            n = i1 - i0
+            flags = undecided[b, i0:i1]
+            count[:n] = 0
+            owner[:n] = 0
+            flags[:] = 0
+            for c in range(n_cls):
+                if not active[b, c]:
+                    continue
+                row = p3[b, c, i0:i1]
+                a = lo[b, c]
+                h = hi[b, c]
+                for j in range(n):
+                    v = row[j]
+                    claim = v > h
+                    count[j] += claim
+                    owner[j] = c if claim else owner[j]
+                    flags[j] |= (v > a) & (v <= h)
+            for c in range(n_cls):
+                if not active[b, c]:
+                    continue
+                row = p3[b, c, i0:i1]
+                n_sole = 0
+                s_sole = 0.0
+                for j in range(n):
+                    sole = (flags[j] == 0) & (count[j] == 1) & (owner[j] == c)
+                    n_sole += sole
+                    s_sole += row[j] if sole else 0.0
+                tau[b, c] += n_sole
+                m[b, c] += s_sole
 
 
 @njit(cache=True, nogil=True)
@@ -435,14 +488,26 @@ def _p1_global(groups: list, index: list, shape: tuple[int, int], compute_dtype:
 # --------------------------------------------------------------------------
 # Pass 2: windows, then the exact finish of every row.
 # --------------------------------------------------------------------------
-def _p2_chunk(block, info, rows_sel, offsets, full, with_idx) -> tuple:
+def _global_index(local: np.ndarray, chunk_shape: tuple, offsets: tuple, full: tuple) -> np.ndarray:
+    """In-chunk flat pixel index -> flat index in the image's spatial grid (C order)."""
+    if local.size == 0:
+        return local.astype(np.int64)
+    parts = np.unravel_index(local, chunk_shape)
+    return np.ravel_multi_index(tuple(ix + o for ix, o in zip(parts, offsets)), full).astype(np.int64)
+
+
+def _p2_chunk(block, info, rows_sel, offsets, full, with_idx, claims) -> dict:
+    """Pass 2 on one chunk: per row the sum/count above the window and the window's
+    values; with ``claims`` (multiclass, all classes in the chunk), also the
+    claims the windows already decide and the pixels they leave open."""
     (b0, b1, c0, c1) = rows_sel
     p2 = _rows(block)
     rows = p2.shape[0]
     s_hi = np.zeros(rows)
     n_hi = np.zeros(rows, dtype=np.int64)
     if info["bad"]:  # only the range of the values is needed, for the error
-        return (s_hi, n_hi, [], float(p2.min()), float(p2.max()))
+        return {"s_hi": s_hi, "n_hi": n_hi, "pieces": [], "claims": [],
+                "vmin": float(p2.min()), "vmax": float(p2.max())}
     active = np.ascontiguousarray(info["active"][b0:b1, c0:c1].reshape(-1))
     bracket = info["bracket"][b0:b1, c0:c1].reshape(-1, 4)
     lo = np.ascontiguousarray(bracket[:, 0])
@@ -458,25 +523,38 @@ def _p2_chunk(block, info, rows_sel, offsets, full, with_idx) -> tuple:
     if start[-1]:
         _window_fill(p2, lo, hi, active & (n_win > 0), start, vals, idx, with_idx)
     vals, idx = vals[:-1], idx[:-1]
-    if with_idx and idx.size:
-        # In-chunk flat index -> global flat index of the image's spatial grid.
-        chunk_shape = tuple(block.shape[2:])
-        local = np.unravel_index(idx, chunk_shape)
-        idx = np.ravel_multi_index(tuple(ix + o for ix, o in zip(local, offsets)), full)
-    return (s_hi, n_hi, [(start, vals, idx)], np.inf, -np.inf)
+    chunk_shape = tuple(block.shape[2:])
+    if with_idx:
+        idx = _global_index(idx, chunk_shape, offsets, full)
+    part = {"s_hi": s_hi, "n_hi": n_hi, "pieces": [(start, vals, idx)], "claims": [],
+            "vmin": np.inf, "vmax": -np.inf}
+    if claims:
+        n_img, n_cls = b1 - b0, c1 - c0
+        p3 = p2.reshape(n_img, n_cls, -1)
+        tau = np.zeros((n_img, n_cls))
+        m = np.zeros((n_img, n_cls))
+        undecided = np.empty((n_img, p3.shape[2]), dtype=np.uint8)
+        _decided_claims(p3, lo.reshape(n_img, n_cls), hi.reshape(n_img, n_cls),
+                        active.reshape(n_img, n_cls), tau, m, undecided)
+        img, loc = np.nonzero(undecided)
+        part["claims"] = [(tau, m, img, _global_index(loc, chunk_shape, offsets, full), p3[img, :, loc])]
+    return part
 
 
-def _p2_combine(parts: list) -> tuple:
-    s_hi = np.array(parts[0][0], copy=True)
-    n_hi = np.array(parts[0][1], copy=True)
-    pieces = list(parts[0][2])
-    vmin, vmax = parts[0][3], parts[0][4]
-    for s, n, p, lo, hi in parts[1:]:
-        s_hi += s
-        n_hi += n
-        pieces.extend(p)
-        vmin, vmax = min(vmin, lo), max(vmax, hi)
-    return (s_hi, n_hi, pieces, vmin, vmax)
+def _p2_combine(parts: list) -> dict:
+    out = dict(parts[0])
+    out["s_hi"] = np.array(out["s_hi"], copy=True)
+    out["n_hi"] = np.array(out["n_hi"], copy=True)
+    out["pieces"] = list(out["pieces"])
+    out["claims"] = list(out["claims"])
+    for part in parts[1:]:
+        out["s_hi"] += part["s_hi"]
+        out["n_hi"] += part["n_hi"]
+        out["pieces"].extend(part["pieces"])
+        out["claims"].extend(part["claims"])
+        out["vmin"] = min(out["vmin"], part["vmin"])
+        out["vmax"] = max(out["vmax"], part["vmax"])
+    return out
 
 
 def _finish_row(window, s_hi, n_hi, mu, bracket, cfg: Config, idx, d: int) -> tuple[float, int]:
@@ -552,33 +630,60 @@ def _finish_smooth(window, s_hi, n_hi, mu, start1, start_c, smooth, idx, d):
     return float(v), int(np.sort(idx[equal])[need - 1]) + 1
 
 
-def _p2_finish_group(part: tuple, info: dict, rows_sel, cfg: Config, d: int) -> tuple:
+def _p2_finish_group(part: dict, info: dict, rows_sel, cfg: Config, d: int) -> tuple:
+    """Per row of a group: the decision; for multiclass, also tau_c and m_c (MATH 5)."""
     b0, b1, c0, c1 = rows_sel
-    s_hi, n_hi, pieces, vmin, vmax = part
     active = info["active"][b0:b1, c0:c1].reshape(-1)
     mu = info["mu"][b0:b1, c0:c1].reshape(-1)
     bracket = info["bracket"][b0:b1, c0:c1].reshape(-1, 4)
     rows = active.size
     threshold = np.full(rows, np.inf)
     tie_end = np.zeros(rows, dtype=np.int64)
+    tau = np.zeros(rows)
+    m = np.zeros(rows)
     if info["bad"]:
-        return (threshold, tie_end, vmin, vmax)
+        return (threshold, tie_end, tau, m, part["vmin"], part["vmax"])
+    s_hi, n_hi, pieces = part["s_hi"], part["n_hi"], part["pieces"]
     for r in np.nonzero(active)[0]:
         window = np.concatenate([vals[st[r] : st[r + 1]] for st, vals, _ in pieces])
         idx = np.concatenate([ix[st[r] : st[r + 1]] for st, _, ix in pieces]) if cfg.smooth > 0 else None
         threshold[r], tie_end[r] = _finish_row(
             window, float(s_hi[r]), int(n_hi[r]), float(mu[r]), tuple(bracket[r]), cfg, idx, d
         )
-    return (threshold, tie_end, vmin, vmax)
+    if part["claims"]:
+        tau, m = _resolve_claims(part["claims"], threshold, tie_end, active, (b1 - b0, c1 - c0))
+    return (threshold, tie_end, tau, m, part["vmin"], part["vmax"])
+
+
+def _resolve_claims(claims: list, threshold, tie_end, active, shape) -> tuple[np.ndarray, np.ndarray]:
+    """tau_c, m_c of a group: the decided chunk sums, plus the open pixels now that thresholds are known."""
+    tau = np.zeros(shape)
+    m = np.zeros(shape)
+    for t, s, *_ in claims:
+        tau += t
+        m += s
+    img = np.concatenate([c[2] for c in claims])
+    if img.size:
+        gidx = np.concatenate([c[3] for c in claims])
+        vals = np.concatenate([c[4] for c in claims]).astype(np.float64)  # compared in float64, as the kernels do
+        t = threshold.reshape(shape)[img]
+        k = tie_end.reshape(shape)[img]
+        claim = active.reshape(shape)[img] & ((vals > t) | ((vals == t) & (gidx[:, None] < k)))
+        sole = claim.sum(axis=1) == 1
+        cls = np.argmax(claim[sole], axis=1)
+        np.add.at(tau, (img[sole], cls), 1.0)
+        np.add.at(m, (img[sole], cls), vals[sole, cls])
+    return tau.reshape(-1), m.reshape(-1)
 
 
 def _p2_global(groups: list, index: list, shape: tuple[int, int], info: dict, compute_dtype: str) -> dict:
     if info["bad"]:
-        vmin = min(g[2] for g in groups)
-        vmax = max(g[3] for g in groups)
+        vmin = min(g[4] for g in groups)
+        vmax = max(g[5] for g in groups)
         raise_bad_values(np.array([vmin, vmax], dtype=compute_dtype))
-    threshold, tie_end = _assemble(groups, index, shape, 2)
-    return {"threshold": threshold, "tie_end": tie_end, "active": info["active"], "mu": info["mu"]}
+    threshold, tie_end, tau, m = _assemble(groups, index, shape, 4)
+    return {"threshold": threshold, "tie_end": tie_end, "active": info["active"], "mu": info["mu"],
+            "tau": tau, "m": m}
 
 
 # --------------------------------------------------------------------------
@@ -616,30 +721,12 @@ def _chunk_claims(block, dec, rows_sel, offsets, full, n_tasks):
     return p3, threshold, tie_end, active, labels, tau, m
 
 
-def _claims_chunk(block, dec, rows_sel, offsets, full, n_tasks) -> tuple:
-    *_, tau, m = _chunk_claims(block, dec, rows_sel, offsets, full, n_tasks)
-    return (tau.reshape(-1), m.reshape(-1))  # flat over the chunk's (image, class) rows
-
-
-def _sum_pairs(parts: list) -> tuple:
-    tau = np.array(parts[0][0], copy=True)
-    m = np.array(parts[0][1], copy=True)
-    for t, s in parts[1:]:
-        tau += t
-        m += s
-    return (tau, m)
-
-
-def _claims_global(groups: list, index: list, shape: tuple[int, int]) -> dict:
-    tau, m = _assemble(groups, index, shape, 2)
-    return {"tau": tau, "m": m}
-
-
-def _labels_chunk(block, dec, tm, rows_sel, offsets, full, cfg: Config, n_tasks) -> np.ndarray:
+def _labels_chunk(block, dec, rows_sel, offsets, full, cfg: Config, n_tasks) -> np.ndarray:
+    """Labels of one chunk (all classes): the CPU claims and conflicts kernels with the global tau_c, m_c."""
     p3, threshold, tie_end, active, labels, _, _ = _chunk_claims(block, dec, rows_sel, offsets, full, n_tasks)
     b0, b1 = rows_sel[0], rows_sel[1]
-    tau = np.ascontiguousarray(tm["tau"][b0:b1])
-    m = np.ascontiguousarray(tm["m"][b0:b1])
+    tau = np.ascontiguousarray(dec["tau"][b0:b1])
+    m = np.ascontiguousarray(dec["m"][b0:b1])
     mu = np.ascontiguousarray(dec["mu"][b0:b1])
     metric = 1 if cfg.metric == "iou" else 0
     with _cpu_threads(n_tasks):
@@ -815,7 +902,7 @@ def _merge_classes(x):
     return x if len(x.chunks[1]) == 1 else x.rechunk({1: -1})
 
 
-def _decision_passes(x, cfg: Config, g: _Graph, src: _Source):
+def _decision_passes(x, cfg: Config, g: _Graph, src: _Source, claims: bool = False):
     """Passes 1 and 2 of the reduction strategy; returns the key of the (B, C) row decisions."""
     shape = tuple(int(s) for s in x.shape)
     bc = shape[:2]
@@ -848,7 +935,7 @@ def _decision_passes(x, cfg: Config, g: _Graph, src: _Source):
         keys = []
         for sidx, offs in blocks:
             k = g.key("window", ib, ic, *sidx)
-            g.layer[k] = (_p2_chunk, src.chunk(x, (ib, ic, *sidx)), info, sel, offs, full, with_idx)
+            g.layer[k] = (_p2_chunk, src.chunk(x, (ib, ic, *sidx)), info, sel, offs, full, with_idx, claims)
             keys.append(k)
         root = g.tree(keys, _p2_combine, ("window", ib, ic))
         fk = g.key("window-group", ib, ic)
@@ -867,39 +954,23 @@ def _reduce_rma(x, cfg: Config):
     src = _Source(x)
     token = tokenize(x, cfg, "rankseg_np.dask")
     g = _Graph(f"rankseg-{token}", src)
-    dec, groups, blocks = _decision_passes(x, cfg, g, src)
-    bc = tuple(int(s) for s in x.shape[:2])
+    # Multiclass: pass 2 also sums tau_c and m_c (the classes are in one chunk).
+    dec, groups, blocks = _decision_passes(x, cfg, g, src, claims=multi)
     full = tuple(int(s) for s in x.shape[2:])
     n_chunks = len(groups) * len(blocks)
     name = f"rankseg-out-{token}"
     out = {}
-    if not multi:
-        for (ib, ic), sel in groups:
-            for sidx, offs in blocks:
+    for (ib, ic), sel in groups:
+        for sidx, offs in blocks:
+            if multi:  # one class block after _merge_classes
+                out[(name, ib, *sidx)] = (
+                    _labels_chunk, src.chunk(x, (ib, ic, *sidx)), dec, sel, offs, full, cfg, n_chunks,
+                )
+            else:
                 out[(name, ib, ic, *sidx)] = (
                     _masks_chunk, src.chunk(x, (ib, ic, *sidx)), dec, sel, offs, full, n_chunks,
                 )
-        chunks, dtype = x.chunks, np.bool_
-    else:
-        # Pass 3: claims (tau_c, m_c over sole-claimed pixels); pass 4: labels.
-        finished = []
-        img_index = []
-        for (ib, ic), sel in groups:  # one class block after _merge_classes
-            keys = []
-            for sidx, offs in blocks:
-                k = g.key("claims", ib, *sidx)
-                g.layer[k] = (_claims_chunk, src.chunk(x, (ib, ic, *sidx)), dec, sel, offs, full, n_chunks)
-                keys.append(k)
-            finished.append(g.tree(keys, _sum_pairs, ("claims", ib)))
-            img_index.append(sel)
-        tm = g.key("tau-m")
-        g.layer[tm] = (_claims_global, finished, img_index, bc)
-        for (ib, ic), sel in groups:
-            for sidx, offs in blocks:
-                out[(name, ib, *sidx)] = (
-                    _labels_chunk, src.chunk(x, (ib, ic, *sidx)), dec, tm, sel, offs, full, cfg, n_chunks,
-                )
-        chunks, dtype = (x.chunks[0],) + x.chunks[2:], np.int64
+    chunks, dtype = ((x.chunks[0],) + x.chunks[2:], np.int64) if multi else (x.chunks, np.bool_)
     hlg = HighLevelGraph.from_collections(name, out, dependencies=[g.delayed(dec)])
     return da.Array(hlg, name, chunks, dtype=dtype)
 
