@@ -13,42 +13,43 @@ the chunk layout (see :func:`strategy`):
 
 ``'reduction'``
     Chunks split the spatial axes (and/or the classes): RMA (MATH section 4)
-    as a fixed number of passes over the chunks, each a Dask reduction, then
-    the multiclass resolution (MATH section 5) as a reduction plus blockwise
-    work with broadcast per-class scalars.  Peak memory is a few chunks per
-    worker thread plus ``O(B*C)`` scalars and the *window* of each row (below).
+    and the multiclass resolution (MATH section 5) in three passes over the
+    chunks, each a tree reduction to ``O(B*C)`` numbers that the next pass
+    receives.  Peak memory is a few chunks per worker thread, plus the
+    *window* of each row (below), which is small next to a chunk for any
+    realistic map.
 
 The reduction strategy, per ``(image, class)`` row:
 
-1. **Histogram pass.**  Each chunk returns, per row, the sum ``mu``, min and
-   max, validity flags and a histogram of counts and float64 sums over
-   ``NBINS`` bins whose edges are the floats with 8 mantissa bits
-   ``2**e * (1 + m/256)`` (``e >= -64``; bin 0 holds ``[0, 2**-64)``): bins are
-   0.4 % wide relative to their values, at every scale.  Partial results are
-   added up by a tree reduction.  From the histogram, a bracket ``[L, U]`` on
-   the optimal RMA value ``lam*`` follows exactly (proof in
-   :func:`_ratio_bounds`), hence a bracket on the optimal threshold
-   ``t* = lam*/2`` (Dice) or ``lam*/(1+lam*)`` (IoU) a bin or two wide.
-   Invalid values are reported here, at compute time, with the in-memory
-   message (the range over the whole array).
-2. **Window pass.**  Each chunk returns, per row, the float64 sum and the
-   count of its values above the bracket, and the values inside it (the
-   window; with their global pixel indices when smooth > 0).  The windows
-   of a row are concatenated and the *same Numba Dinkelbach kernel* as the
-   in-memory path (``rma._dinkelbach_dice`` / ``_dinkelbach_iou``) runs on
-   the window, with the part above the window folded into its constants
-   (``alpha``/``beta``, or ``smooth``/``mu``): every threshold Dinkelbach
-   visits lies inside the window (proof in :func:`_finish_row`), so its
-   masked sums are the in-memory ones up to float64 summation order.  Dice
-   with smooth > 0 then sorts the band of MATH 4 (a subset of the window),
-   exactly as ``rma._dice_smooth_row`` does, ties cut at the lowest global
-   pixel index.
-3. **Output pass** (multilabel): masks blockwise from the per-row
-   ``(threshold, tie_end)`` with the CPU ``materialize`` kernel, the global
-   tie cut translated to each chunk (:func:`_local_tie_end`).
-   Multiclass: a claims pass (CPU ``multiclass._claims`` per chunk; tau_c and
-   m_c summed over chunks), then the labels blockwise (``_claims`` +
-   ``_conflicts`` with the global per-class scalars).
+1. **Histogram pass.**  Each chunk returns, per row, the float64 sum ``mu``,
+   whether a value exceeds ``pruning_prob``, validity flags and a histogram
+   of counts over ``NBINS`` bins whose edges are the floats with 9 mantissa
+   bits ``2**e * (1 + m/512)`` (``e >= -64``; bin 0 holds ``[0, 2**-64)``),
+   0.2 % wide relative to their values at every scale, found from the IEEE
+   bit pattern.  From the histogram, a bracket ``[L, U]`` on the optimal RMA
+   value ``lam*`` follows (proof in :func:`_ratio_bounds`), hence a bracket
+   ``(wlo, whi]`` on the optimal threshold ``lam*/2`` (Dice) or
+   ``lam*/(1+lam*)`` (IoU) a few bins wide.  NaN/inf are reported at the end
+   of this pass; values outside [0, 1] at the end of the next one, once the
+   range of the whole array is known: the in-memory message, at compute time.
+2. **Window pass.**  Each chunk returns, per row, the sum and count of its
+   values above the window (``_kernels.sum_above``) and the values inside it
+   (with their global pixel indices when smooth > 0).  The windows of a row
+   are concatenated and the *same Numba Dinkelbach kernel* as the in-memory
+   path (``rma._dinkelbach_dice`` / ``_dinkelbach_iou``) runs on the window,
+   the part above it folded into its constants (``alpha``/``beta``, or
+   ``smooth``/``mu``): every threshold Dinkelbach visits lies inside the
+   window (proof in :func:`_finish_row`), so it takes the in-memory steps.
+   Dice with smooth > 0 then orders the band of MATH 4 (inside the window)
+   exactly as ``rma._dice_smooth_row`` does, a tie group cut at the lowest
+   global pixel index.  Multiclass: the same pass sums ``tau_c``/``m_c``
+   over the sole-claimed pixels whose claims the windows already decide
+   (:func:`_decided_claims`) and keeps the few pixels they leave open, which
+   are resolved once the thresholds are known.
+3. **Output pass**, blockwise: masks with the CPU ``materialize`` kernel, or
+   labels with the CPU ``multiclass._claims`` + ``_conflicts`` kernels and the
+   global per-class scalars; the global tie cut is translated to each chunk
+   (:func:`_local_tie_end`).
 
 Each pass recomputes the input chunks (every task computes its own chunk from
 the chunk's private sub-graph, see :class:`_Source`), so an input larger than

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import numpy as np
 import pytest
@@ -324,6 +325,40 @@ def test_unknown_chunk_sizes_are_refused():
     x = x[x.sum(axis=(1, 2, 3)) > 0]  # boolean indexing: unknown batch size
     with pytest.raises(ValueError):
         rankseg(x)
+
+
+# ------------------------------------------------------ memory (default)
+
+ALIVE = {"now": 0, "peak": 0}
+
+
+def _tracked_chunk(block_info=None):
+    """A chunk generated from its position; counts how many generated chunks are alive."""
+    loc = block_info[None]["array-location"]
+    shape = block_info[None]["chunk-shape"]
+    seed = [int(a) for a, _ in loc]
+    arr = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    ALIVE["now"] += 1
+    ALIVE["peak"] = max(ALIVE["peak"], ALIVE["now"])
+    weakref.finalize(arr, lambda: ALIVE.__setitem__("now", ALIVE["now"] - 1))
+    return arr
+
+
+@pytest.mark.parametrize("layout", ["two-class chunks", "p and 1 - p concatenated"])
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_passes_stream_the_input(layout, mode):
+    """No pass keeps the input: at most a few generated chunks are alive at any time
+    (keeping them from one pass to the next would hold all 64)."""
+    if layout == "two-class chunks":  # the tracked arrays are the input's chunks
+        x = da.map_blocks(_tracked_chunk, chunks=((1,), (2,), (16,) * 8, (16,) * 8), dtype=np.float32)
+    else:  # the class axis is chunked; multiclass output merges it
+        p = da.map_blocks(_tracked_chunk, chunks=((1,), (1,), (16,) * 8, (16,) * 8), dtype=np.float32)
+        x = da.concatenate([1 - p, p], axis=1)
+    ALIVE.update(now=0, peak=0)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        got = rankseg(x, output_mode=mode).compute()
+    assert ALIVE["peak"] <= 8, ALIVE
+    np.testing.assert_array_equal(got, rankseg(x.compute(scheduler="sync"), output_mode=mode))
 
 
 # ---------------------------------------------------- threads, processes
