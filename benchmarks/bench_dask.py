@@ -209,7 +209,7 @@ def run_case(label, shape, chunks, slice_shape, workdir, workers, seed=0):
         small = da.from_array(local, chunks=(1, shape[1]) + tuple(min(c, s) for c, s in zip(chunks, slice_shape)))
         same = bool((rankseg(small).compute() == rankseg(local)).all())
         lazy_slice_same = bool((rankseg(x[sl]).compute() == rankseg(local)).all())
-    del local, small
+    local = small = None  # free the slice before the out-of-core run
 
     # Out of core: the whole map -> Zarr uint8 labels.
     store = Path(workdir) / f"{label}.zarr"
