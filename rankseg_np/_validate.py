@@ -191,6 +191,11 @@ def check_config(
 
 def check_probs_structure(probs: Any) -> None:
     """Shape and dtype checks on an array of the backend's own type (no value scan)."""
+    if any(s is None or s != s for s in probs.shape):  # None or NaN: unknown (lazy) sizes
+        raise ValueError(
+            f"probs has unknown axis sizes {tuple(probs.shape)}; for a Dask array call "
+            "x.compute_chunk_sizes() first"
+        )
     shape = tuple(int(s) for s in probs.shape)
     dtype = np.dtype(str(probs.dtype)) if not isinstance(probs.dtype, np.dtype) else probs.dtype
     if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):

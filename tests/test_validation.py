@@ -110,3 +110,11 @@ def test_safe_screening_is_accepted_and_changes_nothing():
     probs = np.random.default_rng(1).uniform(size=(2, 3, 6, 6))
     for value in (True, False, "auto"):
         np.testing.assert_array_equal(rankseg(probs, safe_screening=value), rankseg(probs))
+
+
+def test_unknown_axis_sizes_get_a_clear_message():
+    da = pytest.importorskip("dask.array")
+    x = da.from_array(np.full((2, 3, 4, 4), 0.5), chunks=(1, 3, 4, 4))
+    x = x[x[:, 0, 0, 0] > 0]  # boolean indexing: the batch size is unknown until computed
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        rankseg(x)

@@ -40,8 +40,7 @@ def first_pass(row):
 # Reductions below may be reassociated ("reassoc" only: NaN and inf keep their
 # IEEE meaning, so the validity test still sees them) so that LLVM vectorises
 # them; the order is fixed at compile time, so results stay identical across
-# runs and thread counts.  Float32 inputs are summed exactly in float64 for
-# rows up to ~2^29 values of magnitude >= 2^-24 anyway.
+# runs and thread counts (float64 accumulation either way).
 REASSOC = {"reassoc"}
 
 
