@@ -45,6 +45,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from rankseg_np import rankseg
 
+from _common import best_time
+
 try:
     import psutil
 except ImportError:  # pragma: no cover
@@ -183,15 +185,6 @@ class PeakRSS:
         except OSError:
             self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
-
-def best_time(fn, repeat=3):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def run_case(label, shape, chunks, slice_shape, workdir, workers, seed=0):

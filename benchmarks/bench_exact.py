@@ -28,25 +28,9 @@ import numpy as np
 from rankseg_np import expected_metric, rankseg
 from rankseg_np.data import synthetic_batch
 
-
-def softmax_probs(shape, seed=0, scale=3.0):
-    """float32 softmax of N(0, scale^2) logits over axis 1."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-    x -= x.max(axis=1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=1, keepdims=True)
-    return x
+from _common import best_time, softmax_probs
 
 
-def best_time(fn, repeat):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def speed(shape, repeat, with_ba=True):

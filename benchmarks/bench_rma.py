@@ -13,21 +13,14 @@ the RSS before the call: what the method allocates beyond its input.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 
 from rankseg_np import rankseg
 
+from _common import best_time, softmax_probs
 
-def softmax_probs(shape, seed=0, scale=3.0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-    x -= x.max(axis=1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=1, keepdims=True)
-    return x
 
 
 def _status(field):
@@ -47,15 +40,6 @@ def peak_extra_bytes(fn):
     fn()
     return max(0, _status("VmHWM") - before)
 
-
-def best_time(fn, repeat):
-    fn()  # warm-up (compilation, caches)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def methods(probs):
@@ -85,7 +69,7 @@ def methods(probs):
 def run(shape, repeat):
     probs = softmax_probs(shape)
     print(f"\n## probs {shape} float32 ({probs.nbytes / 2**20:.0f} MiB)\n")
-    print(f"| method | time (s) | x argmax | peak extra memory (MiB) |")
+    print("| method | time (s) | x argmax | peak extra memory (MiB) |")
     print("|---|---:|---:|---:|")
     base = None
     results = {}

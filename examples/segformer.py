@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 
 from rankseg_np import RankSEG
 

@@ -25,7 +25,6 @@ import warnings
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from rankseg_np import _reference as ref
 from rankseg_np import cpu, gpu
