@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from rankseg_np import RankSEG
 
 try:  # run as a script: examples/ is on sys.path
