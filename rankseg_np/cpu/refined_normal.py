@@ -71,8 +71,9 @@ PyTorch's float32 arithmetic wherever that is possible to do exactly:
   which x86 builds also use on AVX-512 machines; 4 on ARM), 4 interleaved
   accumulators, then the scalar tail and the lanes in order;
 * the BA scores are rankseg's ``conv1d``, which on the CPU accumulates each
-  output sequentially over the kernel taps with separate float32 multiplies
-  and adds: the loops in :func:`_ba` do the same, in the input dtype.
+  output sequentially over the kernel taps, with separate float32 multiplies
+  and adds for inputs of up to 20480 values and with fused multiply-adds
+  (oneDNN) above: :func:`_ba` does the same.
 
 What cannot be repeated are the last bits of ``erf`` and ``exp`` inside
 the normal CDF (MKL's vector math in PyTorch's builds: faithful, not
@@ -128,6 +129,9 @@ STOP_RTOL_F64 = 1e-9
 STOP_RTOL_F32 = 1e-4
 # Volumes per chunk of the BA convolution (between early-stop checks).
 CHUNK = 256
+# PyTorch's CPU conv1d goes to oneDNN for float32 inputs longer than this
+# (ATen's use_mkldnn heuristic for a 1x1x1xL input).
+ONEDNN_MIN_LENGTH = 20480
 # Lanes of ATen's float32 sum kernel (Vectorized<float> of its AVX2 / default
 # build on x86, NEON on ARM).  Only used to round sums as PyTorch does.
 SUM_LANES = 4 if platform.machine().lower() in ("arm64", "aarch64") else 8
@@ -479,6 +483,24 @@ def _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, acc, part):
     return _r(s_r * total, f32)
 
 
+@njit(cache=True, nogil=True)
+def _conv_fma32(w, x, t0, t1, out):
+    """out[t - t0] = sum_j w[j] x[t + j] for t in [t0, t1): float32 fused multiply-adds, taps in order.
+
+    ``w`` and ``x`` hold float32 values; each step is computed exactly in
+    float64 (the product of two float32 values is exact there) and rounded
+    once to float32, which is a float32 FMA (up to a double rounding that
+    needs the exact sum within 2^-29 ulp of a float32 midpoint).
+    """
+    m = t1 - t0
+    for t in range(m):
+        out[t] = 0.0
+    for j in range(w.size):
+        c = float(w[j])
+        for t in range(m):
+            out[t] = float(np.float32(out[t] + c * float(x[t0 + t + j])))
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, acc, part):
     """First maximiser of the BA score over tau = 0..up.
@@ -512,26 +534,40 @@ def _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, 
     best_tau = 0
     ma = np.empty(CHUNK, dtype=proto.dtype)
     nu = np.empty(CHUNK, dtype=proto.dtype)
+    ma64 = np.zeros(CHUNK)
+    nu64 = np.zeros(CHUNK)
+    # PyTorch hands float32 convolutions whose input is longer than 20480 to
+    # oneDNN, which accumulates the same taps in the same order but with
+    # fused multiply-adds (one rounding per tap instead of two).
+    fused = f32 and size > ONEDNN_MIN_LENGTH
     t0 = 0
     while t0 < up:
         if _stop(q, exact, t0 + 1, lq, smooth, scaled, best, rtol):
             break
         t1 = min(up, t0 + CHUNK)
-        ma[:] = 0.0
-        nu[:] = 0.0
-        for j in range(n):
-            c = pm[j]
-            for t in range(t1 - t0):
-                ma[t] = ma[t] + c * xa[t0 + t + j]
-        if smooth > 0.0:
+        if fused:
+            _conv_fma32(pm, xa, t0, t1, ma64)
+            if smooth > 0.0:
+                _conv_fma32(pm, xn, t0, t1, nu64)
+        else:
+            ma[:] = 0.0
+            nu[:] = 0.0
             for j in range(n):
                 c = pm[j]
                 for t in range(t1 - t0):
-                    nu[t] = nu[t] + c * xn[t0 + t + j]
+                    ma[t] = ma[t] + c * xa[t0 + t + j]
+            if smooth > 0.0:
+                for j in range(n):
+                    c = pm[j]
+                    for t in range(t1 - t0):
+                        nu[t] = nu[t] + c * xn[t0 + t + j]
+            for t in range(t1 - t0):
+                ma64[t] = ma[t]
+                nu64[t] = nu[t]
         for t in range(t1 - t0):
             tau = t0 + t + 1
-            score = _r(_r(2.0 * ma[t], f32) * prefix[tau], f32)
-            score = _r(score + nu[t], f32)
+            score = _r(_r(2.0 * ma64[t], f32) * prefix[tau], f32)
+            score = _r(score + nu64[t], f32)
             if score > best:
                 best = score
                 best_tau = tau
