@@ -3,6 +3,7 @@
     python benchmarks/bench_refined_normal.py           # (1, 21, 128, 128) and (4, 21, 256, 256) float32
     python benchmarks/bench_refined_normal.py --quick   # (1, 21, 48, 48): a smoke test
     python benchmarks/bench_refined_normal.py --shapes 2,21,96,96 --trna-limit 1000000
+    python benchmarks/bench_refined_normal.py --agreement   # identical-row rates by image size (minutes)
 
 Inputs are float32 softmax outputs of N(0, 3^2) logits over 21 classes (the
 same generator as ``bench_exact.py``).  Ours: best of ``--repeat`` runs after
@@ -11,6 +12,10 @@ minutes); its TRNA only runs on inputs of at most ``--trna-limit`` pixels in
 all, because it costs about 30 s per 128x128 image.  Also printed: the
 fraction of active rows whose masks are identical (up to the order of pixels
 with equal probability, which ``torch.sort`` does not fix).
+
+``--agreement``: the identical-row rate alone, for BA and TRNA, float32 and
+float64, on 21-class softmax images of growing size (logits N(0, T^2) with
+T = 1, 2, 3, one image each; BA on batches of 2), against ``rankseg``.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def run(shape, repeat, trna_limit):
         print("(rankseg / torch not installed: pip install -e '.[compat]' to compare)")
     for solver, t in ours.items():
         theirs_t, agree = float("nan"), "-"
-        if rs is not None and (solver == "BA" or probs.size <= trna_limit):
+        if rs is not None and (solver != "TRNA" or probs.size <= trna_limit):
             model = rs.RankSEG(metric="dice", output_mode="multilabel", solver=solver)
             tensor = torch.from_numpy(probs)
             t0 = time.perf_counter()
@@ -62,13 +67,42 @@ def run(shape, repeat, trna_limit):
         print(f"| {solver} | {t:.3f} | {theirs_t:.2f} | {ratio:.1f} | {agree} |")
 
 
+def agreement(sides, trna_max_side):
+    import rankseg as rs
+    import torch
+
+    print("\n| solver | image | float32 | float64 |")
+    print("|---|---|---:|---:|")
+    for solver in ("BA", "TRNA"):
+        for side in sides:
+            if solver == "TRNA" and side > trna_max_side:
+                continue
+            batch = 2 if solver == "BA" else 1
+            cells = []
+            for dtype in (np.float32, np.float64):
+                same = total = 0
+                for i, temperature in enumerate((1.0, 2.0, 3.0)):
+                    probs = softmax_probs((batch, 21, side, side), seed=100 + i, scale=temperature).astype(dtype)
+                    model = rs.RankSEG(metric="dice", output_mode="multilabel", solver=solver)
+                    theirs = model.predict(torch.from_numpy(probs)).numpy()
+                    a, n = identical_rows(probs, rankseg(probs, output_mode="multilabel", solver=solver), theirs)
+                    same += a
+                    total += n
+                cells.append(f"{same}/{total} ({same / max(total, 1):.1%})")
+            print(f"| {solver} | {batch}x{side}x{side} | {cells[0]} | {cells[1]} |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--shapes", nargs="*", default=None, help="shapes as B,C,H,W")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--trna-limit", type=int, default=21 * 128 * 128, help="max pixels for rankseg's TRNA")
+    parser.add_argument("--agreement", action="store_true", help="identical-row rates by image size only")
     args = parser.parse_args()
+    if args.agreement:
+        agreement((32, 64, 96, 128, 192, 256), trna_max_side=128)
+        return
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     elif args.quick:

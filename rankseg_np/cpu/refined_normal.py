@@ -68,7 +68,8 @@ PyTorch's float32 arithmetic wherever that is possible to do exactly:
 * sums (the row moments; for BA the normalisation of the law and the score
   of the empty mask) follow ATen's float32 ``sum`` kernel: a cascade of
   partial sums over 8-lane vectors (the width of ATen's AVX2 sum kernel,
-  which x86 builds also use on AVX-512 machines; 4 on ARM), 4 interleaved
+  which x86 builds also use on AVX-512 machines; assumed 4 on ARM, where
+  this was not checked), 4 interleaved
   accumulators, then the scalar tail and the lanes in order;
 * the BA scores are rankseg's ``conv1d``, which on the CPU accumulates each
   output sequentially over the kernel taps, with separate float32 multiplies
@@ -79,8 +80,9 @@ What cannot be repeated are the last bits of ``erf`` and ``exp`` inside
 the normal CDF (MKL's vector math in PyTorch's builds: faithful, not
 correctly rounded; here the correctly rounded values, which agree on about
 98.5% of arguments) and the sum of a single row of more than 32768 values
-(split across threads by PyTorch).  For BA these only change the law's
-normalisation by an ulp now and then; for TRNA they make rankseg's float32
+(split across threads by PyTorch).  For BA they change a few values of the
+law by an ulp (and sometimes its normalisation), which is enough to reorder
+volumes tied within an ulp on large images; for TRNA they make rankseg's float32
 running sum ``W_tau`` drift away from any imitation, so TRNA evaluates its
 laws and scores in float64 from rankseg's (float32) parameters and rounds
 each score to float32 at the end (see :func:`_trna`).  Rows whose top
@@ -196,7 +198,7 @@ def _standard_interval(skew: np.ndarray, eps: float) -> tuple[np.ndarray, np.nda
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _r(x, f32):
     """``x`` rounded to float32 when ``f32``, else unchanged.
 
@@ -223,90 +225,81 @@ def _ceil_log2(x):
 
 
 @njit(cache=True, nogil=True)
-def _cascade(x, lanes, size, acc, part):
-    """Float32 cascade sums of ``size`` groups of 4 interleaved items of ``lanes`` values.
+def _cascade(x, start, stride, size, power):
+    """Float32 sum of ``x[start + i * stride]``, i < size, in ATen's cascade (``multi_row_sum``).
 
-    ``part[r, k]`` receives the sum over ``i < size`` of ``x[(4 i + r) * lanes + k]``,
-    accumulated in levels: ``2^p`` items into level 0, then level ``j``
-    flushed into level ``j + 1`` whenever the item count is a multiple of
-    ``2^(p (j + 1))``, with ``p = max(4, ceil(log2 size) // 4)``; so only
-    partial sums of similar size are ever added (ATen's ``multi_row_sum``).
+    Level 0 takes ``2^power`` items at a time and is then flushed into
+    level 1; level ``j`` is flushed into level ``j + 1`` whenever the item
+    count is a multiple of ``2^(power (j + 1))``.  So only partial sums of
+    similar size are ever added; the levels are added up at the end.
     """
-    levels = 4
-    power = max(4, _ceil_log2(size) // levels)
     step = 1 << power
     mask = step - 1
-    acc[:] = 0.0
+    zero = np.float32(0.0)
+    a0 = zero
+    a1 = zero
+    a2 = zero
+    a3 = zero
     i = 0
     while i + step <= size:
         for _ in range(step):
-            for r in range(4):
-                base = (4 * i + r) * lanes
-                for k in range(lanes):
-                    acc[0, r, k] += x[base + k]
+            a0 += x[start + i * stride]
             i += 1
-        for j in range(1, levels):
-            for r in range(4):
-                for k in range(lanes):
-                    acc[j, r, k] += acc[j - 1, r, k]
-                    acc[j - 1, r, k] = 0.0
-            if (i & (mask << (j * power))) != 0:
-                break
+        a1 += a0
+        a0 = zero
+        if (i & (mask << power)) == 0:
+            a2 += a1
+            a1 = zero
+            if (i & (mask << (2 * power))) == 0:
+                a3 += a2
+                a2 = zero
     while i < size:
-        for r in range(4):
-            base = (4 * i + r) * lanes
-            for k in range(lanes):
-                acc[0, r, k] += x[base + k]
+        a0 += x[start + i * stride]
         i += 1
-    for r in range(4):
-        for k in range(lanes):
-            v = acc[0, r, k]
-            for j in range(1, levels):
-                v += acc[j, r, k]
-            part[r, k] = v
+    return ((a0 + a1) + a2) + a3
 
 
 @njit(cache=True, nogil=True)
-def _row_sum(x, lanes, items, acc, part):
-    """Sum of ``items`` items of ``lanes`` values, per lane, into ``part[0]`` (4-way interleaved)."""
-    groups = items // 4
-    _cascade(x, lanes, groups, acc, part)
-    for it in range(4 * groups, items):
-        for k in range(lanes):
-            part[0, k] += x[it * lanes + k]
-    for r in range(1, 4):
-        for k in range(lanes):
-            part[0, k] += part[r, k]
+def _aten_sum32(x, n, lanes, part):
+    """Sum of the float32 array ``x[:n]``, rounded exactly as ATen's CPU float32 ``sum`` rounds it.
 
-
-@njit(cache=True, nogil=True)
-def _aten_sum32(x, n, lanes, acc, part):
-    """Sum of the float32 array ``x[:n]`` rounded exactly as ATen's CPU float32 ``sum`` rounds it.
-
-    Rows of at least ``lanes`` values are summed as vectors (per-lane cascade,
-    then the scalar tail, then the lanes in order); shorter ones as scalars.
-    ``acc`` (4, 4, lanes) and ``part`` (4, lanes) are float32 scratch.
+    A row of at least ``lanes`` values is read as ``n // lanes`` vectors,
+    interleaved 4 ways (vector ``4 i + r`` goes to accumulator ``r``), each
+    lane summed by :func:`_cascade`; leftover vectors go to accumulator 0,
+    accumulators 1-3 are added to it, then the result is the scalar tail plus
+    the lanes in order.  A shorter row is summed the same way as scalars.
+    ``part`` is float32 scratch of ``lanes`` values.
     """
-    if n >= lanes:
-        vectors = n // lanes
-        _row_sum(x, lanes, vectors, acc, part)
-        total = np.float32(0.0)
-        for i in range(vectors * lanes, n):
-            total += x[i]
-        for k in range(lanes):
-            total += part[0, k]
-        return total
-    _row_sum(x, 1, n, acc, part)
-    return part[0, 0]
+    width = lanes if n >= lanes else 1
+    items = n // width
+    groups = items // 4
+    power = max(4, _ceil_log2(groups) // 4)
+    for k in range(width):
+        acc = _cascade(x, k, 4 * width, groups, power)
+        for r in range(1, 4):
+            if r == 1:
+                # accumulator 0 also receives the leftover items
+                for it in range(4 * groups, items):
+                    acc += x[it * width + k]
+            acc += _cascade(x, r * width + k, 4 * width, groups, power)
+        part[k] = acc
+    if width == 1:
+        return part[0]
+    total = np.float32(0.0)
+    for i in range(items * width, n):
+        total += x[i]
+    for k in range(width):
+        total += part[k]
+    return total
 
 
 @njit(cache=True, nogil=True)
-def _sum(x, n, f32, buf, acc, part):
+def _sum(x, n, f32, buf, part):
     """sum(x[:n]): ATen's float32 rounding when ``f32``, else a float64 running sum."""
     if f32:
         for i in range(n):
             buf[i] = x[i]
-        return float(_aten_sum32(buf, n, part.shape[1], acc, part))
+        return float(_aten_sum32(buf, n, part.size, part))
     total = 0.0
     for i in range(n):
         total += x[i]
@@ -340,7 +333,7 @@ def _cdf_at(k, loc, scale, skew, f32, c_sqrt2, c_log):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _law(lq, n, loc, scale, skew, f32, out, buf, acc, part):
+def _law(lq, n, loc, scale, skew, f32, out, buf, part):
     """Normalised pmf of the refined normal law on k = lq .. lq+n-1, written to ``out``.
 
     Returns the mass before normalisation.  A zero mass leaves NaN in ``out``,
@@ -354,7 +347,7 @@ def _law(lq, n, loc, scale, skew, f32, out, buf, acc, part):
         v = _r(cur - prev, f32)
         out[i] = v if v > 0.0 else 0.0
         prev = cur
-    total = _sum(out, n, f32, buf, acc, part)
+    total = _sum(out, n, f32, buf, part)
     for i in range(n):
         out[i] = _r(out[i] / total, f32)
     return total
@@ -375,7 +368,7 @@ def _row_peaks(p2, mu, peak, bad):
         bad[r] = b
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _moments(qbuf, mean, var, m3, f32, lanes):
     """The three moments of each sorted row, summed as rankseg sums them.
 
@@ -385,26 +378,25 @@ def _moments(qbuf, mean, var, m3, f32, lanes):
     ``sum`` (the order of a float32 sum changes its last bits, and those move
     the support and every law).  For float64 input: plain float64 sums.
     """
-    for i in prange(qbuf.shape[0]):
+    for i in range(qbuf.shape[0]):
         q = qbuf[i]
         d = q.size
         if f32:
-            acc = np.zeros((4, 4, lanes), np.float32)
-            part = np.zeros((4, lanes), np.float32)
+            part = np.zeros(lanes, np.float32)
             t = np.empty(d, dtype=np.float32)
             one = np.float32(1.0)
             two = np.float32(2.0)
             for k in range(d):
                 t[k] = q[k]
-            mean[i] = _aten_sum32(t, d, lanes, acc, part)
+            mean[i] = _aten_sum32(t, d, lanes, part)
             for k in range(d):
                 v = np.float32(q[k])
                 t[k] = v * (one - v)
-            var[i] = _aten_sum32(t, d, lanes, acc, part)
+            var[i] = _aten_sum32(t, d, lanes, part)
             for k in range(d):
                 v = np.float32(q[k])
                 t[k] = (v * (one - v)) * (one - two * v)
-            m3[i] = _aten_sum32(t, d, lanes, acc, part)
+            m3[i] = _aten_sum32(t, d, lanes, part)
         else:
             s1 = 0.0
             s2 = 0.0
@@ -466,7 +458,7 @@ def _stop(q, exact, tau, lq, smooth, scaled, best, rtol):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, acc, part):
+def _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, part):
     """Score of the empty mask, tau = 0: E[N(Gamma)], or 0 when smooth = 0."""
     if smooth == 0.0:
         return 0.0
@@ -477,49 +469,65 @@ def _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, acc, part):
         else:
             t = _r(1.0 / _r(k + s_r, f32), f32)
         prod[i] = _r(t * full[i], f32)
-    total = _sum(prod, n, f32, buf, acc, part)
+    total = _sum(prod, n, f32, buf, part)
     if scaled:
         return -total
     return _r(s_r * total, f32)
 
 
 @njit(cache=True, nogil=True)
-def _conv_fma32(w, x, t0, t1, out):
-    """out[t - t0] = sum_j w[j] x[t + j] for t in [t0, t1): float32 fused multiply-adds, taps in order.
+def _conv32(w, x, t0, t1, fused, out):
+    """out[t - t0] = sum_j w[j] x[t + j] for t in [t0, t1), in float32, taps in order.
 
-    ``w`` and ``x`` hold float32 values; each step is computed exactly in
-    float64 (the product of two float32 values is exact there) and rounded
-    once to float32, which is a float32 FMA (up to a double rounding that
-    needs the exact sum within 2^-29 ulp of a float32 midpoint).
+    ``w`` and ``x`` hold float32 values (in float64 arrays).  Each step is
+    computed in float64 (where a product of two float32 values is exact) and
+    rounded to float32: after the product and after the sum
+    (``fused=False``: PyTorch's own convolution), or once (``fused=True``: a
+    fused multiply-add, oneDNN's).  Going through float64 changes no float32
+    result unless the exact value lies within 2^-29 ulp of a float32 midpoint.
     """
     m = t1 - t0
     for t in range(m):
         out[t] = 0.0
     for j in range(w.size):
-        c = float(w[j])
+        c = w[j]
+        if fused:
+            for t in range(m):
+                out[t] = float(np.float32(out[t] + c * x[t0 + t + j]))
+        else:
+            for t in range(m):
+                out[t] = float(np.float32(out[t] + float(np.float32(c * x[t0 + t + j]))))
+
+
+@njit(cache=True, nogil=True)
+def _conv64(w, x, t0, t1, out):
+    """The same convolution in float64 (float64 input)."""
+    m = t1 - t0
+    for t in range(m):
+        out[t] = 0.0
+    for j in range(w.size):
+        c = w[j]
         for t in range(m):
-            out[t] = float(np.float32(out[t] + c * float(x[t0 + t + j])))
+            out[t] = out[t] + c * x[t0 + t + j]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, acc, part):
+def _ba(q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, part):
     """First maximiser of the BA score over tau = 0..up.
 
-    rankseg forms all BA scores as one ``conv1d`` of the pmf with a weight
-    table, in the input dtype; PyTorch's CPU convolution accumulates each
-    output sequentially over the taps with separate multiplies and adds,
-    which the loops below repeat in the input dtype (``proto.dtype``),
-    vectorised over volumes.  Volumes go in chunks so the early stop applies.
+    rankseg forms all BA scores as one ``conv1d`` of the law with a weight
+    table, in the input dtype.  PyTorch's CPU convolution accumulates each
+    output sequentially over the taps; for float32 input longer than 20480
+    values it hands the work to oneDNN, which does the same with fused
+    multiply-adds.  :func:`_conv32` repeats both.  Volumes go in chunks so
+    the early stop applies.
     """
     scaled = smooth >= SCALED_SMOOTH
     s_r = _r(smooth, f32)
-    pm = np.empty(n, dtype=proto.dtype)
-    for i in range(n):
-        pm[i] = full[i]
     # Weight tables, indexed by m = k + tau - 1 - lq (rankseg's conv1d input).
     size = n + up - 1
-    xa = np.empty(size, dtype=proto.dtype)
-    xn = np.empty(size, dtype=proto.dtype)
+    xa = np.empty(size)
+    xn = np.empty(size)
     for m in range(size):
         k = float(lq + m)
         if scaled:
@@ -530,44 +538,28 @@ def _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, 
             xa[m] = _r(1.0 / _r(rd + 1.0, f32), f32)
             # PyTorch evaluates ``scalar / tensor`` as reciprocal(tensor) * scalar.
             xn[m] = _r(_r(1.0 / rd, f32) * s_r, f32)
-    best = _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, acc, part)
+    best = _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, part)
     best_tau = 0
-    ma = np.empty(CHUNK, dtype=proto.dtype)
-    nu = np.empty(CHUNK, dtype=proto.dtype)
-    ma64 = np.zeros(CHUNK)
-    nu64 = np.zeros(CHUNK)
-    # PyTorch hands float32 convolutions whose input is longer than 20480 to
-    # oneDNN, which accumulates the same taps in the same order but with
-    # fused multiply-adds (one rounding per tap instead of two).
-    fused = f32 and size > ONEDNN_MIN_LENGTH
+    ma = np.zeros(CHUNK)
+    nu = np.zeros(CHUNK)
+    fused = size > ONEDNN_MIN_LENGTH
     t0 = 0
     while t0 < up:
         if _stop(q, exact, t0 + 1, lq, smooth, scaled, best, rtol):
             break
         t1 = min(up, t0 + CHUNK)
-        if fused:
-            _conv_fma32(pm, xa, t0, t1, ma64)
+        if f32:
+            _conv32(full, xa, t0, t1, fused, ma)
             if smooth > 0.0:
-                _conv_fma32(pm, xn, t0, t1, nu64)
+                _conv32(full, xn, t0, t1, fused, nu)
         else:
-            ma[:] = 0.0
-            nu[:] = 0.0
-            for j in range(n):
-                c = pm[j]
-                for t in range(t1 - t0):
-                    ma[t] = ma[t] + c * xa[t0 + t + j]
+            _conv64(full, xa, t0, t1, ma)
             if smooth > 0.0:
-                for j in range(n):
-                    c = pm[j]
-                    for t in range(t1 - t0):
-                        nu[t] = nu[t] + c * xn[t0 + t + j]
-            for t in range(t1 - t0):
-                ma64[t] = ma[t]
-                nu64[t] = nu[t]
+                _conv64(full, xn, t0, t1, nu)
         for t in range(t1 - t0):
             tau = t0 + t + 1
-            score = _r(_r(2.0 * ma64[t], f32) * prefix[tau], f32)
-            score = _r(score + nu64[t], f32)
+            score = _r(_r(2.0 * ma[t], f32) * prefix[tau], f32)
+            score = _r(score + nu[t], f32)
             if score > best:
                 best = score
                 best_tau = tau
@@ -576,7 +568,7 @@ def _ba(proto, q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, prod, buf, acc, part):
+def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, prod, buf, part):
     """First maximiser of the TRNA score over tau = 0..up.
 
     The law of each ``Gamma_{-j}`` takes rankseg's parameters (rounded as
@@ -604,7 +596,7 @@ def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, pr
         else:
             ta[m] = 2.0 / (k + smooth + 1.0)
             tn[m] = 1.0 / (k + smooth)
-    best = _r(_empty_score(lq, n, full, smooth, smooth, scaled, False, prod, buf, acc, part), f32)
+    best = _r(_empty_score(lq, n, full, smooth, smooth, scaled, False, prod, buf, part), f32)
     best_tau = 0
     w = np.zeros(n)
     pmf = np.empty(n)
@@ -621,7 +613,7 @@ def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, pr
         scale_j = _r(math.sqrt(var_j), f32)
         m3_j = _r(m3_raw - _r(a * _r(1.0 - _r(2.0 * qj, f32), f32), f32), f32)
         skew_j = _r(m3_j / _r(var_j**1.5, f32), f32)
-        mass = _law(lq, n, loc_j, scale_j, skew_j, False, pmf, buf, acc, part)
+        mass = _law(lq, n, loc_j, scale_j, skew_j, False, pmf, buf, part)
         if not mass > 0.0:
             return tau  # a NaN score: torch.argmax returns the first NaN
         score = 0.0
@@ -641,12 +633,9 @@ def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, pr
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _solve_row(qrow, kind, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32, lanes):
-    """Optimal volume of one active row; ``qrow`` is the row sorted descending, in the input dtype."""
-    d = qrow.size
-    q = np.empty(d)
-    for i in range(d):
-        q[i] = qrow[i]
+def _solve_row(q, kind, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32, lanes):
+    """Optimal volume of one active row; ``q`` is the row sorted descending (float64 values)."""
+    d = q.size
     # PyTorch's CPU cumsum accumulates in float64 and stores in the input
     # dtype; ``exact`` keeps the float64 sums for the early-stop bound.
     exact = np.empty(d + 1)
@@ -663,52 +652,44 @@ def _solve_row(qrow, kind, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f3
     full = np.empty(n)
     prod = np.empty(n)
     buf = np.empty(n, dtype=np.float32)
-    sacc = np.zeros((4, 4, lanes), np.float32)
-    part = np.zeros((4, lanes), np.float32)
+    part = np.zeros(lanes, np.float32)
     # BA imitates rankseg's float32 arithmetic throughout; TRNA only up to
     # its parameters (see _trna).
     emulate = f32 and kind == BA
-    if not _law(lq, n, loc, scale, skew, emulate, full, buf, sacc, part) > 0.0:
+    if not _law(lq, n, loc, scale, skew, emulate, full, buf, part) > 0.0:
         # Normalising by a zero sum makes every score with the law in it NaN
         # in rankseg (the empty mask's too when smooth > 0); torch.argmax
         # returns the first NaN.
         return 0 if smooth > 0.0 else 1
     rtol = STOP_RTOL_F32 if f32 else STOP_RTOL_F64
     if kind == BA:
-        return _ba(qrow, q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, sacc, part)
-    return _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, prod, buf, sacc, part)
+        return _ba(q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, part)
+    return _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, prod, buf, part)
 
 
 @njit(parallel=True, cache=True)
-def _solve_rows(p2, rows, qbuf, kinds, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32, lanes, threshold, tie_end):
-    for i in prange(rows.size):
-        r = rows[i]
+def _solve_rows(qbuf, kinds, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32, lanes, tau, need, group):
+    """Optimal volume ``tau`` of each sorted row, and its tie group at the cut.
+
+    The top-tau set is ``{p > v}`` plus the first ``need`` pixels equal to
+    ``v = q_tau``, out of the ``group`` pixels equal to ``v`` (contiguous in
+    the sorted row).
+    """
+    for i in prange(qbuf.shape[0]):
         q = qbuf[i]
-        tau = _solve_row(q, kinds[i], loc[i], scale[i], skew[i], var_raw[i], m3_raw[i], lq[i], uq[i], smooth, f32, lanes)
-        if tau == 0:
+        t = _solve_row(q, kinds[i], loc[i], scale[i], skew[i], var_raw[i], m3_raw[i], lq[i], uq[i], smooth, f32, lanes)
+        tau[i] = t
+        if t == 0:
             continue
-        # The top-tau set is {p > v} plus the first (lowest-index) pixels
-        # equal to v; the tie group of v is contiguous in the sorted row.
-        v = q[tau - 1]
-        first = tau - 1
+        v = q[t - 1]
+        first = t - 1
         while first > 0 and q[first - 1] == v:
             first -= 1
-        last = tau
+        last = t
         while last < q.size and q[last] == v:
             last += 1
-        need = tau - first
-        threshold[r] = v
-        if need == last - first:
-            tie_end[r] = q.size
-        else:
-            row = p2[r]
-            seen = 0
-            for k in range(row.size):
-                if row[k] == v:
-                    seen += 1
-                    if seen == need:
-                        tie_end[r] = k + 1
-                        break
+        need[i] = t - first
+        group[i] = last - first
 
 
 # --------------------------------------------------------------------------
@@ -785,11 +766,13 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     tie_end = np.zeros(rows, dtype=np.int64)
     idx = np.flatnonzero(active).astype(np.int64)
     # Sorted rows are held for one block of active rows at a time.
-    block = max(1, BLOCK_BYTES // (d * p3.itemsize))
+    block = max(1, BLOCK_BYTES // (d * 8))
     for start in range(0, idx.size, block):
         ids = idx[start : start + block]
-        # NumPy's sort (SIMD on x86) is several times faster than Numba's.
-        qbuf = np.ascontiguousarray(np.sort(p2[ids], axis=1)[:, ::-1])
+        # NumPy's sort (SIMD on x86) is several times faster than Numba's; the
+        # kernels take the sorted values as float64 (exact), so that they are
+        # compiled once for both input dtypes.
+        qbuf = np.sort(p2[ids], axis=1)[:, ::-1].astype(np.float64)
         mean = np.empty(ids.size)
         var = np.empty(ids.size)
         m3 = np.empty(ids.size)
@@ -799,10 +782,19 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
         with np.errstate(invalid="ignore", over="ignore"):
             lq = np.clip(np.floor(scale * z_lo + mean) - 1.0, 0.0, d)
             uq = np.clip(np.ceil(scale * z_hi + mean), 0.0, d)
+        tau = np.zeros(ids.size, dtype=np.int64)
+        need = np.zeros(ids.size, dtype=np.int64)
+        group = np.zeros(ids.size, dtype=np.int64)
         _solve_rows(
-            p2, ids, qbuf, _kinds(cfg.solver, scale, f32), mean, scale, skew, var, m3,
+            qbuf, _kinds(cfg.solver, scale, f32), mean, scale, skew, var, m3,
             lq.astype(np.int64), uq.astype(np.int64), float(cfg.smooth), bool(f32), SUM_LANES,
-            threshold, tie_end,
+            tau, need, group,
         )
+        for i in np.flatnonzero(tau > 0):
+            r = ids[i]
+            v = qbuf[i, tau[i] - 1]
+            threshold[r] = v
+            # Ties at the cut go to the lowest pixel indices.
+            tie_end[r] = d if need[i] == group[i] else int(np.flatnonzero(p2[r] == v)[need[i] - 1]) + 1
     shape = (b, c)
     return RowDecision(threshold.reshape(shape), tie_end.reshape(shape), active.reshape(shape), mu.reshape(shape))
