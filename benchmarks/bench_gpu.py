@@ -4,7 +4,7 @@
     python benchmarks/bench_gpu.py --quick      # small shapes
     python benchmarks/bench_gpu.py --dry-run    # no GPU needed: the same code path on NumPy, tiny shapes
 
-Needs CuPy (``pip install 'rankseg-np[gpu]'``), and PyTorch with CUDA plus
+Needs CuPy (``pip install cupy-cuda12x``), and PyTorch with CUDA plus
 ``rankseg`` 0.0.8 for the baselines (``[compat]``).  Without a GPU it stops
 with a message unless ``--dry-run`` is given; ``--dry-run`` runs the GPU
 algorithm with ``xp = numpy`` (``rankseg_np.gpu.solve_with``) and the
@@ -72,7 +72,7 @@ class Context:
         self.dry_run = dry_run
         if not dry_run and not rs_gpu.is_available():
             raise NoGPU(
-                "bench_gpu.py needs CuPy and a CUDA GPU (pip install 'rankseg-np[gpu]'); none found. "
+                "bench_gpu.py needs CuPy and a CUDA GPU (pip install cupy-cuda12x); none found. "
                 "Run with --dry-run to exercise the benchmark on NumPy without a GPU."
             )
         try:

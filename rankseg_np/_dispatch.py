@@ -88,7 +88,7 @@ def _require_cupy(what: str):
         import cupy
     except ImportError:
         raise ImportError(
-            f"{what} lives on a GPU; rankseg_np needs CuPy for GPU arrays: pip install 'rankseg-np[gpu]'"
+            f"{what} lives on a GPU; rankseg_np needs CuPy for GPU arrays: pip install cupy-cuda12x"
         ) from None
     return cupy
 

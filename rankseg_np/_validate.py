@@ -8,6 +8,7 @@ value) that names the argument and the allowed values.  Backends receive a
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -133,18 +134,22 @@ def check_config(
     if solver_key not in supported:
         names = ", ".join(repr(SOLVER_NAMES[s]) for s in supported)
         context = ", single-channel input" if num_class == 1 else ""
+        hint = f"; pass solver={SOLVER_NAMES[supported[0]]!r}" if metric == "accuracy" else ""
         raise ValueError(
             f"solver {solver!r} is not supported for metric={metric!r} with "
-            f"output_mode={output_mode!r}{context}; supported solvers: {names}"
+            f"output_mode={output_mode!r}{context}; supported solvers: {names}{hint}"
         )
 
     allowed = allowed_solver_params(solver_key, output_mode)
     unknown = sorted(set(solver_params) - set(allowed))
     if unknown:
         allowed_txt = ", ".join(allowed) if allowed else "none"
+        known = ("metric", "smooth", "output_mode", "solver", "pruning_prob", "unassigned_policy", "void_index", "eps")
+        guesses = [g for u in unknown for g in difflib.get_close_matches(u, known, n=1)]
+        hint = f" (did you mean {', '.join(map(repr, guesses))}?)" if guesses else ""
         raise TypeError(
             f"solver {SOLVER_NAMES[solver_key]!r} with output_mode={output_mode!r} does not accept "
-            f"parameter(s) {', '.join(unknown)}; allowed parameters: {allowed_txt}"
+            f"parameter(s) {', '.join(unknown)}{hint}; allowed parameters: {allowed_txt}"
         )
 
     policy = _choice("unassigned_policy", solver_params.get("unassigned_policy", "max_score"), POLICIES)
@@ -160,8 +165,10 @@ def check_config(
         if not _INT64.min <= void_index <= _INT64.max:
             raise ValueError(f"void_index must fit in int64; got {void_index}")
         if 0 <= void_index < num_class:
+            given = "" if "void_index" in solver_params else " (the default)"
             raise ValueError(
-                f"void_index must lie outside the class range [0, {num_class}); got {void_index}"
+                f"void_index must lie outside the class range [0, {num_class}); got {void_index}{given}; "
+                "pass e.g. void_index=-1"
             )
 
     if "safe_screening" in solver_params:
@@ -199,7 +206,11 @@ def check_probs_structure(probs: Any) -> None:
     shape = tuple(int(s) for s in probs.shape)
     dtype = np.dtype(str(probs.dtype)) if not isinstance(probs.dtype, np.dtype) else probs.dtype
     if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
-        raise TypeError(f"probs must have dtype float16, float32 or float64; got {probs.dtype}")
+        hint = (
+            " (probabilities are floats: convert with .astype(np.float32); label maps are not probabilities)"
+            if dtype.kind in "iub" else ""
+        )
+        raise TypeError(f"probs must have dtype float16, float32 or float64; got {probs.dtype}{hint}")
     if len(shape) < 3:
         raise ValueError(
             f"probs must have shape (batch, classes, *spatial) with at least one spatial axis; got shape {shape}"
@@ -215,5 +226,6 @@ def raise_bad_values(probs: np.ndarray) -> None:
     if not np.isfinite(probs).all():
         raise ValueError("probs must contain only finite values (found NaN or inf)")
     raise ValueError(
-        f"probs must lie in [0, 1]; found values in [{float(np.min(probs))}, {float(np.max(probs))}]"
+        f"probs must lie in [0, 1]; found values in [{float(np.min(probs))}, {float(np.max(probs))}] "
+        "(logits? apply a softmax or sigmoid over the class axis first)"
     )

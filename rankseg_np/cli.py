@@ -249,7 +249,7 @@ def load_probs(path: str, key: str | None = None, lazy_chunks: Any = None) -> An
 
 def _load_zarr(path: str, key: str | None, lazy_chunks: Any) -> Any:
     if not _has("zarr"):
-        raise InputError("is a Zarr store, but zarr is not installed (pip install 'rankseg-np[dask]')")
+        raise InputError("is a Zarr store, but zarr is not installed (pip install 'dask[array]' distributed zarr)")
     import zarr
 
     try:
@@ -346,7 +346,7 @@ def write_output(result: Any, final: str, fmt: str, name: str) -> None:
     lazy = not isinstance(result, np.ndarray)
     if fmt == ZARR:
         if not (_has("zarr") and _has("dask")):
-            raise InputError("writing Zarr needs dask and zarr (pip install 'rankseg-np[dask]')")
+            raise InputError("writing Zarr needs dask and zarr (pip install 'dask[array]' distributed zarr)")
         import dask.array as da
 
         arr = result if lazy else da.from_array(result)
@@ -587,7 +587,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         err.write(f"{PROG} predict: error: {_one_line(exc)}\n")
         return EXIT_USAGE
     if args.chunks is not None and not _has("dask"):
-        err.write(f"{PROG} predict: error: --chunks needs dask (pip install 'rankseg-np[dask]')\n")
+        err.write(f"{PROG} predict: error: --chunks needs dask (pip install 'dask[array]' distributed zarr)\n")
         return EXIT_USAGE
     if args.dtype == "bool" and str(args.output_mode).strip().lower() != "multilabel":
         err.write(f"{PROG} predict: error: --dtype bool is only for --output-mode multilabel\n")

@@ -96,7 +96,7 @@ try:
     from dask.highlevelgraph import HighLevelGraph
 except ImportError as exc:  # pragma: no cover - exercised only without dask
     raise ImportError(
-        "rankseg_np.dask needs dask: pip install 'rankseg-np[dask]' (dask[array], distributed, zarr)"
+        "rankseg_np.dask needs dask: pip install 'dask[array]' distributed zarr (the dask extra)"
     ) from exc
 
 from . import cpu

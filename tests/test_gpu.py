@@ -309,6 +309,7 @@ def test_constants_agree_with_cpu():
 
     assert _core.MAX_STEPS == rma.MAX_STEPS
     assert _core.BAND_SLACK == rma.BAND_SLACK
+    assert _core.TIE_SLACK == rma.TIE_SLACK
 
 
 def test_numpy_path_is_read_only_and_does_not_mutate():

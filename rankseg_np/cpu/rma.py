@@ -36,6 +36,12 @@ MAX_STEPS = 200
 # the row sums behind lam (relative error ~ 1e-16 * steps of accumulation,
 # far below 1e-9 for rows of up to ~1e7 pixels); widening only adds candidates.
 BAND_SLACK = 1e-9
+# The returned threshold sits this far (relative) above the optimal one, so a
+# pixel that ties the threshold in exact arithmetic (it adds exactly nothing to
+# the objective) stays out whatever the float64 rounding of the row sums, and
+# every backend (whole rows, Dask chunks, GPU) makes the same choice.  A pixel
+# within 1e-12 of the cut changes the objective by less than 1e-12 relative.
+TIE_SLACK = 1e-12
 
 
 @njit(cache=True, nogil=True)
@@ -57,7 +63,7 @@ def _dinkelbach_dice(row, alpha, beta, s0, n0, t0):
         if new == lam:  # same value, smaller mask: prefer it (first-argmax rule)
             t_best = t
         break
-    return lam, t_best
+    return lam, t_best * (1.0 + TIE_SLACK)
 
 
 @njit(cache=True, nogil=True)
@@ -76,7 +82,7 @@ def _dinkelbach_iou(row, smooth, mu, s0, n0, t0):
         if new == lam:
             t_best = t
         break
-    return lam, t_best
+    return lam, t_best * (1.0 + TIE_SLACK)
 
 
 @njit(cache=True, nogil=True)

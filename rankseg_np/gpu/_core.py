@@ -39,6 +39,7 @@ from ._kernels import METRIC_CODES
 # here so that the GPU package does not import Numba.
 MAX_STEPS = 200
 BAND_SLACK = 1e-9
+TIE_SLACK = 1e-12
 # Elements of the padded band matrix per block of rows (float64): bounds the
 # smooth > 0 path's scratch memory whatever the band widths are.
 BAND_BLOCK_ELEMENTS = 1 << 24
@@ -107,7 +108,8 @@ def dinkelbach(
         lam = xp.where(up, new, lam)
         t_best = xp.where(up | same, t, t_best)
         done = done | ~up
-    return lam, t_best
+    # Exact ties of the cut stay out whatever the rounding (see cpu.rma.TIE_SLACK).
+    return lam, xp.where(todo, t_best * (1.0 + TIE_SLACK), t_best)
 
 
 def _dice_smooth(p2: Any, kern: Any, xp: Any, active: Any, mu: Any, smooth: float, s0: Any, n0: Any):
