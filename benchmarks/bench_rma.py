@@ -1,7 +1,8 @@
 """RMA speed and memory against ``np.argmax`` and ``rankseg`` 0.0.8, in one process.
 
     python benchmarks/bench_rma.py            # (4, 21, 512, 512) and (1, 3, 128, 256, 256)
-    python benchmarks/bench_rma.py --quick    # small shapes, a smoke test
+                                              # -> also benchmarks/results/bench_rma.md
+    python benchmarks/bench_rma.py --quick    # small shapes, a smoke test (prints only)
 
 Times are the best of ``--repeat`` runs after a warm-up (Numba compiles on the
 warm-up); ratios divide by ``np.argmax(probs, axis=1)`` measured in the same
@@ -66,24 +67,33 @@ def methods(probs):
     return out
 
 
+LINES = []
+
+
+def emit(line=""):
+    """Print a line and keep it for the results file."""
+    print(line, flush=True)
+    LINES.append(line)
+
+
 def run(shape, repeat):
     probs = softmax_probs(shape)
-    print(f"\n## probs {shape} float32 ({probs.nbytes / 2**20:.0f} MiB)\n")
-    print("| method | time (s) | x argmax | peak extra memory (MiB) |")
-    print("|---|---:|---:|---:|")
+    emit(f"\n## probs {shape} float32 ({probs.nbytes / 2**20:.0f} MiB)\n")
+    emit("| method | time (s) | x argmax | peak extra memory (MiB) |")
+    emit("|---|---:|---:|---:|")
     base = None
     results = {}
     for name, fn in methods(probs).items():
         slow = name.startswith("rankseg 0.0.8")
-        t = best_time(fn, 1 if slow else repeat)
+        t = best_time(fn, 2 if slow else repeat)
         mem = peak_extra_bytes(fn)
         base = base or t
         results[name] = t
-        print(f"| {name} | {t:.4f} | {t / base:.2f} | {mem / 2**20:.0f} |", flush=True)
+        emit(f"| {name} | {t:.4f} | {t / base:.2f} | {mem / 2**20:.0f} |")
     ours = results["rankseg_np RMA dice multiclass"]
     for ref_name in ("rankseg 0.0.8 RMA dice multiclass", "rankseg 0.0.8 RMA dice multiclass safe_screening"):
         if ref_name in results:
-            print(f"\nspeed-up of rankseg_np RMA dice multiclass over {ref_name}: {results[ref_name] / ours:.1f}x")
+            emit(f"\nspeed-up of rankseg_np RMA dice multiclass over {ref_name}: {results[ref_name] / ours:.1f}x")
     return results
 
 
@@ -94,10 +104,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import numba
 
-    print(f"numba threads: {numba.get_num_threads()}")
+    import datetime
+    import os
+    import platform
+
+    emit(f"# bench_rma ({datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
+         f"numba threads {numba.get_num_threads()}, 1-min load {os.getloadavg()[0]:.1f} at start)")
     shapes = [(2, 21, 128, 128), (1, 3, 32, 64, 64)] if args.quick else [(4, 21, 512, 512), (1, 3, 128, 256, 256)]
     for shape in shapes:
         run(shape, args.repeat)
+    if not args.quick:
+        out = Path(__file__).resolve().parent / "results" / "bench_rma.md"
+        out.write_text("\n".join(LINES) + "\n\nRegenerate: `python benchmarks/bench_rma.py`\n")
+        print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
