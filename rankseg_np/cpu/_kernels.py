@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .._decision import RowDecision
+from .._validate import raise_bad_values
+
 # Pixels per parallel task when a kernel splits rows into blocks: large enough
 # to amortise scheduling, small enough to balance a handful of huge rows.
 BLOCK = 1 << 16
@@ -124,3 +127,20 @@ def materialize(p2, threshold, tie_end, out):
         for i in range(i0, i1):
             v = row[i]
             o[i] = v > t or (v == t and i < k)
+
+
+def decide_rows(row_kernel, p3, *args):
+    """Run ``row_kernel(p2, *args, threshold, tie_end, active, mu, bad)`` over the rows of
+    a C-contiguous ``(B, C, d)`` array and wrap its outputs as a :class:`RowDecision`
+    (raising the value error if any row held NaN/inf/out-of-range values)."""
+    b, c, d = p3.shape
+    rows = b * c
+    threshold = np.empty(rows)
+    tie_end = np.empty(rows, dtype=np.int64)
+    active = np.empty(rows, dtype=np.bool_)
+    mu = np.empty(rows)
+    bad = np.empty(rows, dtype=np.bool_)
+    row_kernel(p3.reshape(rows, d), *args, threshold, tie_end, active, mu, bad)
+    if bad.any():
+        raise_bad_values(p3)
+    return RowDecision(*(x.reshape(b, c) for x in (threshold, tie_end, active, mu)))

@@ -53,7 +53,8 @@ from numba import njit, prange
 from numpy.polynomial.laguerre import laggauss
 
 from .._decision import RowDecision
-from .._validate import Config, raise_bad_values
+from .._validate import Config
+from ._kernels import decide_rows
 
 DICE = 0
 IOU = 1
@@ -706,21 +707,8 @@ def expected_rows(p2, m2, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw, o
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     """Exact decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
-    b, c, d = p3.shape
-    p2 = p3.reshape(b * c, d)
-    rows = b * c
-    threshold = np.empty(rows)
-    tie_end = np.empty(rows, dtype=np.int64)
-    active = np.empty(rows, dtype=np.bool_)
-    mu = np.empty(rows)
-    bad = np.empty(rows, dtype=np.bool_)
     metric = IOU if cfg.metric == "iou" else DICE
     theta, lag_v, lag_lw, jac_x, jac_lw = rules(cfg.smooth)
-    _exact_rows(
-        p2, metric, cfg.smooth, cfg.pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw,
-        threshold, tie_end, active, mu, bad,
+    return decide_rows(
+        _exact_rows, p3, metric, cfg.smooth, cfg.pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw
     )
-    if bad.any():
-        raise_bad_values(p3)
-    shape = (b, c)
-    return RowDecision(threshold.reshape(shape), tie_end.reshape(shape), active.reshape(shape), mu.reshape(shape))

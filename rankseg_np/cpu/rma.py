@@ -23,8 +23,8 @@ import numpy as np
 from numba import njit, prange
 
 from .._decision import RowDecision
-from .._validate import Config, raise_bad_values
-from ._kernels import scan, sum_above
+from .._validate import Config
+from ._kernels import decide_rows, scan, sum_above
 
 DICE = 0
 IOU = 1
@@ -186,17 +186,5 @@ def _rma_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, 
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     """RMA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
-    b, c, d = p3.shape
-    p2 = p3.reshape(b * c, d)
-    rows = b * c
-    threshold = np.empty(rows)
-    tie_end = np.empty(rows, dtype=np.int64)
-    active = np.empty(rows, dtype=np.bool_)
-    mu = np.empty(rows)
-    bad = np.empty(rows, dtype=np.bool_)
     metric = IOU if cfg.metric == "iou" else DICE
-    _rma_rows(p2, metric, cfg.smooth, cfg.pruning_prob, threshold, tie_end, active, mu, bad)
-    if bad.any():
-        raise_bad_values(p3)
-    shape = (b, c)
-    return RowDecision(threshold.reshape(shape), tie_end.reshape(shape), active.reshape(shape), mu.reshape(shape))
+    return decide_rows(_rma_rows, p3, metric, cfg.smooth, cfg.pruning_prob)
