@@ -101,6 +101,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+import scipy.special
 from numba import njit, prange
 from scipy.optimize import brentq
 
@@ -132,8 +133,12 @@ PPF_XTOL = 1e-14
 # float32 ones up to ~1e-6).
 STOP_RTOL_F64 = 1e-9
 STOP_RTOL_F32 = 1e-4
-# Volumes per chunk of the BA convolution (between early-stop checks).
+# Volumes per chunk of the BA convolution (between early-stop checks), and
+# at most per chunk of TRNA laws.
 CHUNK = 256
+# Values of F per tabulated chunk of TRNA laws (float32: 4 bytes each, and a
+# few temporaries of that size while the table is built).
+TABLE_VALUES = 1 << 22
 # PyTorch's CPU conv1d goes to oneDNN for float32 inputs longer than this
 # (ATen's use_mkldnn heuristic for a 1x1x1xL input).
 ONEDNN_MIN_LENGTH = 20480
@@ -314,42 +319,127 @@ def _sum(x, n, f32, buf, part):
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
-def _cdf_at(k, loc, scale, skew, f32, c_sqrt2, c_log):
-    """F(k) of the refined normal law at the integer ``k``, one rounding per operation.
+class NumpyMath:
+    """``sqrt``, ``x ** 1.5``, ``erf`` and ``exp`` correctly rounded to the array's dtype.
 
-    The order is that of rankseg's ``RefinedNormalPB.cdf`` through
-    ``torch.distributions.Normal``: Phi = 0.5 (1 + erf(x / sqrt 2)) and
-    phi = exp(-x^2 / 2 - log sqrt(2 pi)).
+    Each function is evaluated in float64 and rounded once, which is the
+    correctly rounded float32 result except in cases of probability ~2^-29.
+    Used when PyTorch is not importable.
     """
-    x = _r(_r(k + 0.5 - loc, f32) / scale, f32)
-    big_phi = _r(0.5 * _r(1.0 + _r(math.erf(_r(x / c_sqrt2, f32)), f32), f32), f32)
-    x2 = _r(x * x, f32)
-    small_phi = _r(math.exp(_r(-0.5 * x2 - c_log, f32)), f32)
-    term = _r(_r(_r(skew * _r(1.0 - x2, f32), f32) * small_phi, f32) / 6.0, f32)
-    v = _r(big_phi + term, f32)
-    if v < 0.0:
-        return 0.0
-    if v > 1.0:
-        return 1.0
-    return v
+
+    name = "numpy"
+
+    @staticmethod
+    def _apply(f, a):
+        a = np.asarray(a)
+        return f(a.astype(np.float64)).astype(a.dtype)
+
+    def sqrt(self, a):
+        return self._apply(np.sqrt, a)
+
+    def erf(self, a):
+        return self._apply(scipy.special.erf, a)
+
+    def exp(self, a):
+        return self._apply(np.exp, a)
+
+    def pow15(self, a):
+        """``a ** 1.5`` of a whole tensor, as rankseg computes it on the ``(B, C)`` moments."""
+        return self._apply(lambda v: v**1.5, a)
+
+
+class TorchMath(NumpyMath):
+    """The same functions evaluated by PyTorch's CPU kernels, as ``rankseg`` evaluates them.
+
+    PyTorch's float32 ``sqrt``, ``erf`` and ``exp`` (MKL's vector math) are
+    faithful but not correctly rounded (``sqrt`` differs from the correctly
+    rounded value on ~17% of arguments, ``erf`` and ``exp`` on ~1%), and on
+    large images those last bits decide which of two volumes tied in float32
+    wins.  Their result depends only on the argument (checked: one value, a
+    short tensor and a long one give the same bits), so calling them on our
+    own arrays reproduces rankseg's values.  ``pow15`` is different: ATen
+    raises a tensor to 1.5 with a vectorised ``pow`` over whole 16-value
+    blocks and the correctly rounded scalar ``pow`` on the tail, so the
+    result depends on the position; it is called on an array laid out like
+    rankseg's ``(B, C)`` tensor.
+    """
+
+    name = "torch"
+
+    def __init__(self, torch):
+        self._torch = torch
+
+    def _apply(self, f, a):
+        a = np.ascontiguousarray(a)
+        with self._torch.no_grad():
+            return f(self._torch.from_numpy(a)).numpy()
+
+    def sqrt(self, a):
+        return self._apply(self._torch.sqrt, a)
+
+    def erf(self, a):
+        return self._apply(self._torch.erf, a)
+
+    def exp(self, a):
+        return self._apply(self._torch.exp, a)
+
+    def pow15(self, a):
+        return self._apply(lambda t: t**1.5, a)
+
+
+def law_math(kind: str = "auto") -> NumpyMath:
+    """The elementwise functions of the law: PyTorch's when importable (``"auto"``), else NumPy's.
+
+    ``kind`` is ``"auto"``, ``"torch"`` or ``"numpy"``.
+    """
+    if kind not in ("auto", "torch", "numpy"):
+        raise ValueError(f"law_math must be 'auto', 'torch' or 'numpy', got {kind!r}")
+    if kind != "numpy":
+        try:
+            import torch
+        except ImportError:
+            if kind == "torch":
+                raise
+        else:
+            return TorchMath(torch)
+    return NumpyMath()
+
+
+def _cdf_table(k_first: np.ndarray, m: int, loc, scale, skew, vm: NumpyMath) -> np.ndarray:
+    """F(k) of the refined normal law at ``k = k_first + i``, ``i < m``, in the dtype of ``loc``.
+
+    ``k_first`` has the shape of the parameters, the result one more axis of
+    length ``m``.  Operations and roundings are those of rankseg's
+    ``RefinedNormalPB.cdf`` through ``torch.distributions.Normal`` (one
+    rounding per operation, in the working dtype): ``x = (k + 1/2 - m) / s``,
+    ``Phi = 0.5 (1 + erf(x / sqrt 2))``, ``phi = exp(-x^2 / 2 - log sqrt(2 pi))``,
+    ``F = clip(Phi + skew (1 - x^2) phi / 6, 0, 1)``.
+    """
+    ft = np.asarray(loc).dtype.type
+    loc = np.asarray(loc)[..., None]
+    scale = np.asarray(scale)[..., None]
+    skew = np.asarray(skew)[..., None]
+    k = (np.asarray(k_first)[..., None] + np.arange(m)).astype(ft)
+    with np.errstate(all="ignore"):
+        x = ((k + ft(0.5)) - loc) / scale
+        big_phi = ft(0.5) * (ft(1.0) + vm.erf(x / ft(SQRT2)))
+        x2 = x * x
+        small_phi = vm.exp(x2 * ft(-0.5) - ft(LOG_SQRT2PI))
+        v = big_phi + ((skew * (ft(1.0) - x2)) * small_phi) / ft(6.0)
+    return np.clip(v, ft(0.0), ft(1.0))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _law(lq, n, loc, scale, skew, f32, out, buf, part):
-    """Normalised pmf of the refined normal law on k = lq .. lq+n-1, written to ``out``.
+def _law_from_cdf(cdf, n, f32, out, buf, part):
+    """Normalised pmf ``max(F(k) - F(k-1), 0)`` on the ``n`` points after ``cdf[0]``, written to ``out``.
 
-    Returns the mass before normalisation.  A zero mass leaves NaN in ``out``,
-    as the division by a zero sum does in rankseg.
+    Rounded as rankseg rounds it in the working precision (``f32``).
+    Returns the mass before normalisation.  A zero mass leaves NaN in
+    ``out``, as the division by a zero sum does in rankseg.
     """
-    c_sqrt2 = _r(SQRT2, f32)
-    c_log = _r(LOG_SQRT2PI, f32)
-    prev = _cdf_at(lq - 1, loc, scale, skew, f32, c_sqrt2, c_log)
     for i in range(n):
-        cur = _cdf_at(lq + i, loc, scale, skew, f32, c_sqrt2, c_log)
-        v = _r(cur - prev, f32)
+        v = _r(float(cdf[i + 1]) - float(cdf[i]), f32)
         out[i] = v if v > 0.0 else 0.0
-        prev = cur
     total = _sum(out, n, f32, buf, part)
     for i in range(n):
         out[i] = _r(out[i] / total, f32)
@@ -571,119 +661,133 @@ def _ba(q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, part):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, prod, buf, part):
-    """First maximiser of the TRNA score over tau = 0..up.
+def _trna_score(w, full, n, lq, tau, smooth, s_r, scaled, f32, prod, buf, part):
+    """rankseg's TRNA score of volume ``tau`` from ``W_tau`` (``w``) and the law of Gamma (``full``).
 
-    The law of each ``Gamma_{-j}`` takes rankseg's parameters (rounded as
-    its input-dtype arithmetic rounds them), but the laws, the weights
-    ``W_tau`` and the scores are evaluated in float64, and each score is
-    rounded to float32 only at the end for float32 input (so that volumes
-    tied in float32 go to the first, as in rankseg).  rankseg accumulates
-    ``W_tau`` in float32 over thousands of volumes; once a single ``erf`` or
-    ``exp`` differs in its last bit (see the module docstring) that running
-    sum cannot be followed bit for bit, and the float64 value then predicts
-    rankseg's choice better than an imitation: measured on 21-class float32
-    softmax images, 89% vs 85% identical rows at 128x128 (both 100% at 64x64).
+    ``2 sum_k A(k + tau) W_tau(k) + E[N(Gamma + tau)]`` (or ``g (pi - 1)``
+    for ``g >= 1``), with rankseg's operations: ``2 / x`` is PyTorch's
+    ``reciprocal(x) * 2``, each product is rounded, and the sums are
+    ATen's (float32 input).
+    """
+    for i in range(n):
+        k = _r(float(lq + i) + tau, f32)
+        if scaled:
+            den = _r(1.0 + _r(_r(k + 1.0, f32) / s_r, f32), f32)
+        else:
+            den = _r(_r(k + s_r, f32) + 1.0, f32)
+        prod[i] = _r(_r(_r(1.0 / den, f32) * 2.0, f32) * w[i], f32)
+    score = _sum(prod, n, f32, buf, part)
+    if smooth > 0.0:
+        for i in range(n):
+            k = _r(float(lq + i) + tau, f32)
+            if scaled:
+                t = _r(k / _r(1.0 + _r(k / s_r, f32), f32), f32)
+            else:
+                t = _r(1.0 / _r(k + s_r, f32), f32)
+            prod[i] = _r(t * full[i], f32)
+        total = _sum(prod, n, f32, buf, part)
+        nu = -total if scaled else _r(s_r * total, f32)
+        score = _r(score + nu, f32)
+    return score
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _trna_chunk(qbuf, exacts, rows, cdf, tau0, lq, uq, up, fulls, w, best, tau, done, smooth, f32, lanes):
+    """Scores volumes ``tau0[a] ..`` of the TRNA row ``rows[a]``, one per row of ``cdf[a]``.
+
+    ``cdf[a, c]`` is the law of ``Gamma_{-j}`` for the volume ``tau0[a] + c``
+    (``j`` = that volume's last pixel), tabulated by :func:`_cdf_table`.
+    rankseg builds these laws in float32 even for float64 input (a 0-d
+    float64 parameter does not promote a float32 tensor), so they are
+    normalised in float32; ``W_tau`` (``w``) and the scores are then
+    accumulated in the input dtype.  ``best``, ``tau`` and ``done`` carry
+    the scan from chunk to chunk.
     """
     scaled = smooth >= SCALED_SMOOTH
-    floor = F32_EPS if f32 else F64_EPS
-    # Weight tables indexed by m = k + tau - lq (float64).
-    size = n + up
-    ta = np.empty(size)
-    tn = np.empty(size)
-    for m in range(size):
-        k = float(lq + m)
-        if scaled:
-            ta[m] = 2.0 / (1.0 + (k + 1.0) / smooth)
-            tn[m] = k / (1.0 + k / smooth)
-        else:
-            ta[m] = 2.0 / (k + smooth + 1.0)
-            tn[m] = 1.0 / (k + smooth)
-    best = _r(_empty_score(lq, n, full, smooth, smooth, scaled, False, prod, buf, part), f32)
-    best_tau = 0
-    w = np.zeros(n)
-    pmf = np.empty(n)
-    for tau in range(1, up + 1):
-        if _stop(q, exact, tau, lq, smooth, scaled, best, rtol):
-            break
-        qj = q[tau - 1]
-        # Law of Gamma_{-j}: the row's moments less pixel j's share, with
-        # rankseg's operations and (input-dtype) rounding.
-        one_m = _r(1.0 - qj, f32)
-        a = _r(qj * one_m, f32)
-        loc_j = _r(loc - qj, f32)
-        var_j = max(_r(var_raw - a, f32), floor)
-        scale_j = _r(math.sqrt(var_j), f32)
-        m3_j = _r(m3_raw - _r(a * _r(1.0 - _r(2.0 * qj, f32), f32), f32), f32)
-        skew_j = _r(m3_j / _r(var_j**1.5, f32), f32)
-        mass = _law(lq, n, loc_j, scale_j, skew_j, False, pmf, buf, part)
-        if not mass > 0.0:
-            return tau  # a NaN score: torch.argmax returns the first NaN
-        score = 0.0
-        for i in range(n):
-            w[i] += qj * pmf[i]
-            score += ta[i + tau] * w[i]
-        if smooth > 0.0:
-            total = 0.0
-            for i in range(n):
-                total += tn[i + tau] * full[i]
-            score += -total if scaled else smooth * total
-        score = _r(score, f32)
-        if score > best:
-            best = score
-            best_tau = tau
-    return best_tau
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _solve_row(q, kind, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32, lanes):
-    """Optimal volume of one active row; ``q`` is the row sorted descending (float64 values)."""
-    d = q.size
-    # PyTorch's CPU cumsum accumulates in float64 and stores in the input
-    # dtype; ``exact`` keeps the float64 sums for the early-stop bound.
-    exact = np.empty(d + 1)
-    prefix = np.empty(d + 1)
-    exact[0] = 0.0
-    prefix[0] = 0.0
-    acc = 0.0
-    for i in range(d):
-        acc += q[i]
-        exact[i + 1] = acc
-        prefix[i + 1] = _r(acc, f32)
-    up = _up_tau(q, prefix, smooth, f32)
-    n = uq - lq + 1
-    full = np.empty(n)
-    prod = np.empty(n)
-    buf = np.empty(n, dtype=np.float32)
-    part = np.zeros(lanes, np.float32)
-    # BA imitates rankseg's float32 arithmetic throughout; TRNA only up to
-    # its parameters (see _trna).
-    emulate = f32 and kind == BA
-    if not _law(lq, n, loc, scale, skew, emulate, full, buf, part) > 0.0:
-        # Normalising by a zero sum makes every score with the law in it NaN
-        # in rankseg (the empty mask's too when smooth > 0); torch.argmax
-        # returns the first NaN.
-        return 0 if smooth > 0.0 else 1
+    s_r = _r(smooth, f32)
     rtol = STOP_RTOL_F32 if f32 else STOP_RTOL_F64
-    if kind == BA:
-        return _ba(q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, part)
-    return _trna(q, exact, up, lq, n, full, loc, var_raw, m3_raw, smooth, f32, rtol, prod, buf, part)
+    for a in prange(rows.size):
+        i = rows[a]
+        q = qbuf[i]
+        n = uq[i] - lq[i] + 1
+        wi = w[i]
+        pmf = np.empty(n)
+        prod = np.empty(n)
+        buf = np.empty(n, dtype=np.float32)
+        part = np.zeros(lanes, np.float32)
+        for c in range(cdf.shape[1]):
+            t = tau0[a] + c
+            if t > up[i] or _stop(q, exacts[i], t, lq[i], smooth, scaled, best[i], rtol):
+                done[i] = True
+                break
+            if not _law_from_cdf(cdf[a, c], n, True, pmf, buf, part) > 0.0:
+                # A NaN law makes this score and all later ones NaN;
+                # torch.argmax returns the first NaN.
+                tau[i] = t
+                done[i] = True
+                break
+            qj = _r(q[t - 1], True)
+            for k in range(n):
+                wi[k] = _r(wi[k] + _r(qj * pmf[k], True), f32)
+            score = _trna_score(wi, fulls[i], n, lq[i], t, smooth, s_r, scaled, f32, prod, buf, part)
+            if score > best[i]:
+                best[i] = score
+                tau[i] = t
 
 
-@njit(parallel=True, cache=True)
-def _solve_rows(qbuf, kinds, loc, scale, skew, var_raw, m3_raw, lq, uq, smooth, f32, lanes, tau, need, group):
-    """Optimal volume ``tau`` of each sorted row, and its tie group at the cut.
+@njit(parallel=True, cache=True, error_model="numpy")
+def _solve_rows(qbuf, kinds, cdf, lq, uq, smooth, f32, lanes, exacts, up, fulls, best, tau):
+    """Per sorted row: prefix sums, Lemma 3's bound, the law of Gamma and the empty mask's score.
 
-    The top-tau set is ``{p > v}`` plus the first ``need`` pixels equal to
-    ``v = q_tau``, out of the ``group`` pixels equal to ``v`` (contiguous in
-    the sorted row).
+    BA rows are solved here (``tau``); TRNA rows are left to
+    :func:`_trna_chunk`, whose laws must be tabulated outside Numba.  A
+    row whose law has zero mass gets its answer here too (``up = 0``).
     """
     for i in prange(qbuf.shape[0]):
         q = qbuf[i]
-        t = _solve_row(q, kinds[i], loc[i], scale[i], skew[i], var_raw[i], m3_raw[i], lq[i], uq[i], smooth, f32, lanes)
-        tau[i] = t
+        d = q.size
+        # PyTorch's CPU cumsum accumulates in float64 and stores in the input
+        # dtype; ``exact`` keeps the float64 sums for the early-stop bound.
+        exact = exacts[i]
+        prefix = np.empty(d + 1)
+        exact[0] = 0.0
+        prefix[0] = 0.0
+        acc = 0.0
+        for k in range(d):
+            acc += q[k]
+            exact[k + 1] = acc
+            prefix[k + 1] = _r(acc, f32)
+        up[i] = _up_tau(q, prefix, smooth, f32)
+        n = uq[i] - lq[i] + 1
+        full = fulls[i]
+        prod = np.empty(n)
+        buf = np.empty(n, dtype=np.float32)
+        part = np.zeros(lanes, np.float32)
+        tau[i] = 0
+        if not _law_from_cdf(cdf[i], n, f32, full, buf, part) > 0.0:
+            # Normalising by a zero sum makes every score with the law in it
+            # NaN in rankseg (the empty mask's too when smooth > 0);
+            # torch.argmax returns the first NaN.
+            tau[i] = 0 if smooth > 0.0 else 1
+            up[i] = 0
+            continue
+        scaled = smooth >= SCALED_SMOOTH
+        best[i] = _empty_score(lq[i], n, full, smooth, _r(smooth, f32), scaled, f32, prod, buf, part)
+        if kinds[i] == BA:
+            rtol = STOP_RTOL_F32 if f32 else STOP_RTOL_F64
+            tau[i] = _ba(q, exact, prefix, up[i], lq[i], n, full, smooth, f32, rtol, prod, buf, part)
+
+
+@njit(parallel=True, cache=True)
+def _tie_groups(qbuf, tau, need, group):
+    """For each sorted row and volume: the top-tau set is ``{p > v}`` plus the first ``need``
+    pixels equal to ``v = q_tau``, out of the ``group`` pixels equal to ``v`` (contiguous in
+    the sorted row)."""
+    for i in prange(qbuf.shape[0]):
+        t = tau[i]
         if t == 0:
             continue
+        q = qbuf[i]
         v = q[t - 1]
         first = t - 1
         while first > 0 and q[first - 1] == v:
@@ -717,33 +821,78 @@ def _sorted_desc(rows: np.ndarray) -> np.ndarray:
     return rows[:, ::-1].astype(np.float64)
 
 
-def _law_parameters(mean, var, m3, f32):
-    """(scale, skew) of each row's count law, with rankseg's operations and rounding."""
-    if f32:
-        r = lambda x: np.asarray(x, dtype=np.float32).astype(np.float64)  # noqa: E731
-        safe = np.maximum(var, F32_EPS)
-        scale = r(np.sqrt(safe))
-        skew = r(m3 / r(safe**1.5))
-    else:
-        safe = np.maximum(var, F64_EPS)
-        scale = np.sqrt(safe)
-        skew = m3 / safe**1.5
-    return scale, skew
+def _law_parameters(var, m3, ids, rows, ft, vm):
+    """(scale, skew) of each row's count law, with rankseg's operations and rounding.
+
+    rankseg computes them on its whole ``(B, C)`` tensor of moments; PyTorch's
+    ``x ** 1.5`` depends on the position in that tensor (see
+    :class:`TorchMath`), so the active rows ``ids`` are placed in an array
+    of all ``rows`` before it is called.
+    """
+    safe = np.maximum(var.astype(ft), ft(np.finfo(ft).eps))
+    layout = np.ones(rows, dtype=ft)
+    layout[ids] = safe
+    with np.errstate(divide="ignore", invalid="ignore"):
+        skew = m3.astype(ft) / vm.pow15(layout)[ids]
+    return vm.sqrt(safe), skew
 
 
-def _kinds(solver: str, scale: np.ndarray, f32: bool) -> np.ndarray:
+def _kinds(solver: str, scale: np.ndarray) -> np.ndarray:
     if solver == "ba":
         return np.full(scale.size, BA, dtype=np.int64)
     if solver == "trna":
         return np.full(scale.size, TRNA, dtype=np.int64)
     # Cohen's d = 1 / sigma, in the input dtype as rankseg compares it.
-    ftype = np.float32 if f32 else np.float64
-    sigma = np.maximum(scale.astype(ftype), ftype(SIGMA_FLOOR))
-    use_ba = (ftype(1.0) / sigma) < ftype(COHEN_D)
+    ft = scale.dtype.type
+    use_ba = (ft(1.0) / np.maximum(scale, ft(SIGMA_FLOOR))) < ft(COHEN_D)
     return np.where(use_ba, BA, TRNA).astype(np.int64)
 
 
-def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
+def _excluded_parameters(q, loc, var, m3, ft, vm):
+    """Law parameters of ``Gamma_{-j}`` for pixels of probability ``q``: the row's less pixel j's share.
+
+    In the input dtype ``ft``, as rankseg computes them on 0-d tensors (where
+    PyTorch's ``x ** 1.5`` is the correctly rounded scalar ``pow``); the law
+    itself is then tabulated in float32 (see :func:`_trna_chunk`).
+    """
+    q = q.astype(ft)
+    a = q * (ft(1.0) - q)
+    loc_j = loc[:, None] - q
+    var_j = np.maximum(var[:, None] - a, ft(np.finfo(ft).eps))
+    m3_j = m3[:, None] - a * (ft(1.0) - ft(2.0) * q)
+    skew_j = m3_j / NumpyMath().pow15(var_j)
+    return loc_j, vm.sqrt(var_j), skew_j
+
+
+def _solve_trna(rows, qbuf, exacts, loc, var, m3, lq, uq, up, fulls, best, tau, smooth, f32, vm):
+    """Runs the TRNA scan of ``rows`` chunk by chunk: the laws of a chunk of volumes are
+    tabulated (vectorised, with ``vm``'s functions), then scored in Numba."""
+    ft = np.float32 if f32 else np.float64
+    m = int(np.max(uq[rows] - lq[rows])) + 2  # n + 1 points of F per law
+    w = np.zeros(fulls.shape)
+    done = np.ones(qbuf.shape[0], dtype=np.bool_)
+    done[rows] = False
+    tau_next = np.ones(qbuf.shape[0], dtype=np.int64)
+    while True:
+        act = np.flatnonzero(~done)
+        if act.size == 0:
+            return
+        chunk = int(np.clip(TABLE_VALUES // (act.size * m), 1, CHUNK))
+        taus = tau_next[act, None] + np.arange(chunk)
+        q = qbuf[act[:, None], np.minimum(taus, up[act, None]) - 1]
+        loc_j, scale_j, skew_j = _excluded_parameters(q, loc[act].astype(ft), var[act].astype(ft), m3[act].astype(ft), ft, vm)
+        k_first = np.broadcast_to((lq[act] - 1)[:, None], taus.shape)
+        cdf = _cdf_table(
+            k_first, m, loc_j.astype(np.float32), scale_j.astype(np.float32), skew_j.astype(np.float32), vm
+        )
+        _trna_chunk(
+            qbuf, exacts, act, cdf, tau_next[act], lq, uq, up, fulls, w, best, tau, done,
+            smooth, f32, SUM_LANES,
+        )
+        tau_next[act] += chunk
+
+
+def decide(p3: np.ndarray, cfg: Config, math_kind: str = "auto") -> RowDecision:
     """BA / TRNA / BA+TRNA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array.
 
     Parameters
@@ -753,6 +902,10 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     cfg : Config
         Validated configuration; ``cfg.solver`` is ``'ba'``, ``'trna'`` or
         ``'ba+trna'``, ``cfg.eps`` the tail mass left out of the support.
+    math_kind : {'auto', 'torch', 'numpy'}
+        Whose ``sqrt``, ``erf``, ``exp`` and ``pow`` the law uses
+        (:func:`law_math`): PyTorch's when importable, so that masks are
+        rankseg's bit for bit.
 
     Returns
     -------
@@ -781,6 +934,9 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
         raise_bad_values(p3)
 
     f32 = p3.dtype == np.float32
+    ft = np.float32 if f32 else np.float64
+    vm = law_math(math_kind)
+    smooth = float(cfg.smooth)
     active = peak > cfg.pruning_prob
     threshold = np.full(rows, np.inf)
     tie_end = np.zeros(rows, dtype=np.int64)
@@ -794,19 +950,28 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
         var = np.empty(ids.size)
         m3 = np.empty(ids.size)
         _moments(qbuf, mean, var, m3, bool(f32), SUM_LANES)
-        scale, skew = _law_parameters(mean, var, m3, f32)
-        z_lo, z_hi = _standard_interval(skew, cfg.eps)
+        scale, skew = _law_parameters(var, m3, ids, rows, ft, vm)
+        loc = mean.astype(ft)
+        z_lo, z_hi = _standard_interval(skew.astype(np.float64), cfg.eps)
         with np.errstate(invalid="ignore", over="ignore"):
-            lq = np.clip(np.floor(scale * z_lo + mean) - 1.0, 0.0, d)
-            uq = np.clip(np.ceil(scale * z_hi + mean), 0.0, d)
+            # float32 scale times the float64 quantile: promoted to float64.
+            lq = np.clip(np.floor(scale * z_lo + mean) - 1.0, 0.0, d).astype(np.int64)
+            uq = np.clip(np.ceil(scale * z_hi + mean), 0.0, d).astype(np.int64)
+        m = int(np.max(uq - lq)) + 2
+        cdf = _cdf_table(lq - 1, m, loc, scale, skew, vm)
+        kinds = _kinds(cfg.solver, scale)
+        exacts = np.empty((ids.size, d + 1))
+        up = np.zeros(ids.size, dtype=np.int64)
+        fulls = np.zeros((ids.size, m - 1))
+        best = np.zeros(ids.size)
         tau = np.zeros(ids.size, dtype=np.int64)
+        _solve_rows(qbuf, kinds, cdf, lq, uq, smooth, bool(f32), SUM_LANES, exacts, up, fulls, best, tau)
+        trna_rows = np.flatnonzero((kinds == TRNA) & (up > 0))
+        if trna_rows.size:
+            _solve_trna(trna_rows, qbuf, exacts, loc, var, m3, lq, uq, up, fulls, best, tau, smooth, bool(f32), vm)
         need = np.zeros(ids.size, dtype=np.int64)
         group = np.zeros(ids.size, dtype=np.int64)
-        _solve_rows(
-            qbuf, _kinds(cfg.solver, scale, f32), mean, scale, skew, var, m3,
-            lq.astype(np.int64), uq.astype(np.int64), float(cfg.smooth), bool(f32), SUM_LANES,
-            tau, need, group,
-        )
+        _tie_groups(qbuf, tau, need, group)
         for i in np.flatnonzero(tau > 0):
             r = ids[i]
             v = qbuf[i, tau[i] - 1]
