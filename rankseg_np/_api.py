@@ -43,8 +43,11 @@ def rankseg(
     **solver_params
         ``unassigned_policy`` ({'max_score', 'void'}) and ``void_index`` (int
         outside ``[0, C)``, only with ``'void'``) for RMA/exact multiclass;
-        ``eps`` in (0, 1) for BA/TRNA; ``safe_screening`` is accepted for
-        compatibility with ``rankseg`` and has no effect.
+        ``eps`` in (0, 1) and ``law_math`` ({'auto', 'torch', 'numpy'}: whose
+        ``sqrt``/``erf``/``exp`` evaluate the refined normal law; ``'auto'``
+        takes PyTorch's when it is importable, which makes the masks
+        ``rankseg``'s bit for bit) for BA/TRNA; ``safe_screening`` is accepted
+        for compatibility with ``rankseg`` and has no effect.
 
     Returns
     -------

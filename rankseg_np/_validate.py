@@ -48,6 +48,10 @@ class Config:
     unassigned_policy: str = "max_score"
     void_index: int = 255
     eps: float = 1e-4
+    law_math: str = "auto"
+
+
+LAW_MATHS = ("auto", "torch", "numpy")
 
 
 def supported_solvers(metric: str, output_mode: str, num_class: int) -> tuple[str, ...]:
@@ -73,7 +77,7 @@ def allowed_solver_params(solver: str, output_mode: str) -> tuple[str, ...]:
             params += ("unassigned_policy", "void_index")
         return params
     if solver in REFINED_NORMAL_SOLVERS:
-        return ("eps",)
+        return ("eps", "law_math")
     return ()
 
 
@@ -144,7 +148,7 @@ def check_config(
     unknown = sorted(set(solver_params) - set(allowed))
     if unknown:
         allowed_txt = ", ".join(allowed) if allowed else "none"
-        known = ("metric", "smooth", "output_mode", "solver", "pruning_prob", "unassigned_policy", "void_index", "eps")
+        known = ("metric", "smooth", "output_mode", "solver", "pruning_prob", "unassigned_policy", "void_index", "eps", "law_math")
         guesses = [g for u in unknown for g in difflib.get_close_matches(u, known, n=1)]
         hint = f" (did you mean {', '.join(map(repr, guesses))}?)" if guesses else ""
         raise TypeError(
@@ -183,6 +187,7 @@ def check_config(
         eps = finite_real("eps", solver_params["eps"])
         if not 0.0 < eps < 1.0:
             raise ValueError(f"eps must lie strictly between 0 and 1; got {eps}")
+    law_math = _choice("law_math", solver_params.get("law_math", "auto"), LAW_MATHS)
 
     return Config(
         metric=metric,
@@ -193,6 +198,7 @@ def check_config(
         unassigned_policy=policy,
         void_index=void_index,
         eps=eps,
+        law_math=law_math,
     )
 
 

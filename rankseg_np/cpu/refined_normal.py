@@ -390,16 +390,15 @@ class TorchMath(NumpyMath):
 def law_math(kind: str = "auto") -> NumpyMath:
     """The elementwise functions of the law: PyTorch's when importable (``"auto"``), else NumPy's.
 
-    ``kind`` is ``"auto"``, ``"torch"`` or ``"numpy"``.
+    ``kind`` is ``"auto"``, ``"torch"`` or ``"numpy"`` (the ``law_math``
+    solver parameter).
     """
-    if kind not in ("auto", "torch", "numpy"):
-        raise ValueError(f"law_math must be 'auto', 'torch' or 'numpy', got {kind!r}")
     if kind != "numpy":
         try:
             import torch
-        except ImportError:
+        except ImportError as err:
             if kind == "torch":
-                raise
+                raise ImportError("law_math='torch' needs PyTorch: pip install torch") from err
         else:
             return TorchMath(torch)
     return NumpyMath()
@@ -759,7 +758,7 @@ def _solve_rows(qbuf, kinds, cdf, lq, uq, smooth, f32, lanes, exacts, up, fulls,
             prefix[k + 1] = _r(acc, f32)
         up[i] = _up_tau(q, prefix, smooth, f32)
         n = uq[i] - lq[i] + 1
-        full = fulls[i]
+        full = fulls[i, :n]  # _ba convolves with all of it
         prod = np.empty(n)
         buf = np.empty(n, dtype=np.float32)
         part = np.zeros(lanes, np.float32)
@@ -892,7 +891,7 @@ def _solve_trna(rows, qbuf, exacts, loc, var, m3, lq, uq, up, fulls, best, tau, 
         tau_next[act] += chunk
 
 
-def decide(p3: np.ndarray, cfg: Config, math_kind: str = "auto") -> RowDecision:
+def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     """BA / TRNA / BA+TRNA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array.
 
     Parameters
@@ -901,11 +900,9 @@ def decide(p3: np.ndarray, cfg: Config, math_kind: str = "auto") -> RowDecision:
         C-contiguous float32 or float64 probabilities.
     cfg : Config
         Validated configuration; ``cfg.solver`` is ``'ba'``, ``'trna'`` or
-        ``'ba+trna'``, ``cfg.eps`` the tail mass left out of the support.
-    math_kind : {'auto', 'torch', 'numpy'}
-        Whose ``sqrt``, ``erf``, ``exp`` and ``pow`` the law uses
-        (:func:`law_math`): PyTorch's when importable, so that masks are
-        rankseg's bit for bit.
+        ``'ba+trna'``, ``cfg.eps`` the tail mass left out of the support,
+        ``cfg.law_math`` whose ``sqrt``, ``erf``, ``exp`` and ``pow`` the law
+        uses (:func:`law_math`).
 
     Returns
     -------
@@ -935,7 +932,7 @@ def decide(p3: np.ndarray, cfg: Config, math_kind: str = "auto") -> RowDecision:
 
     f32 = p3.dtype == np.float32
     ft = np.float32 if f32 else np.float64
-    vm = law_math(math_kind)
+    vm = law_math(cfg.law_math)
     smooth = float(cfg.smooth)
     active = peak > cfg.pruning_prob
     threshold = np.full(rows, np.inf)
