@@ -15,7 +15,8 @@ with equal probability, which ``torch.sort`` does not fix).
 
 ``--agreement``: the identical-row rate alone, for BA and TRNA, float32 and
 float64, on 21-class softmax images of growing size (logits N(0, T^2) with
-T = 1, 2, 3, one image each; BA on batches of 2), against ``rankseg``.
+T = 1, 2, 3, one image each; BA on batches of 2), against ``rankseg``; for
+float32 also with ``law_math='numpy'`` (what a machine without PyTorch gets).
 """
 
 from __future__ import annotations
@@ -71,25 +72,28 @@ def agreement(sides, trna_max_side):
     import rankseg as rs
     import torch
 
-    print("\n| solver | image | float32 | float64 |")
-    print("|---|---|---:|---:|")
+    print("\n| solver | image | float32 | float32, `law_math='numpy'` | float64 |")
+    print("|---|---|---:|---:|---:|")
     for solver in ("BA", "TRNA"):
         for side in sides:
             if solver == "TRNA" and side > trna_max_side:
                 continue
             batch = 2 if solver == "BA" else 1
-            cells = []
-            for dtype in (np.float32, np.float64):
-                same = total = 0
-                for i, temperature in enumerate((1.0, 2.0, 3.0)):
+            counts = {}
+            for dtype, law_math in ((np.float32, "auto"), (np.float32, "numpy"), (np.float64, "auto")):
+                counts[dtype, law_math] = [0, 0]
+            for i, temperature in enumerate((1.0, 2.0, 3.0)):
+                for dtype in (np.float32, np.float64):
                     probs = softmax_probs((batch, 21, side, side), seed=100 + i, scale=temperature).astype(dtype)
                     model = rs.RankSEG(metric="dice", output_mode="multilabel", solver=solver)
                     theirs = model.predict(torch.from_numpy(probs)).numpy()
-                    a, n = identical_rows(probs, rankseg(probs, output_mode="multilabel", solver=solver), theirs)
-                    same += a
-                    total += n
-                cells.append(f"{same}/{total} ({same / max(total, 1):.1%})")
-            print(f"| {solver} | {batch}x{side}x{side} | {cells[0]} | {cells[1]} |", flush=True)
+                    for law_math in ("auto", "numpy") if dtype == np.float32 else ("auto",):
+                        ours = rankseg(probs, output_mode="multilabel", solver=solver, law_math=law_math)
+                        a, n = identical_rows(probs, ours, theirs)
+                        counts[dtype, law_math][0] += a
+                        counts[dtype, law_math][1] += n
+            cells = [f"{a}/{n} ({a / max(n, 1):.1%})" for a, n in counts.values()]
+            print(f"| {solver} | {batch}x{side}x{side} | {' | '.join(cells)} |", flush=True)
 
 
 def main():

@@ -14,12 +14,12 @@ order, so a top-tau set is defined only up to permutation within a tie group.
 Two masks of the same row are the same answer when they select the same
 multiset of probabilities.
 
-rankseg evaluates the scores in the input's precision.  On float32 input two
-volumes whose scores differ by less than float32 rounding are a coin flip
-that depends on PyTorch's summation order and its vectorised ``erf``; such
-rows are allowed to differ, but only when the float64 oracle scores the two
-volumes within float32 noise of each other, and the overall identical-row
-rate is asserted.
+rankseg evaluates the scores in the input's precision, and on float32 input
+two volumes whose scores differ by less than float32 rounding are decided by
+how each value was rounded.  With PyTorch's vector math for the law (the
+default whenever PyTorch is installed) every row must be identical; with
+NumPy's (``law_math='numpy'``) a row may differ, but only when the float64
+oracle scores the two volumes within float32 noise of each other.
 """
 
 from __future__ import annotations

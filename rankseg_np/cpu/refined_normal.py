@@ -36,9 +36,10 @@ What makes it fast
 * ``rankseg`` evaluates the TRNA law of every ``Gamma_{-j}`` in Python, one
   volume at a time (about 30 s for one 128x128 image with 21 classes).  Here
   the law of ``Gamma_{-j}`` comes from the row's three moments less pixel
-  ``j``'s share (O(1) per ``j``), ``W_tau(k) = sum_{j<=tau} q_j pmf_j(k)`` is
-  updated in place, every score is a dot product with a precomputed weight
-  table, and everything is compiled and parallel over rows.
+  ``j``'s share (O(1) per ``j``); the laws of a chunk of volumes of all rows
+  are tabulated in one vectorised call, and ``W_tau(k) = sum_{j<=tau} q_j
+  pmf_j(k)`` and the scores are updated in place by a compiled kernel,
+  parallel over rows.
 * Volumes far beyond the optimum are never scored: every law lives on
   ``k >= lq`` and has mass 1, so ``pi(tau) <= B(tau) = 2 S_tau A(lq + tau) +
   N(lq + tau)``.  ``B`` is non-increasing from the first ``tau`` with
@@ -49,48 +50,47 @@ What makes it fast
   changes no answer, and on softmax images it skips most of the volumes
   below ``up_tau``.
 
-Precision: following rankseg's arithmetic
-------------------------------------------
+Precision: rankseg's arithmetic, bit for bit
+--------------------------------------------
 ``rankseg`` computes everything in the input's dtype, and on float32 input
 two volumes often score within float32 rounding of each other (more often
 the larger the image), so its choice depends on exactly how each float32
-value was rounded.  For float32 input this module therefore repeats
-PyTorch's float32 arithmetic wherever that is possible to do exactly:
+value was rounded.  This module therefore repeats PyTorch's arithmetic:
 
-* elementwise operations (the law's parameters and those of every
-  ``Gamma_{-j}``, the argument ``x``, the weight tables, the Lemma 3
-  comparison, the scores) are rounded to float32 after each operation, in
-  PyTorch's order (a float64 operation on float32 operands, rounded once,
-  is the correctly rounded float32 result); PyTorch evaluates
-  ``scalar / tensor`` as ``reciprocal(tensor) * scalar``, and so does this;
+* elementwise operations are rounded to the working dtype after each
+  operation, in PyTorch's order (a float64 operation on float32 operands,
+  rounded once, is the correctly rounded float32 result; numpy's float32
+  operations are too); PyTorch evaluates ``scalar / tensor`` as
+  ``reciprocal(tensor) * scalar``, and so does this;
 * the prefix sums are PyTorch's CPU ``cumsum``: float64 accumulation,
   float32 storage;
-* sums (the row moments; for BA the normalisation of the law and the score
-  of the empty mask) follow ATen's float32 ``sum`` kernel: a cascade of
-  partial sums over 8-lane vectors (the width of ATen's AVX2 sum kernel,
-  which x86 builds also use on AVX-512 machines; assumed 4 on ARM, where
-  this was not checked), 4 interleaved
+* float32 sums (the row moments, the normalisation of every law, the TRNA
+  and empty-mask scores) follow ATen's float32 ``sum`` kernel: a cascade of
+  partial sums over 8-lane vectors (the width of ATen's AVX2 sum kernel;
+  assumed 4 on ARM, where this was not checked), 4 interleaved
   accumulators, then the scalar tail and the lanes in order;
 * the BA scores are rankseg's ``conv1d``, which on the CPU accumulates each
   output sequentially over the kernel taps, with separate float32 multiplies
   and adds for inputs of up to 20480 values and with fused multiply-adds
-  (oneDNN) above: :func:`_ba` does the same.
+  (oneDNN) above: :func:`_ba` does the same;
+* TRNA accumulates ``W_tau`` in float32 over thousands of volumes, as
+  rankseg does; its laws are float32 even for float64 input (PyTorch does
+  not promote a float32 tensor with a 0-d float64 parameter);
+* the law's ``sqrt``, ``erf``, ``exp`` and ``x ** 1.5`` are PyTorch's own
+  when PyTorch is importable (``law_math='auto'``, see :class:`TorchMath`):
+  they are faithful but not correctly rounded (MKL's vector math), and the
+  law is tabulated outside Numba (:func:`_cdf_table`) so that they can be
+  called.  Without PyTorch (``law_math='numpy'``) the correctly rounded
+  values are used; the law then differs in the last bit of a few values on
+  most rows, and rows whose best volumes are tied within float32 rounding
+  can differ from rankseg's (measured by ``benchmarks/bench_refined_normal.py
+  --agreement``; the tests check that each such row is a tie).
 
-What cannot be repeated are the last bits of PyTorch's vectorised ``erf``,
-``exp`` and ``sqrt`` (MKL's vector math: faithful, not correctly rounded;
-here the correctly rounded values, which agree with PyTorch's on about
-98.5% of ``erf`` arguments and 81% of ``sqrt`` arguments, so the law's scale
-differs in the last bit on about one row in five) and the sum of a single
-row of more than 32768 values (split across threads by PyTorch).  For BA they change a few values of the
-law by an ulp (and sometimes its normalisation), which is enough to reorder
-volumes tied within an ulp on large images; for TRNA they make rankseg's float32
-running sum ``W_tau`` drift away from any imitation, so TRNA evaluates its
-laws and scores in float64 from rankseg's (float32) parameters and rounds
-each score to float32 at the end (see :func:`_trna`).  Rows whose top
-volumes are tied within that residual noise can differ from ``rankseg``; the
-tests check that each such row is a tie at float32 precision and measure
-how often it happens.  On float64 input everything runs in float64 and rows
-agree except for exact ties.
+Left out: the sum of a single row of more than 32768 values, which PyTorch
+splits across threads (its rounding then depends on the thread count), and
+ATen's position-dependent ``x ** 1.5`` when ``B * C > 32768`` (also split).
+On float64 input the arithmetic is followed the same way; differences there
+would need ties at 1e-16.
 """
 
 from __future__ import annotations
@@ -412,20 +412,46 @@ def _cdf_table(k_first: np.ndarray, m: int, loc, scale, skew, vm: NumpyMath) -> 
     ``RefinedNormalPB.cdf`` through ``torch.distributions.Normal`` (one
     rounding per operation, in the working dtype): ``x = (k + 1/2 - m) / s``,
     ``Phi = 0.5 (1 + erf(x / sqrt 2))``, ``phi = exp(-x^2 / 2 - log sqrt(2 pi))``,
-    ``F = clip(Phi + skew (1 - x^2) phi / 6, 0, 1)``.
+    ``F = clip(Phi + skew (1 - x^2) phi / 6, 0, 1)``.  The arithmetic runs in
+    compiled kernels; ``erf`` and ``exp`` are ``vm``'s, on whole arrays.
     """
-    ft = np.asarray(loc).dtype.type
-    loc = np.asarray(loc)[..., None]
-    scale = np.asarray(scale)[..., None]
-    skew = np.asarray(skew)[..., None]
-    k = (np.asarray(k_first)[..., None] + np.arange(m)).astype(ft)
-    with np.errstate(all="ignore"):
-        x = ((k + ft(0.5)) - loc) / scale
-        big_phi = ft(0.5) * (ft(1.0) + vm.erf(x / ft(SQRT2)))
-        x2 = x * x
-        small_phi = vm.exp(x2 * ft(-0.5) - ft(LOG_SQRT2PI))
-        v = big_phi + ((skew * (ft(1.0) - x2)) * small_phi) / ft(6.0)
-    return np.clip(v, ft(0.0), ft(1.0))
+    loc = np.asarray(loc)
+    ft = loc.dtype.type
+    shape = loc.shape
+    flat = [np.ascontiguousarray(np.broadcast_to(v, shape)).ravel() for v in (k_first, loc, scale, skew)]
+    k0, loc, scale, skew = flat
+    f32 = ft is np.float32
+    x = np.empty((loc.size, m), dtype=ft)
+    to_erf = np.empty_like(x)
+    to_exp = np.empty_like(x)
+    _cdf_arguments(k0.astype(np.int64), loc, scale, f32, x, to_erf, to_exp)
+    _cdf_combine(x, vm.erf(to_erf), vm.exp(to_exp), skew, f32)
+    return x.reshape(shape + (m,))
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _cdf_arguments(k0, loc, scale, f32, x, to_erf, to_exp):
+    """x = (k + 1/2 - loc) / scale, and the arguments x / sqrt 2 and -x^2/2 - log sqrt(2 pi)."""
+    c_sqrt2 = _r(SQRT2, f32)
+    c_log = _r(LOG_SQRT2PI, f32)
+    for r in prange(x.shape[0]):
+        for i in range(x.shape[1]):
+            v = _r(_r(float(k0[r] + i) + 0.5 - loc[r], f32) / scale[r], f32)
+            x[r, i] = v
+            to_erf[r, i] = _r(v / c_sqrt2, f32)
+            to_exp[r, i] = _r(-0.5 * _r(v * v, f32) - c_log, f32)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _cdf_combine(x, erf_v, exp_v, skew, f32):
+    """x <- clip(0.5 (1 + erf) + ((skew (1 - x^2)) exp) / 6, 0, 1), in place."""
+    for r in prange(x.shape[0]):
+        for i in range(x.shape[1]):
+            v = float(x[r, i])
+            big_phi = _r(0.5 * _r(1.0 + erf_v[r, i], f32), f32)
+            term = _r(_r(_r(skew[r] * _r(1.0 - _r(v * v, f32), f32), f32) * exp_v[r, i], f32) / 6.0, f32)
+            f = _r(big_phi + term, f32)
+            x[r, i] = min(max(f, 0.0), 1.0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
