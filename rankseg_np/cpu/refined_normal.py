@@ -46,9 +46,9 @@ What makes it fast
   ``q_{tau+1} (lq + g + 1 + tau) <= S_tau`` on (``phi(tau) = q_{tau+1}(c +
   tau) - S_tau`` is non-increasing because ``q`` is, and ``N`` decreases), so
   the scan stops as soon as that holds and ``B(tau)`` is below the best score
-  so far (with a margin for rounding).  This is a proof, not a heuristic: it
-  changes no answer, and on softmax images it skips most of the volumes
-  below ``up_tau``.
+  so far by a margin that covers the rounding of the scores (1e-4 relative
+  plus one float32 ulp per accumulated rounding).  It changes no answer, and
+  on softmax images it skips most of the volumes below ``up_tau``.
 
 Precision: rankseg's arithmetic, bit for bit
 --------------------------------------------
@@ -74,8 +74,7 @@ value was rounded.  This module therefore repeats PyTorch's arithmetic:
   and adds for inputs of up to 20480 values and with fused multiply-adds
   (oneDNN) above: :func:`_ba` does the same;
 * TRNA accumulates ``W_tau`` in float32 over thousands of volumes, as
-  rankseg does; its laws are float32 even for float64 input (PyTorch does
-  not promote a float32 tensor with a 0-d float64 parameter);
+  rankseg does;
 * the law's ``sqrt``, ``erf``, ``exp`` and ``x ** 1.5`` are PyTorch's own
   when PyTorch is importable (``law_math='auto'``, see :class:`TorchMath`):
   they are faithful but not correctly rounded (MKL's vector math), and the
@@ -89,8 +88,9 @@ value was rounded.  This module therefore repeats PyTorch's arithmetic:
 Left out: the sum of a single row of more than 32768 values, which PyTorch
 splits across threads (its rounding then depends on the thread count), and
 ATen's position-dependent ``x ** 1.5`` when ``B * C > 32768`` (also split).
-On float64 input the arithmetic is followed the same way; differences there
-would need ties at 1e-16.
+On float64 input the elementwise operations are followed the same way but
+sums run in plain order (ATen's float64 cascade is not imitated): a
+difference there needs a tie at 1e-16.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ BA = 0
 TRNA = 1
 
 SQRT2 = math.sqrt(2.0)
-INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+SQRT_2PI = float(np.sqrt(2 * np.pi))
 LOG_SQRT2PI = math.log(math.sqrt(2.0 * math.pi))
 F32_EPS = float(np.finfo(np.float32).eps)
 F64_EPS = float(np.finfo(np.float64).eps)
@@ -145,6 +145,7 @@ ONEDNN_MIN_LENGTH = 20480
 # Lanes of ATen's float32 sum kernel (Vectorized<float> of its AVX2 / default
 # build on x86, NEON on ARM).  Only used to round sums as PyTorch does.
 SUM_LANES = 4 if platform.machine().lower() in ("arm64", "aarch64") else 8
+_MEASURED_LANES = None  # PyTorch's, once measured (TorchMath.sum_lanes)
 # Sorted rows are kept for one block of rows at a time (bytes; the sort
 # needs twice that).
 BLOCK_BYTES = 1 << 26
@@ -157,8 +158,9 @@ BLOCK_BYTES = 1 << 26
 
 def _refined_cdf(x: float, skew: float) -> float:
     """F(x) = clip(Phi(x) + skew (1 - x^2) phi(x) / 6, 0, 1) for a standardised x."""
-    phi = math.exp(-0.5 * x * x) * INV_SQRT2PI
-    v = 0.5 * math.erfc(-x / SQRT2) + skew * (1.0 - x * x) * phi / 6.0
+    # SciPy's norm.cdf / norm.pdf, operation for operation (rankseg's interval is SciPy's).
+    phi = math.exp(-(x**2) / 2.0) / SQRT_2PI
+    v = float(scipy.special.ndtr(x)) + skew * (1 - x**2) * phi / 6
     return min(max(v, 0.0), 1.0)
 
 
@@ -347,6 +349,10 @@ class NumpyMath:
         """``a ** 1.5`` of a whole tensor, as rankseg computes it on the ``(B, C)`` moments."""
         return self._apply(lambda v: v**1.5, a)
 
+    def sum_lanes(self) -> int:
+        """Vector width of ATen's float32 ``sum`` assumed for this machine."""
+        return SUM_LANES
+
 
 class TorchMath(NumpyMath):
     """The same functions evaluated by PyTorch's CPU kernels, as ``rankseg`` evaluates them.
@@ -359,9 +365,9 @@ class TorchMath(NumpyMath):
     short tensor and a long one give the same bits), so calling them on our
     own arrays reproduces rankseg's values.  ``pow15`` is different: ATen
     raises a tensor to 1.5 with a vectorised ``pow`` over whole 16-value
-    blocks and the correctly rounded scalar ``pow`` on the tail, so the
-    result depends on the position; it is called on an array laid out like
-    rankseg's ``(B, C)`` tensor.
+    blocks and the scalar ``pow`` on the tail (correctly rounded on every
+    value checked), so the result depends on the position; it is called on
+    an array laid out like rankseg's ``(B, C)`` tensor.
     """
 
     name = "torch"
@@ -385,6 +391,27 @@ class TorchMath(NumpyMath):
 
     def pow15(self, a):
         return self._apply(lambda t: t**1.5, a)
+
+    def sum_lanes(self) -> int:
+        """Vector width of this PyTorch's float32 ``sum`` (8 on AVX2, 16 on AVX-512 kernels).
+
+        Measured once: the width for which :func:`_aten_sum32` reproduces
+        ``torch.sum`` on test vectors of several lengths (the machine's
+        default if none does).
+        """
+        global _MEASURED_LANES
+        if _MEASURED_LANES is None:
+            rng = np.random.default_rng(0)
+            tests = [rng.random(n).astype(np.float32) ** 3 for n in (7, 45, 300, 4097, 30000)]
+            with self._torch.no_grad():
+                want = [self._torch.from_numpy(t).sum().item() for t in tests]
+            _MEASURED_LANES = SUM_LANES
+            for lanes in (SUM_LANES, 8, 16, 4):
+                part = np.zeros(lanes, np.float32)
+                if all(float(_aten_sum32(t, t.size, lanes, part)) == w for t, w in zip(tests, want)):
+                    _MEASURED_LANES = lanes
+                    break
+        return _MEASURED_LANES
 
 
 def law_math(kind: str = "auto") -> NumpyMath:
@@ -436,7 +463,9 @@ def _cdf_arguments(k0, loc, scale, f32, x, to_erf, to_exp):
     c_log = _r(LOG_SQRT2PI, f32)
     for r in prange(x.shape[0]):
         for i in range(x.shape[1]):
-            v = _r(_r(float(k0[r] + i) + 0.5 - loc[r], f32) / scale[r], f32)
+            # PyTorch forms k + 0.5 from an int64 tensor in its default dtype, float32.
+            k_half = float(np.float32(float(k0[r] + i) + 0.5))
+            v = _r(_r(k_half - loc[r], f32) / scale[r], f32)
             x[r, i] = v
             to_erf[r, i] = _r(v / c_sqrt2, f32)
             to_exp[r, i] = _r(-0.5 * _r(v * v, f32) - c_log, f32)
@@ -663,7 +692,8 @@ def _ba(q, exact, prefix, up, lq, n, full, smooth, f32, rtol, prod, buf, part):
     fused = size > ONEDNN_MIN_LENGTH
     t0 = 0
     while t0 < up:
-        if _stop(q, exact, t0 + 1, lq, smooth, scaled, best, rtol):
+        # a score carries the n roundings of its convolution and a few more
+        if _stop(q, exact, t0 + 1, lq, smooth, scaled, best, rtol + (n + 4) * (F32_EPS if f32 else F64_EPS)):
             break
         t1 = min(up, t0 + CHUNK)
         if f32:
@@ -721,16 +751,15 @@ def _trna_chunk(qbuf, exacts, rows, cdf, tau0, lq, uq, up, fulls, w, best, tau, 
     """Scores volumes ``tau0[a] ..`` of the TRNA row ``rows[a]``, one per row of ``cdf[a]``.
 
     ``cdf[a, c]`` is the law of ``Gamma_{-j}`` for the volume ``tau0[a] + c``
-    (``j`` = that volume's last pixel), tabulated by :func:`_cdf_table`.
-    rankseg builds these laws in float32 even for float64 input (a 0-d
-    float64 parameter does not promote a float32 tensor), so they are
-    normalised in float32; ``W_tau`` (``w``) and the scores are then
-    accumulated in the input dtype.  ``best``, ``tau`` and ``done`` carry
-    the scan from chunk to chunk.
+    (``j`` = that volume's last pixel), tabulated by :func:`_cdf_table`;
+    everything is rounded as rankseg rounds it in the input dtype, and
+    ``W_tau`` (``w``) is rankseg's running sum.  ``best``, ``tau`` and
+    ``done`` carry the scan from chunk to chunk.
     """
     scaled = smooth >= SCALED_SMOOTH
     s_r = _r(smooth, f32)
     rtol = STOP_RTOL_F32 if f32 else STOP_RTOL_F64
+    ulp = F32_EPS if f32 else F64_EPS
     for a in prange(rows.size):
         i = rows[a]
         q = qbuf[i]
@@ -742,18 +771,20 @@ def _trna_chunk(qbuf, exacts, rows, cdf, tau0, lq, uq, up, fulls, w, best, tau, 
         part = np.zeros(lanes, np.float32)
         for c in range(cdf.shape[1]):
             t = tau0[a] + c
-            if t > up[i] or _stop(q, exacts[i], t, lq[i], smooth, scaled, best[i], rtol):
+            # W_tau carries up to t roundings, a score n more.
+            margin = rtol + (t + n) * ulp
+            if t > up[i] or _stop(q, exacts[i], t, lq[i], smooth, scaled, best[i], margin):
                 done[i] = True
                 break
-            if not _law_from_cdf(cdf[a, c], n, True, pmf, buf, part) > 0.0:
+            if not _law_from_cdf(cdf[a, c], n, f32, pmf, buf, part) > 0.0:
                 # A NaN law makes this score and all later ones NaN;
                 # torch.argmax returns the first NaN.
                 tau[i] = t
                 done[i] = True
                 break
-            qj = _r(q[t - 1], True)
+            qj = q[t - 1]
             for k in range(n):
-                wi[k] = _r(wi[k] + _r(qj * pmf[k], True), f32)
+                wi[k] = _r(wi[k] + _r(qj * pmf[k], f32), f32)
             score = _trna_score(wi, fulls[i], n, lq[i], t, smooth, s_r, scaled, f32, prod, buf, part)
             if score > best[i]:
                 best[i] = score
@@ -877,8 +908,8 @@ def _excluded_parameters(q, loc, var, m3, ft, vm):
     """Law parameters of ``Gamma_{-j}`` for pixels of probability ``q``: the row's less pixel j's share.
 
     In the input dtype ``ft``, as rankseg computes them on 0-d tensors (where
-    PyTorch's ``x ** 1.5`` is the correctly rounded scalar ``pow``); the law
-    itself is then tabulated in float32 (see :func:`_trna_chunk`).
+    PyTorch's ``x ** 1.5`` is the scalar ``pow``, correctly rounded on every
+    value checked).
     """
     q = q.astype(ft)
     a = q * (ft(1.0) - q)
@@ -907,12 +938,10 @@ def _solve_trna(rows, qbuf, exacts, loc, var, m3, lq, uq, up, fulls, best, tau, 
         q = qbuf[act[:, None], np.minimum(taus, up[act, None]) - 1]
         loc_j, scale_j, skew_j = _excluded_parameters(q, loc[act].astype(ft), var[act].astype(ft), m3[act].astype(ft), ft, vm)
         k_first = np.broadcast_to((lq[act] - 1)[:, None], taus.shape)
-        cdf = _cdf_table(
-            k_first, m, loc_j.astype(np.float32), scale_j.astype(np.float32), skew_j.astype(np.float32), vm
-        )
+        cdf = _cdf_table(k_first, m, loc_j, scale_j, skew_j, vm)
         _trna_chunk(
             qbuf, exacts, act, cdf, tau_next[act], lq, uq, up, fulls, w, best, tau, done,
-            smooth, f32, SUM_LANES,
+            smooth, f32, vm.sum_lanes(),
         )
         tau_next[act] += chunk
 
@@ -959,6 +988,7 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     f32 = p3.dtype == np.float32
     ft = np.float32 if f32 else np.float64
     vm = law_math(cfg.law_math)
+    lanes = vm.sum_lanes()
     smooth = float(cfg.smooth)
     active = peak > cfg.pruning_prob
     threshold = np.full(rows, np.inf)
@@ -972,7 +1002,7 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
         mean = np.empty(ids.size)
         var = np.empty(ids.size)
         m3 = np.empty(ids.size)
-        _moments(qbuf, mean, var, m3, bool(f32), SUM_LANES)
+        _moments(qbuf, mean, var, m3, bool(f32), lanes)
         scale, skew = _law_parameters(var, m3, ids, rows, ft, vm)
         loc = mean.astype(ft)
         z_lo, z_hi = _standard_interval(skew.astype(np.float64), cfg.eps)
@@ -988,7 +1018,7 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
         fulls = np.zeros((ids.size, m - 1))
         best = np.zeros(ids.size)
         tau = np.zeros(ids.size, dtype=np.int64)
-        _solve_rows(qbuf, kinds, cdf, lq, uq, smooth, bool(f32), SUM_LANES, exacts, up, fulls, best, tau)
+        _solve_rows(qbuf, kinds, cdf, lq, uq, smooth, bool(f32), lanes, exacts, up, fulls, best, tau)
         trna_rows = np.flatnonzero((kinds == TRNA) & (up > 0))
         if trna_rows.size:
             _solve_trna(trna_rows, qbuf, exacts, loc, var, m3, lq, uq, up, fulls, best, tau, smooth, bool(f32), vm)
