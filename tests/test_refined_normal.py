@@ -337,14 +337,18 @@ def compare(probs, params):
     return same, active
 
 
-@settings(max_examples=25)
-@given(
+# Softmax images of up to 14x14 pixels: (shape, dtype, temperature, seed, solver parameters).
+softmax_cases = (
     st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 14), st.integers(1, 14)),
     st.sampled_from([np.float32, np.float64]),
     st.floats(0.3, 5.0),
     st.integers(0, 2**32 - 1),
     solver_params,
 )
+
+
+@settings(max_examples=25)
+@given(*softmax_cases)
 def test_matches_rankseg_on_softmax(shape, dtype, temperature, seed, params):
     pytest.importorskip("rankseg")
     probs = softmax_probs(shape, dtype, temperature, seed)
@@ -366,13 +370,7 @@ def test_matches_rankseg_on_other_inputs(shape, dtype, kind, seed, params):
 
 
 @settings(max_examples=15)
-@given(
-    st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 14), st.integers(1, 14)),
-    st.sampled_from([np.float32, np.float64]),
-    st.floats(0.3, 5.0),
-    st.integers(0, 2**32 - 1),
-    solver_params,
-)
+@given(*softmax_cases)
 def test_numpy_law_math_differs_from_rankseg_only_at_ties(shape, dtype, temperature, seed, params):
     """Without PyTorch's vector math the answer may differ from rankseg's, at float32 ties only."""
     pytest.importorskip("rankseg")

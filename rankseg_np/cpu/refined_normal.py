@@ -605,12 +605,13 @@ def _stop(q, exact, tau, lq, smooth, scaled, best, rtol):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, part):
-    """Score of the empty mask, tau = 0: E[N(Gamma)], or 0 when smooth = 0."""
+def _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, part, tau=0):
+    """E[N(Gamma + tau)], or 0 when smooth = 0: the score of the empty mask (tau = 0) and the
+    smooth term of every TRNA score, rounded as rankseg's ``smooth * sum((1 / (k + g)) * pmf)``."""
     if smooth == 0.0:
         return 0.0
     for i in range(n):
-        k = float(lq + i)
+        k = _r(float(lq + i) + tau, f32)
         if scaled:
             t = _r(k / _r(1.0 + _r(k / s_r, f32), f32), f32)
         else:
@@ -733,16 +734,7 @@ def _trna_score(w, full, n, lq, tau, smooth, s_r, scaled, f32, prod, buf, part):
         prod[i] = _r(_r(_r(1.0 / den, f32) * 2.0, f32) * w[i], f32)
     score = _sum(prod, n, f32, buf, part)
     if smooth > 0.0:
-        for i in range(n):
-            k = _r(float(lq + i) + tau, f32)
-            if scaled:
-                t = _r(k / _r(1.0 + _r(k / s_r, f32), f32), f32)
-            else:
-                t = _r(1.0 / _r(k + s_r, f32), f32)
-            prod[i] = _r(t * full[i], f32)
-        total = _sum(prod, n, f32, buf, part)
-        nu = -total if scaled else _r(s_r * total, f32)
-        score = _r(score + nu, f32)
+        score = _r(score + _empty_score(lq, n, full, smooth, s_r, scaled, f32, prod, buf, part, tau), f32)
     return score
 
 
