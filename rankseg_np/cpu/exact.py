@@ -46,80 +46,38 @@ pixels equal to ``v``, like every other solver (see :mod:`.._decision`).
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 from numba import njit, prange
-from numpy.polynomial.laguerre import laggauss
 
 from .._decision import RowDecision
+from .._quadrature import (  # noqa: F401  (re-exported: tests and benchmarks read them here)
+    DICE,
+    IOU,
+    M_POW,
+    N_NODES,
+    NB,
+    SEG_RATIO,
+    SLACK,
+    SMALL_BIN,
+    SWITCH,
+    jacobi_rule,
+    laguerre_rule,
+    rules,
+    theta_of,
+)
 from .._validate import Config
 from ._kernels import decide_rows
 
-DICE = 0
-IOU = 1
-
-# Quadrature nodes per rule.  Measured (docs/exact.md): 24 nodes with the
-# rate segmentation below keep the error under ~3e-14 on every volume of
-# every test row; 16 nodes do not.
-N_NODES = 24
-# Gauss-Jacobi in t while the central rate r0 <= SWITCH (it is exact for all
-# rates up to 2N - 1 + theta and degrades slowly above); Gauss-Laguerre in u
-# above (accurate while the rates stay within a factor ~2 of r0).
-SWITCH = 1.5 * N_NODES
-# Consecutive candidate volumes share one rule while their central rates stay
-# within this factor (the Laguerre rule's comfortable range).
-SEG_RATIO = 1.5
-
-# Histogram of the row's values: NB bins of width exactly 1/NB (a power of
-# two, so v * NB and its floor are exact and bins never overlap).
-NB = 2048
-# Bins below SMALL_BIN (p < 1/4) go through power sums when below the band.
-SMALL_BIN = NB // 4
-# Power-sum terms by pixel size: the series remainder per pixel is
-# p^(M+1)/((M+1)(1-p)) <= 1e-18 for p < 2^-20 (2 terms), p < 1/64 (9),
-# p < 1/8 (18), p < 1/4 (27).
+# CPU-only refinement of the power sums: fewer terms for smaller pixels
+# (remainder p^(M+1)/((M+1)(1-p)) <= 1e-18 for p < 2^-20 with 2 terms,
+# p < 1/64 with 9, p < 1/8 with 18, p < 1/4 with M_POW = 27).
 TINY_BIN = NB // 64
 MIDSMALL_BIN = NB // 8
-M_POW = 27
-# Relative slack on the lower bound lam: covers float64 rounding in the row
-# sums (<= ~1e-10 relative for rows of 1e6 pixels); slack only adds candidates.
-SLACK = 1e-9
 
 
 # --------------------------------------------------------------------------
-# Quadrature rules (built once per call in Python, passed to the kernels).
-
-
-def theta_of(smooth: float) -> float:
-    """theta in [1/2, 3/2) with ``smooth - theta`` an integer (1 for smooth = 0)."""
-    th = smooth - math.floor(smooth - 0.5)
-    if not 0.5 <= th < 1.5:  # smooth so large that the subtraction rounds: Laguerre only
-        th = 1.0
-    return th
-
-
-@lru_cache(maxsize=None)
-def laguerre_rule(n: int = N_NODES) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Laguerre nodes ``v`` and ``log(w)``: int_0^inf e^-v f(v) dv ~ sum w f(v)."""
-    v, w = laggauss(n)
-    return v, np.log(w)
-
-
-@lru_cache(maxsize=None)
-def jacobi_rule(theta: float, n: int = N_NODES) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``x`` in (-1, 1) and ``log W`` with int_0^1 t^(theta-1) F dt ~ sum W F((1+x)/2)."""
-    from scipy.special import roots_jacobi  # imported here: keeps `import rankseg_np` light
-
-    x, w = roots_jacobi(n, 0.0, theta - 1.0)
-    return x, np.log(w) - theta * math.log(2.0)
-
-
-def rules(smooth: float):
-    theta = theta_of(smooth)
-    lag_v, lag_lw = laguerre_rule()
-    jac_x, jac_lw = jacobi_rule(theta)
-    return theta, lag_v, lag_lw, jac_x, jac_lw
+# Quadrature nodes (the rules themselves are built in rankseg_np._quadrature).
 
 
 @njit(cache=True, nogil=True)
@@ -560,6 +518,10 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
 
     if best_tau <= 0:
         return np.inf, 0, True, mu, False
+    if best_tau == n_top:
+        # Only the float64-noise fallback above can pick the top set itself:
+        # {p >= (b_hi + 1) / NB}, the pixels of the bins above the band.
+        return (b_hi + 1) / NB, d, True, mu, False
     # The mask: {p > v} plus the lowest-index pixels equal to v (all ties sit in the band).
     # Equal values are sorted by index, so the included ones are exactly those
     # equal to v with index <= bi[i].

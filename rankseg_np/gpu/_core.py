@@ -268,6 +268,10 @@ def host_decide(p3: Any, cfg: Config, xp: Any) -> RowDecision:
 def decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
     if cfg.solver == "rma":
         return rma_decide(p3, cfg, xp, kern)
+    if cfg.solver == "exact":
+        from ._exact import exact_decide
+
+        return exact_decide(p3, cfg, xp, kern)
     return host_decide(p3, cfg, xp)
 
 
