@@ -25,11 +25,13 @@ import warnings
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rankseg_np import _reference as ref
 from rankseg_np import cpu, gpu
 from rankseg_np._validate import check_config
 from rankseg_np.gpu import _core, _kernels
+from oracles import brute_scores, mask_score
 from strategies import make_probs, prob_arrays, rma_params
 
 TIE_RTOL = 1e-12  # see tests/test_rma.py: ties agree to ~1e-15, real differences are >= ~1e-4
@@ -278,6 +280,124 @@ def test_accuracy_solvers_match_cpu(run):
     np.testing.assert_array_equal(run(one, cfg), one > 0.5)
 
 
+# --------------------------------------------------------------------------- #
+# The exact solver on the device (rankseg_np.gpu._exact)
+# --------------------------------------------------------------------------- #
+
+EXACT_RTOL = 1e-12  # two executors' scores of one mask agree to ~1e-15; real differences are far larger
+
+
+def assert_exact_tie_equal(probs, ours, expected, metric, smooth):
+    """Equal masks, or per row the same exact expected score (independent Poisson-binomial oracle)."""
+    b, c = probs.shape[:2]
+    p2 = probs.astype(np.float64).reshape(b * c, -1)
+    o2, e2 = ours.reshape(b * c, -1), expected.reshape(b * c, -1)
+    for r in np.flatnonzero((o2 != e2).any(axis=1)):
+        a, e = mask_score(p2[r], o2[r], metric, smooth), mask_score(p2[r], e2[r], metric, smooth)
+        assert a == pytest.approx(e, rel=EXACT_RTOL, abs=1e-15), (r, p2[r], o2[r], e2[r])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    probs=prob_arrays(),
+    metric=st.sampled_from(["dice", "iou"]),
+    smooth=st.sampled_from([0.0, 0.0, 0.05, 0.5, 1.0, 4.5, 100.0]),
+    pruning_prob=st.sampled_from([0.5, 0.0, 0.2, 1.0]),
+)
+def test_exact_matches_cpu(run, probs, metric, smooth, pruning_prob):
+    cfg = check_config(probs.shape[1], metric=metric, smooth=smooth, pruning_prob=pruning_prob,
+                       solver="exact", output_mode="multilabel")
+    ours = run(probs, cfg)
+    assert ours.dtype == np.bool_ and ours.shape == probs.shape
+    assert_exact_tie_equal(probs, ours, cpu.solve(probs, cfg), metric, smooth)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    p=st.lists(st.sampled_from([0.0, 0.05, 0.1, 0.3, 0.5, 0.5, 0.7, 0.9, 0.97, 1.0]), min_size=1, max_size=9)
+    | st.lists(st.floats(0.0, 1.0), min_size=1, max_size=9),
+    metric=st.sampled_from(["dice", "iou"]),
+    smooth=st.sampled_from([0.0, 0.1, 1.0, 3.0]),
+)
+def test_exact_is_the_best_of_all_masks(run, p, metric, smooth):
+    """Against brute force over all 2^d masks and 2^d outcomes (MATH section 3)."""
+    probs = np.array(p, dtype=np.float64)[None, None, :]
+    cfg = check_config(1, metric=metric, smooth=smooth, pruning_prob=0.0, solver="exact", output_mode="multilabel")
+    mask = run(probs, cfg)[0, 0]
+    masks, scores = brute_scores(probs[0, 0], metric, smooth)
+    ours = scores[np.flatnonzero((masks == mask).all(axis=1))[0]]
+    assert ours >= scores.max() - 1e-10
+
+
+def _exact_cases():
+    yield (2, 4, 17, 13), np.float32, "softmax", 1
+    yield (1, 3, 6, 7, 5), np.float64, "softmax", 2  # a 3-D volume
+    yield (3, 2, 40), np.float16, "sigmoid", 3
+    yield (2, 3, 12, 12), np.float64, "ties", 4
+    yield (2, 3, 9, 9), np.float32, "zero_one", 5
+    yield (1, 5, 96, 96), np.float32, "softmax", 6  # large rates: Gauss-Laguerre rules
+
+
+@pytest.mark.parametrize("metric", ["dice", "iou"])
+@pytest.mark.parametrize("smooth", [0.0, 0.5, 4.0, 250.0])
+def test_exact_identical_to_cpu_on_fixed_inputs(run, monkeypatch, metric, smooth):
+    """Masks and labels equal to the Numba solver's; the cases reach both rules and multi-segment rows."""
+    from rankseg_np.gpu import _exact
+
+    seen = {"jacobi": False, "laguerre": False}
+    nodes = _exact._nodes
+
+    def spy(r0, theta, quad, xp):
+        r = _core.to_host(r0)
+        seen["jacobi"] |= bool((r <= _exact.SWITCH).any())
+        seen["laguerre"] |= bool((r > _exact.SWITCH).any())
+        return nodes(r0, theta, quad, xp)
+
+    monkeypatch.setattr(_exact, "_nodes", spy)
+    for shape, dtype, kind, seed in _exact_cases():
+        probs = make_probs(shape, dtype, kind, seed)
+        for mode in ("multilabel", "multiclass"):
+            cfg = check_config(shape[1], metric=metric, smooth=smooth, solver="exact", output_mode=mode)
+            ours, expected = run(probs, cfg), cpu.solve(probs, cfg)
+            assert ours.dtype == expected.dtype and ours.shape == expected.shape
+            np.testing.assert_array_equal(ours, expected, err_msg=f"{shape} {dtype} {kind} {mode}")
+    assert seen["laguerre"] and (seen["jacobi"] or smooth > _exact.SWITCH)  # every rate >= smooth
+
+
+def test_exact_splits_wide_candidate_ranges_into_segments(run, monkeypatch):
+    """Rows with a small sum have candidate volumes whose rates span several segments (one rule each)."""
+    from rankseg_np.gpu import _exact
+
+    rules_built = []
+    nodes = _exact._nodes
+    monkeypatch.setattr(_exact, "_nodes", lambda *a: rules_built.append(1) or nodes(*a))
+    rng = np.random.default_rng(0)
+    rows = [np.full(39, 0.042), rng.uniform(0, 0.3, 51), np.r_[0.986, 0.945, rng.uniform(0.01, 0.2, 20)]]
+    most = {"dice": 0, "iou": 0}
+    for p in rows:
+        probs = p[None, None, :]
+        for metric in most:
+            cfg = check_config(1, metric=metric, solver="exact", output_mode="multilabel", pruning_prob=0.0)
+            rules_built.clear()
+            np.testing.assert_array_equal(run(probs, cfg), cpu.solve(probs, cfg))
+            most[metric] = max(most[metric], len(rules_built))  # smooth = 0: one rule per segment
+    assert min(most.values()) >= 2
+
+
+@pytest.mark.parametrize("budget", [1, 3, 1000])
+def test_exact_blocks_do_not_change_the_answer(monkeypatch, budget):
+    """Rows and node tensors are processed in blocks to bound temporaries; block size must not matter."""
+    from rankseg_np.gpu import _exact
+
+    probs = make_probs((2, 4, 11, 9), np.float32, "softmax", 12)
+    cfgs = [check_config(4, metric=m, smooth=s, solver="exact") for m in ("dice", "iou") for s in (0.0, 2.0)]
+    expected = [cpu.solve(probs, cfg) for cfg in cfgs]
+    monkeypatch.setattr(_exact, "BLOCK_ELEMENTS", budget * 99)
+    monkeypatch.setattr(_exact, "NODE_ELEMENTS", budget * 24)
+    for cfg, exp in zip(cfgs, expected):
+        np.testing.assert_array_equal(gpu.solve_with(probs, cfg, np), exp)
+
+
 def _cpu_module_exists(solver: str) -> bool:
     return importlib.util.find_spec(f"rankseg_np.cpu.{cpu.SOLVER_MODULES[solver]}") is not None
 
@@ -285,8 +405,6 @@ def _cpu_module_exists(solver: str) -> bool:
 @pytest.mark.parametrize(
     "params",
     [
-        dict(solver="exact"),
-        dict(solver="exact", metric="iou", output_mode="multilabel"),
         dict(solver="BA", output_mode="multilabel"),
         dict(solver="TRNA", output_mode="multilabel"),
         dict(solver="BA+TRNA", output_mode="multilabel"),

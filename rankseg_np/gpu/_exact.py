@@ -59,13 +59,16 @@ def _host(x: Any) -> np.ndarray:
 
 
 def _first(mask: Any, xp: Any, default: Any) -> Any:
-    """Per row, the first column where ``mask`` holds, else ``default``."""
-    return xp.where(xp.any(mask, axis=1), xp.argmax(mask, axis=1), default)
+    """Per row, the first column where ``mask`` holds, else ``default`` (no argmax on bools)."""
+    n = mask.shape[1]
+    col = xp.min(xp.where(mask, xp.arange(n)[None, :], n), axis=1)
+    return xp.where(col < n, col, default)
 
 
 def _last(mask: Any, xp: Any, default: Any) -> Any:
-    n = mask.shape[1]
-    return xp.where(xp.any(mask, axis=1), n - 1 - xp.argmax(mask[:, ::-1], axis=1), default)
+    """Per row, the last column where ``mask`` holds, else ``default``."""
+    col = xp.max(xp.where(mask, xp.arange(mask.shape[1])[None, :], -1), axis=1)
+    return xp.where(col >= 0, col, default)
 
 
 def _pick(a: Any, col: Any, xp: Any) -> Any:
@@ -111,10 +114,15 @@ def _nodes(r0: Any, theta: float, quad: tuple, xp: Any):
 
 
 def _log_one_minus(q: Any, t: Any, s: Any, xp: Any):
-    """``log(1 - q s)`` and ``1 - q s``, without cancellation (``t + (1 - q) s`` for q > 1/2)."""
-    low = q <= 0.5
-    den = xp.where(low, 1.0 - q * s, t + (1.0 - q) * s)
-    return xp.where(low, xp.log1p(-q * s), xp.log(den)), den
+    """``log(1 - q s)`` and ``1 - q s``, without cancellation (``t + (1 - q) s`` for q > 1/2).
+
+    One ``log`` of the accurate ``1 - q s``: only the log's *absolute* error
+    reaches the score (through ``exp``), and it is a few ulps of 1 here,
+    because ``1 - q s >= 1/2`` on the direct branch and is formed with a
+    small relative error on the other.
+    """
+    den = xp.where(q <= 0.5, 1.0 - q * s, t + (1.0 - q) * s)
+    return xp.log(den), den
 
 
 def _node_sums(vals: Any, t: Any, s: Any, xp: Any, with_frac: bool):
@@ -268,7 +276,7 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     # First maximum over (empty mask, then volumes in increasing order).
     table = xp.concatenate([score0[:, None], scores], axis=1)
     best = xp.max(table, axis=1)
-    pick = xp.argmax(table == best[:, None], axis=1)  # first index holding the maximum
+    pick = _first(table == best[:, None], xp, 0)  # the first maximum
     kk = pick - 1  # band prefix length of the chosen volume; -1: the empty mask
     chosen = (kk >= 0) & xp.isfinite(best)
     threshold = xp.full(rows, xp.inf)
