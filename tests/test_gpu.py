@@ -384,6 +384,22 @@ def test_exact_splits_wide_candidate_ranges_into_segments(run, monkeypatch):
     assert min(most.values()) >= 2
 
 
+def test_exact_bracket_does_not_depend_on_summation_order():
+    """Bin sums are exact fixed-point integers, so CUDA's atomic adds (any order) give the same bracket."""
+    from rankseg_np.gpu import _exact
+
+    rng = np.random.default_rng(3)
+    x = make_probs((1, 6, 5000), np.float64, "softmax", 3)[0]
+    mu = x.sum(axis=1)
+    for metric in (_exact.DICE, _exact.IOU):
+        base = _exact._bracket(x, mu, metric, 0.5, np)[1:]
+        for _ in range(3):
+            perm = rng.permutation(x.shape[1])
+            again = _exact._bracket(x[:, perm], mu, metric, 0.5, np)[1:]
+            for a, b in zip(base, again):
+                np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("budget", [1, 3, 1000])
 def test_exact_blocks_do_not_change_the_answer(monkeypatch, budget):
     """Rows and node tensors are processed in blocks to bound temporaries; block size must not matter."""

@@ -6,12 +6,12 @@ a GPU it runs with ``xp = cupy`` and fused CuPy kernels; in CI the same code
 runs with ``xp = numpy`` (see :func:`solve_with`) and is compared with the
 Numba CPU backend.
 
-RMA (Dice and IoU, multiclass and multilabel, every parameter) runs on the
-device.  Solvers without a device version (``'exact'``, ``'BA'``, ``'TRNA'``,
-``'BA+TRNA'``) copy the probabilities to the host once, take the CPU
-solver's per-row decision (O(B*C) numbers) back, and materialise masks or
-labels on the device; if the CPU module for the solver is not installed,
-they raise ``NotImplementedError``.
+RMA (Dice and IoU, multiclass and multilabel, every parameter) and the exact
+solver (:mod:`rankseg_np.gpu._exact`) run on the device.  Solvers without a
+device version (``'BA'``, ``'TRNA'``, ``'BA+TRNA'``) copy the probabilities
+to the host once, take the CPU solver's per-row decision (O(B*C) numbers)
+back, and materialise masks or labels on the device; if the CPU module for
+the solver is not installed, they raise ``NotImplementedError``.
 """
 
 from __future__ import annotations

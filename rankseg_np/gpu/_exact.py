@@ -23,10 +23,15 @@ NumPy in CI): the per-row loops of the Numba kernel become operations on
 
 Padding is 0 everywhere: a pixel of value 0 contributes ``log(1 - 0 s) = 0``
 and ``0 / (1 - 0 s) = 0``, so padded matrices need no masks in the sums.
-Sums are accumulated in a different order from the CPU's sequential loops,
-so scores agree to float64 rounding (~1e-15 relative), not bit for bit: two
-volumes whose exact scores tie to that precision may be chosen differently
-(``tests/test_gpu.py`` checks that masks are equal or tie in exact score).
+
+Determinism: the only scattered additions (the histogram's bin sums, atomic
+on CUDA) are made in fixed point, exact in any order; every other sum is a
+reduction or scan of fixed order, so a given input and device give the same
+answer on every run.  Sums are accumulated in a different order from the
+CPU's sequential loops, so scores agree with the CPU to float64 rounding
+(~1e-15 relative), not bit for bit: two volumes whose exact scores tie to
+that precision may be chosen differently (``tests/test_gpu.py`` checks that
+masks are equal, or tie in exact score).
 """
 
 from __future__ import annotations
@@ -173,8 +178,15 @@ def _bracket(x: Any, mu: Any, metric: int, smooth: float, xp: Any):
     bins = xp.minimum((x * NB).astype(xp.int64), NB - 1)  # v * NB is exact: NB is a power of two
     keys = (bins + NB * xp.arange(rows, dtype=xp.int64)[:, None]).ravel()
     counts = xp.bincount(keys, minlength=rows * NB).reshape(rows, NB)
-    sums = xp.bincount(keys, weights=x.ravel(), minlength=rows * NB).reshape(rows, NB)
-    del keys
+    # Bin sums in fixed point: each value rounded down to a multiple of ulp =
+    # 2^-k, with d * 2^k < 2^52, so every bin sum and suffix sum is an exact
+    # integer in float64 whatever order the (atomic, on CUDA) additions take:
+    # the bracket is deterministic.  Rounding down keeps lam a lower bound (the
+    # RMA objective grows with S); the check below adds the rounding back.
+    ulp = 2.0 ** -(52 - max(d, 1).bit_length())
+    fixed = xp.floor(x.ravel() / ulp)
+    sums = xp.bincount(keys, weights=fixed, minlength=rows * NB).reshape(rows, NB) * ulp
+    del keys, fixed
     # Suffix sums: column b holds the count / sum of the pixels in bins >= b (column NB: none).
     zero_col = xp.zeros((rows, 1))
     suf_n = xp.concatenate([xp.cumsum(counts[:, ::-1], axis=1)[:, ::-1], zero_col.astype(xp.int64)], axis=1)
@@ -206,10 +218,12 @@ def _bracket(x: Any, mu: Any, metric: int, smooth: float, xp: Any):
     b_lo = _last(below & (down > margin[:, None]), xp, 0)
 
     # The check: h below ell at both ends of the band (h is concave, so every
-    # candidate is inside); widen the failing side until it holds.
+    # candidate is inside); widen the failing side until it holds.  Sums are
+    # taken at their upper bound (each value is below its fixed-point part + ulp).
     while True:
-        n_top, s_top = _pick(suf_n, b_hi + 1, xp), _pick(suf_s, b_hi + 1, xp)
-        n_in, s_in = _pick(suf_n, b_lo, xp), _pick(suf_s, b_lo, xp)
+        n_top, n_in = _pick(suf_n, b_hi + 1, xp), _pick(suf_n, b_lo, xp)
+        s_top = _pick(suf_s, b_hi + 1, xp) + n_top * ulp
+        s_in = _pick(suf_s, b_lo, xp) + n_in * ulp
         ok_top = (n_top == 0) | (alpha * s_top - lamp * n_top < ell)
         ok_bot = (n_in == d) | (alpha * s_in - lamp * n_in < ell)
         if bool(xp.all(ok_top & ok_bot)):
