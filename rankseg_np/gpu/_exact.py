@@ -50,6 +50,8 @@ from .._validate import Config, raise_bad_values
 BLOCK_ELEMENTS = 1 << 24
 # Elements of the (rows, nodes, pixels) tensors of the per-node sums.
 NODE_ELEMENTS = 1 << 23
+# Sub-histograms per row (see _bracket).
+SPLITS = 64
 
 
 def _quiet(xp: Any):
@@ -176,8 +178,14 @@ def _bracket(x: Any, mu: Any, metric: int, smooth: float, xp: Any):
     """Histogram, lower bound and checked band of bins ``[b_lo, b_hi]`` for every row of ``x``."""
     rows, d = x.shape
     bins = xp.minimum((x * NB).astype(xp.int64), NB - 1)  # v * NB is exact: NB is a power of two
-    keys = (bins + NB * xp.arange(rows, dtype=xp.int64)[:, None]).ravel()
-    counts = xp.bincount(keys, minlength=rows * NB).reshape(rows, NB)
+    # SPLITS sub-histograms per row (one per stretch of pixels), added up
+    # afterwards: on CUDA, bincount's atomic adds then spread over SPLITS
+    # addresses where a softmax row would pile nearly all its pixels into bin 0.
+    splits = min(SPLITS, d)
+    part = (xp.arange(d, dtype=xp.int64) * splits) // d
+    keys = ((xp.arange(rows, dtype=xp.int64)[:, None] * splits + part[None, :]) * NB + bins).ravel()
+    size = rows * splits * NB
+    counts = xp.bincount(keys, minlength=size).reshape(rows, splits, NB).sum(axis=1)
     # Bin sums in fixed point: each value rounded down to a multiple of ulp =
     # 2^-k, with d * 2^k < 2^52, so every bin sum and suffix sum is an exact
     # integer in float64 whatever order the (atomic, on CUDA) additions take:
@@ -185,7 +193,7 @@ def _bracket(x: Any, mu: Any, metric: int, smooth: float, xp: Any):
     # RMA objective grows with S); the check below adds the rounding back.
     ulp = 2.0 ** -(52 - max(d, 1).bit_length())
     fixed = xp.floor(x.ravel() / ulp)
-    sums = xp.bincount(keys, weights=fixed, minlength=rows * NB).reshape(rows, NB) * ulp
+    sums = xp.bincount(keys, weights=fixed, minlength=size).reshape(rows, splits, NB).sum(axis=1) * ulp
     del keys, fixed
     # Suffix sums: column b holds the count / sum of the pixels in bins >= b (column NB: none).
     zero_col = xp.zeros((rows, 1))
