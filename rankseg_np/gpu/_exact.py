@@ -45,13 +45,16 @@ from .._decision import RowDecision
 from .._quadrature import DICE, IOU, M_POW, NB, SEG_RATIO, SLACK, SMALL_BIN, SWITCH, rules
 from .._validate import Config, raise_bad_values
 
-# Elements of the float64 row block (rows x pixels) processed at once; every
-# full-size temporary is a small multiple of it.
+# Elements of the float64 row block (rows x max(pixels, NB)) processed at
+# once; every full-size temporary is a small multiple of it (a row longer than
+# this is one block).
 BLOCK_ELEMENTS = 1 << 24
 # Elements of the (rows, nodes, pixels) tensors of the per-node sums.
 NODE_ELEMENTS = 1 << 23
-# Sub-histograms per row (see _bracket).
+# Sub-histograms per row (see _bracket): at most SPLITS, one per SPLIT_PIXELS
+# pixels or more, so that rows * splits * NB stays within rows * d / 2.
 SPLITS = 64
+SPLIT_PIXELS = 4096
 
 
 def _quiet(xp: Any):
@@ -80,21 +83,34 @@ def _last(mask: Any, xp: Any, default: Any) -> Any:
 
 def _pick(a: Any, col: Any, xp: Any) -> Any:
     """``a[r, col[r]]`` for every row (``col`` clipped into range)."""
-    col = xp.clip(col, 0, a.shape[1] - 1)
-    return xp.take_along_axis(a, col[:, None], axis=1)[:, 0]
+    return _pick_cols(a, col[:, None], xp)[:, 0]
 
 
-def _gather(x: Any, mask: Any, xp: Any) -> Any:
-    """The values of ``x`` where ``mask`` holds, row by row, left-aligned in a 0-padded matrix."""
+def _pick_cols(a: Any, cols: Any, xp: Any) -> Any:
+    """``a[r, cols[r, j]]`` for every row and j (``cols`` clipped into range; 0 for an empty ``a``)."""
+    if a.shape[1] == 0:
+        return xp.zeros(cols.shape)
+    return xp.take_along_axis(a, xp.clip(cols, 0, a.shape[1] - 1), axis=1)
+
+
+def _gather(x: Any, mask: Any, xp: Any, with_index: bool = False) -> Any:
+    """The values of ``x`` where ``mask`` holds, row by row, left-aligned in a 0-padded matrix.
+
+    Values keep their pixel order; ``with_index=True`` also returns their
+    column indices (0-padded).
+    """
     rows = x.shape[0]
     counts = xp.sum(mask, axis=1)
     width = int(xp.max(counts)) if rows else 0
     out = xp.zeros((rows, width), dtype=xp.float64)
+    index = xp.zeros((rows, width), dtype=xp.int64) if with_index else None
     if width:
-        rr, cc = xp.nonzero(mask)  # row-major: grouped by row
-        starts = xp.cumsum(counts) - counts
-        out[rr, xp.arange(rr.shape[0]) - starts[rr]] = x[rr, cc]
-    return out
+        rr, cc = xp.nonzero(mask)  # row-major: grouped by row, pixel index ascending
+        pos = xp.arange(rr.shape[0]) - (xp.cumsum(counts) - counts)[rr]
+        out[rr, pos] = x[rr, cc]
+        if with_index:
+            index[rr, pos] = cc
+    return (out, index) if with_index else out
 
 
 # --------------------------------------------------------------------------- #
@@ -181,11 +197,17 @@ def _bracket(x: Any, mu: Any, metric: int, smooth: float, xp: Any):
     # SPLITS sub-histograms per row (one per stretch of pixels), added up
     # afterwards: on CUDA, bincount's atomic adds then spread over SPLITS
     # addresses where a softmax row would pile nearly all its pixels into bin 0.
-    splits = min(SPLITS, d)
+    splits = min(SPLITS, max(1, d // SPLIT_PIXELS))
     part = (xp.arange(d, dtype=xp.int64) * splits) // d
     keys = ((xp.arange(rows, dtype=xp.int64)[:, None] * splits + part[None, :]) * NB + bins).ravel()
     size = rows * splits * NB
-    counts = xp.bincount(keys, minlength=size).reshape(rows, splits, NB).sum(axis=1)
+    # Counts through the weighted path too (exact: integers below 2^53): CuPy
+    # sends an unweighted bincount to CUB's histogram, whose scratch grows
+    # with blocks x bins, far too large for rows * splits * NB bins.
+    ones = xp.ones(keys.shape[0])
+    counts = xp.bincount(keys, weights=ones, minlength=size).reshape(rows, splits, NB).sum(axis=1)
+    counts = counts.astype(xp.int64)
+    del ones
     # Bin sums in fixed point: each value rounded down to a multiple of ulp =
     # 2^-k, with d * 2^k < 2^52, so every bin sum and suffix sum is an exact
     # integer in float64 whatever order the (atomic, on CUDA) additions take:
@@ -258,7 +280,8 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     # The band, sorted descending per row (0 padding at the end).
     in_band = (bins >= lo_c) & ~top
     w_n = xp.sum(in_band, axis=1)
-    band = -xp.sort(-_gather(x, in_band, xp), axis=1)
+    band_px, band_ix = _gather(x, in_band, xp, with_index=True)  # pixel order
+    band = -xp.sort(-band_px, axis=1)
     width = band.shape[1]
     k = xp.arange(width + 1)[None, :]  # volume tau = n_top + k takes band[:k]
     cum = xp.cumsum(xp.concatenate([s_top[:, None], band], axis=1), axis=1)  # S_tau
@@ -311,23 +334,27 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     if bool(xp.any(cut)):
         v = xp.where(cut, _pick(band, kk - 1, xp), xp.inf)
         threshold = xp.where(cut, v, threshold)
-        # Ties at v sit in the band; take the first `need` of them in pixel order.
-        need = kk - xp.sum((band > v[:, None]) & (k[:, 1:] <= w_n[:, None]), axis=1)
-        eq = (x == v[:, None]) & cut[:, None]
+        # Ties at v all sit in the band (one bin); take the first `need` of them in pixel order.
+        real = k[:, 1:] <= w_n[:, None]  # band columns holding a pixel (not padding)
+        need = kk - xp.sum((band > v[:, None]) & real, axis=1)
+        eq = (band_px == v[:, None]) & real
         nth = xp.cumsum(eq, axis=1)
-        tie_end = xp.where(cut, _first(eq & (nth == need[:, None]), xp, d - 1) + 1, tie_end)
+        last_in = _pick(band_ix, _first(eq & (nth == need[:, None]), xp, 0), xp)
+        tie_end = xp.where(cut, last_in + 1, tie_end)
     return threshold, tie_end
 
 
 def _volume_scores(metric, g, theta, quad, mu, n_top, n_one, band, cum, tau, c0, c1, pows, mid, top_v, xp):
     """Exact scores of the candidate volumes, as a (rows, W + 1) table (-inf elsewhere).
 
-    Column ``k`` is the volume ``n_top + k``.  Candidates ``[c0, c1]`` are cut
-    into segments greedily from ``c0``: a segment ends before the first
-    volume whose rate exceeds ``SEG_RATIO`` times the rate at its start
-    (:func:`rankseg_np.cpu.exact._rate`); each segment gets the rule of the
-    geometric mean of its end rates.  One pass of the loop handles one
-    segment of every row that still has candidates.
+    Column ``k`` is the volume ``n_top + k`` (the top set plus ``band[:k]``).
+    Candidates ``[c0, c1]`` are cut into segments greedily from ``c0``: a
+    segment ends before the first volume whose rate exceeds ``SEG_RATIO``
+    times the rate at its start (:func:`rankseg_np.cpu.exact._rate`); each
+    segment gets the rule of the geometric mean of its end rates.  One pass
+    of the loop handles one segment of every row that still has candidates,
+    on those rows only; the band enters through column-chunked sums, except
+    the segment's own window, which is laid out as (rows, nodes, window).
     """
     rows, width = band.shape
     k = xp.arange(width + 1)[None, :]
@@ -338,46 +365,56 @@ def _volume_scores(metric, g, theta, quad, mu, n_top, n_one, band, cum, tau, c0,
     scores = xp.full((rows, width + 1), -xp.inf)
     cur = xp.where(c0 >= 0, c0, width + 1)
     last = xp.where(c0 >= 0, c1, -1)
+    col = xp.arange(width)[None, :]
     while True:
-        live = cur <= last
-        if not bool(xp.any(live)):
+        live = xp.nonzero(cur <= last)[0]
+        if int(live.shape[0]) == 0:
             return scores
-        r_s = _pick(rate, cur, xp)
-        viol = (k > cur[:, None]) & (k <= last[:, None]) & (rate > SEG_RATIO * r_s[:, None])
-        end = xp.where(live, _first(viol, xp, last + 1) - 1, cur)
-        r0 = xp.sqrt(r_s * _pick(rate, end, xp))
-        t, s, lt, lw, c = _nodes(xp.where(live, r0, 1.0), theta, quad, xp)
-        seg = live[:, None] & (k >= cur[:, None]) & (k <= end[:, None])
-
-        log_out = _series_log(pows, s) + _node_sums(mid, t, s, xp, False)[0]
+        lc, ll, lrate = cur[live], last[live], rate[live]
+        r_s = _pick(lrate, lc, xp)
+        viol = (k > lc[:, None]) & (k <= ll[:, None]) & (lrate > SEG_RATIO * r_s[:, None])
+        le = _first(viol, xp, ll + 1) - 1  # the segment: volumes k in [lc, le]
+        t, s, lt, lw, c = _nodes(xp.sqrt(r_s * _pick(lrate, le, xp)), theta, quad, xp)
+        lband = band[live]
+        log_out = _series_log(pows[live], s) + _node_sums(mid[live], t, s, xp, False)[0]
         if metric == DICE:
-            top_logs, top_fracs = _node_sums(top_v, t, s, xp, True)
-            log_g = log_out + top_logs + n_one[:, None] * lt
-            a_top = top_fracs + n_one[:, None] / t
-        f = xp.full((rows, width + 1), -xp.inf)
-        step = max(1, NODE_ELEMENTS // max(1, (width + 1) * t.shape[1]))
-        for r0_ in range(0, rows, step):
-            r1_ = min(rows, r0_ + step)
-            sl = slice(r0_, r1_)
-            tt, ss, ltt, lww = t[sl, :, None], s[sl, :, None], lt[sl, :, None], lw[sl, :, None]
-            q = band[sl, None, :]
+            # Every pixel is in log G; A(k) = top + band[:k] fractions.
+            top_logs, top_fracs = _node_sums(top_v[live], t, s, xp, True)
+            band_logs = _node_sums(lband, t, s, xp, False)[0]
+            before = _node_sums(xp.where(col < lc[:, None], lband, 0.0), t, s, xp, True)[1]
+            base = (log_out + top_logs + band_logs + n_one[live, None] * lt)[:, :, None]
+            a_base = (top_fracs + n_one[live, None] / t + before)[:, :, None]
+        else:
+            # Only the pixels outside the mask: band[k:] = band[k:le] + band[le:].
+            after = _node_sums(xp.where(col >= le[:, None], lband, 0.0), t, s, xp, False)[0]
+            base = (log_out + after)[:, :, None]
+
+        # The window: volumes k = lc + m and band pixels lc + m, m < span.
+        span = int(xp.max(le - lc)) + 1
+        m = xp.arange(span)[None, :]
+        kw = lc[:, None] + m
+        inside = kw <= le[:, None]
+        qw = xp.where(kw < le[:, None], _pick_cols(lband, kw, xp), 0.0)  # pixels entering within the segment
+        f = xp.empty((int(live.shape[0]), span))
+        step = max(1, NODE_ELEMENTS // max(1, span * t.shape[1]))
+        for a0 in range(0, f.shape[0], step):
+            sl = slice(a0, a0 + step)
+            tt, ss, ltt = t[sl, :, None], s[sl, :, None], lt[sl, :, None]
+            q = qw[sl, None, :]
             lden, den = _log_one_minus(q, tt, ss, xp)
-            expo = lww + (tau[sl, None, :] + g - c[sl, None, None]) * ltt
+            taus = (n_top[live][sl, None] + kw[sl]).astype(xp.float64)[:, None, :]
+            expo = lw[sl, :, None] + (taus + g - c[sl, None, None]) * ltt
             if metric == DICE:
-                # Every pixel is in log G; A(tau) adds the band pixels of the mask.
-                frac = xp.cumsum(q / den, axis=2)
-                a = a_top[sl, :, None] + xp.concatenate([xp.zeros_like(frac[:, :, :1]), frac], axis=2)
-                lg = (log_g[sl] + xp.sum(lden, axis=2))[:, :, None]
-                terms = xp.exp(expo + lg) * (2.0 * tt * a + g)
+                frac = xp.cumsum(q / den, axis=2)[:, :, :-1]  # shifted below: band[lc : k], exclusive
+                frac = xp.concatenate([xp.zeros_like(tt), frac], axis=2)
+                terms = xp.exp(expo + base[sl]) * (2.0 * tt * (a_base[sl] + frac) + g)
                 f[sl] = xp.sum(terms, axis=1)
             else:
-                # Only the pixels outside the mask: band[k:], by suffix sums.
-                tail = xp.cumsum(lden[:, :, ::-1], axis=2)[:, :, ::-1]
-                tail = xp.concatenate([tail, xp.zeros_like(tail[:, :, :1])], axis=2)
-                lg = log_out[sl, :, None] + tail
-                f[sl] = xp.sum(xp.exp(expo + lg), axis=1) * (cum[sl] + g)
-        scores = xp.where(seg, f, scores)
-        cur = xp.where(live, end + 1, cur)
+                tail = xp.cumsum(lden[:, :, ::-1], axis=2)[:, :, ::-1]  # band[k : le]
+                f[sl] = xp.sum(xp.exp(expo + base[sl] + tail), axis=1) * (_pick_cols(cum[live][sl], kw[sl], xp) + g)
+        rr, mm = xp.nonzero(inside)
+        scores[live[rr], kw[rr, mm]] = f[rr, mm]
+        cur[live] = le + 1
 
 
 def _empty_score(g, theta, quad, mu, n_one, pows, parts, xp):
@@ -414,7 +451,7 @@ def exact_decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
     threshold = xp.full(b * c, xp.inf)
     tie_end = xp.zeros(b * c, dtype=xp.int64)
     rows = xp.nonzero(active)[0]
-    step = max(1, BLOCK_ELEMENTS // max(d, 1))
+    step = max(1, BLOCK_ELEMENTS // max(d, NB))  # the per-row histograms are (rows, NB) too
     for r0 in range(0, int(rows.shape[0]), step):
         idx = rows[r0 : r0 + step]
         th, te = _block(p2[idx].astype(xp.float64), mu[idx], cfg, xp)
