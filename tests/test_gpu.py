@@ -252,6 +252,15 @@ def test_empty_batch(run):
     assert masks.shape == probs.shape and masks.dtype == np.bool_
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 0), (2, 3, 0, 4)])
+def test_no_pixels_like_cpu(run, shape):
+    probs = np.zeros(shape, dtype=np.float32)
+    for params in (dict(), dict(output_mode="multilabel"), dict(solver="exact"), dict(metric="iou", smooth=1.0)):
+        cfg = check_config(3, **params)
+        ours, expected = run(probs, cfg), cpu.solve(probs, cfg)
+        assert ours.shape == expected.shape and ours.dtype == expected.dtype, params
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1.5, -0.25])
 def test_bad_values_raise_like_cpu(run, value):
     probs = make_probs((2, 3, 4, 4), np.float32, "softmax", 0)

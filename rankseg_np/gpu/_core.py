@@ -314,7 +314,7 @@ def solve(probs: Any, cfg: Config, xp: Any, kern: Any) -> Any:
     batch = probs.shape[0]
     spatial = tuple(probs.shape[2:])
     labels_shape = (batch,) + spatial
-    if batch == 0:
+    if batch == 0 or math.prod(spatial) == 0:  # nothing to decide (and reductions need a pixel)
         if cfg.output_mode == "multilabel":
             return xp.zeros(probs.shape, dtype=xp.bool_)
         return xp.zeros(labels_shape, dtype=xp.int64)
