@@ -10,8 +10,10 @@ namespace.  Every comparison below is parametrised over where it runs:
   without CuPy and a device (run with ``pytest -m gpu tests/test_gpu.py``).
 
 Answers must equal the CPU path's, except on ties: a row's mask may differ
-only if both masks have the same float64 RMA objective, and a label only
-where the two classes' increment scores are equal to float64 noise.  Sums
+only if both masks have the same float64 RMA objective (for the exact
+solver: the same exact expected score, from the oracle of tests/oracles.py),
+and a label only where the two classes' increment scores are equal to
+float64 noise.  Sums
 are accumulated in different orders (pairwise in NumPy, a tree on CUDA,
 sequentially in Numba), which is what can move a zero-gain pixel.
 """

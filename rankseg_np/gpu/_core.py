@@ -201,13 +201,20 @@ def _band_block(blk, lo, hi, s_top, n_top, a, smooth, xp, threshold, tie_end) ->
         tie_end[rr[pick]] = cc[pick] + 1
 
 
+def checked_first_pass(p3: Any, xp: Any, kern: Any) -> tuple[Any, Any, Any, Any]:
+    """``(mu, peak, s_half, n_half)`` of the ``(B*C, d)`` rows; a ValueError for values outside [0, 1]."""
+    b, c, d = p3.shape
+    mu, peak, bad, s_half, n_half = kern.first_pass(p3.reshape(b * c, d))
+    if bool(xp.any(bad)):
+        raise_bad_values(to_host(p3))
+    return mu, peak, s_half, n_half
+
+
 def rma_decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
     """RMA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
     b, c, d = p3.shape
     p2 = p3.reshape(b * c, d)
-    mu, peak, bad, s_half, n_half = kern.first_pass(p2)
-    if bool(xp.any(bad)):
-        raise_bad_values(to_host(p3))
+    mu, peak, s_half, n_half = checked_first_pass(p3, xp, kern)
     active = peak > cfg.pruning_prob
     smooth = cfg.smooth
     if not bool(xp.any(active)):
@@ -292,10 +299,8 @@ def resolve(p3: Any, decision: RowDecision, cfg: Config, xp: Any, kern: Any) -> 
 
 def accuracy(p3: Any, cfg: Config, xp: Any, kern: Any) -> Any:
     """Accuracy is Bayes-optimal by argmax (multiclass) or p > 1/2 (TR), MATH section 6."""
-    b, c, d = p3.shape
-    _, _, bad, _, _ = kern.first_pass(p3.reshape(b * c, d))
-    if bool(xp.any(bad)):
-        raise_bad_values(to_host(p3))
+    c = p3.shape[1]
+    checked_first_pass(p3, xp, kern)
     if cfg.solver == "tr":
         return p3 > 0.5
     labels = xp.argmax(p3, axis=1).astype(xp.int64)

@@ -36,14 +36,12 @@ masks are equal, or tie in exact score).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
-
-import numpy as np
 
 from .._decision import RowDecision
 from .._quadrature import DICE, IOU, M_POW, NB, SEG_RATIO, SLACK, SMALL_BIN, SWITCH, rules
-from .._validate import Config, raise_bad_values
+from .._validate import Config
+from ._core import _errstate, checked_first_pass
 
 # Elements of the float64 row block (rows x max(pixels, NB)) processed at
 # once; every full-size temporary is a small multiple of it (a row longer than
@@ -55,17 +53,6 @@ NODE_ELEMENTS = 1 << 23
 # pixels or more, so that rows * splits * NB stays within rows * d / 2.
 SPLITS = 64
 SPLIT_PIXELS = 4096
-
-
-def _quiet(xp: Any):
-    """Silence NumPy's log(0) / 0-division warnings on entries that are masked out anyway."""
-    errstate = getattr(xp, "errstate", None)
-    return errstate(divide="ignore", invalid="ignore", over="ignore") if errstate else contextlib.nullcontext()
-
-
-def _host(x: Any) -> np.ndarray:
-    get = getattr(x, "get", None)
-    return np.asarray(get() if callable(get) and not isinstance(x, np.ndarray) else x)
 
 
 def _first(mask: Any, xp: Any, default: Any) -> Any:
@@ -223,7 +210,7 @@ def _bracket(x: Any, mu: Any, metric: int, smooth: float, xp: Any):
     suf_s = xp.concatenate([xp.cumsum(sums[:, ::-1], axis=1)[:, ::-1], zero_col], axis=1)
 
     mu_c = mu[:, None]
-    with _quiet(xp):
+    with _errstate(xp):
         edge = _rma_value(metric, suf_s[:, :NB], suf_n[:, :NB], mu_c, smooth, xp)
     lam = xp.max(xp.where(counts > 0, edge, -xp.inf), axis=1)
     if smooth > 0.0:
@@ -311,7 +298,7 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     top_v = _gather(x, top & (x < 1.0), xp) if need_top else None
     del bins, top
 
-    with _quiet(xp):
+    with _errstate(xp):
         scores = _volume_scores(metric, g, theta, quad, mu, n_top, n_one, band, cum, tau, c0, c1, pows, mid, top_v, xp)
         score0 = xp.full(rows, -xp.inf)
         if bool(xp.any(zero_cand)):
@@ -444,9 +431,7 @@ def exact_decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
     """Exact decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array of ``xp``."""
     b, c, d = p3.shape
     p2 = p3.reshape(b * c, d)
-    mu, peak, bad, _, _ = kern.first_pass(p2)
-    if bool(xp.any(bad)):
-        raise_bad_values(_host(p3))
+    mu, peak, _, _ = checked_first_pass(p3, xp, kern)
     active = peak > cfg.pruning_prob
     threshold = xp.full(b * c, xp.inf)
     tie_end = xp.zeros(b * c, dtype=xp.int64)
