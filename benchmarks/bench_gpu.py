@@ -3,6 +3,7 @@
     python benchmarks/bench_gpu.py              # (8, 21, 1024, 1024) and (1, 14, 128, 256, 256) float32
     python benchmarks/bench_gpu.py --quick      # small shapes
     python benchmarks/bench_gpu.py --dry-run    # no GPU needed: the same code path on NumPy, tiny shapes
+    python benchmarks/bench_gpu.py --dry-run --shape 1,16,1024,1024   # any shape (also on a GPU)
 
 Needs CuPy (``pip install cupy-cuda12x``), and PyTorch with CUDA plus
 ``rankseg`` 0.0.8 for the baselines (``[compat]``).  Without a GPU it stops
@@ -316,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="no GPU: run the GPU code on NumPy at tiny shapes")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per method (best is kept)")
     parser.add_argument("--no-check", action="store_true", help="skip the answer checks")
+    parser.add_argument(
+        "--shape", type=lambda v: tuple(int(n) for n in v.split(",")), action="append", default=None,
+        help="B,C,H,W[,D] instead of the default shapes (repeatable); e.g. --dry-run --shape 1,16,1024,1024",
+    )
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except NoGPU as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    shapes = DRY_SHAPES if args.dry_run else SHAPES["quick" if args.quick else "full"]
+    shapes = args.shape or (DRY_SHAPES if args.dry_run else SHAPES["quick" if args.quick else "full"])
     repeat = 1 if args.dry_run else args.repeat
     print(f"device: {ctx.device_name}")
     results = []
