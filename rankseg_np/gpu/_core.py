@@ -152,22 +152,15 @@ def _band_block(blk, lo, hi, s_top, n_top, a, smooth, xp, threshold, tie_end) ->
     nrows, d = blk.shape
     inband = (blk >= lo[:, None]) & (blk <= hi[:, None])
     counts = xp.sum(inband, axis=1)
-    width = int(xp.max(counts)) if nrows else 0
+    band_px, band_ix = gather_rows(blk, inband, xp, with_index=True)
+    del inband
+    width = band_px.shape[1]
     if width == 0:
         return  # no band anywhere: threshold = hi, tie_end = 0 already
-    rr, cc = xp.nonzero(inband)  # row-major: grouped by row, pixel index ascending
-    del inband
-    vals = blk[rr, cc].astype(xp.float64)
-    starts = xp.cumsum(counts) - counts
-    pos = xp.arange(rr.shape[0]) - starts[rr]
-    # Descending per row, -inf padding at the end (sort ascending the negation).
-    neg = xp.full((nrows, width), xp.inf)
-    neg[rr, pos] = -vals
-    neg.sort(axis=1)
-    band = -neg
-    del neg
     cols = xp.arange(width)
     valid = cols[None, :] < counts[:, None]
+    # Descending per row, -inf padding at the end (sort ascending the negation).
+    band = -xp.sort(xp.where(valid, -band_px, xp.inf), axis=1)
     # Prefix sums s_top + q_1 + ... + q_k, accumulated left to right like the CPU loop.
     prefix = xp.cumsum(
         xp.concatenate([s_top[:, None], xp.where(valid, band, 0.0)], axis=1), axis=1
@@ -178,9 +171,9 @@ def _band_block(blk, lo, hi, s_top, n_top, a, smooth, xp, threshold, tie_end) ->
     obj = xp.where(k[None, :] <= counts[:, None], obj, -xp.inf)
     best = xp.max(obj, axis=1)
     # First maximum (lowest volume), explicitly rather than relying on argmax's tie rule.
-    best_k = xp.min(xp.where(obj == best[:, None], k[None, :], width + 1), axis=1)
+    best_k = first_true(obj == best[:, None], xp, width + 1)
     chosen = best_k > 0
-    v = band[xp.arange(nrows), xp.maximum(best_k - 1, 0)]
+    v = pick(band, best_k - 1, xp)
     v = xp.where(chosen, v, 0.0)
     n_greater = xp.sum(valid & (band > v[:, None]), axis=1)
     n_equal = xp.sum(valid & (band == v[:, None]), axis=1)
@@ -191,14 +184,68 @@ def _band_block(blk, lo, hi, s_top, n_top, a, smooth, xp, threshold, tie_end) ->
     threshold[...] = xp.where(chosen, v, threshold)
     tie_end[...] = xp.where(whole, d, tie_end)
     if bool(xp.any(partial)):
-        # The need-th pixel equal to v, in pixel-index order: a per-row running
-        # count of equal values over the gathered band (integers, exact).
-        eq = vals == v[rr]
-        running = xp.cumsum(eq.astype(xp.int64))
-        base = xp.cumsum(n_equal) - n_equal  # equal values in earlier rows
-        rank = running - base[rr]
-        pick = eq & partial[rr] & (rank == need[rr])
-        tie_end[rr[pick]] = cc[pick] + 1
+        tie_end[...] = xp.where(partial, tie_cut(band_px, band_ix, valid, v, need, xp), tie_end)
+
+
+# --------------------------------------------------------------------------- #
+# Row-wise helpers shared by the band searches (RMA smooth > 0, exact)
+# --------------------------------------------------------------------------- #
+
+def first_true(mask: Any, xp: Any, default: Any) -> Any:
+    """Per row, the first column where ``mask`` holds, else ``default`` (no argmax on bools)."""
+    n = mask.shape[1]
+    col = xp.min(xp.where(mask, xp.arange(n)[None, :], n), axis=1)
+    return xp.where(col < n, col, default)
+
+
+def last_true(mask: Any, xp: Any, default: Any) -> Any:
+    """Per row, the last column where ``mask`` holds, else ``default``."""
+    col = xp.max(xp.where(mask, xp.arange(mask.shape[1])[None, :], -1), axis=1)
+    return xp.where(col >= 0, col, default)
+
+
+def pick(a: Any, col: Any, xp: Any) -> Any:
+    """``a[r, col[r]]`` for every row (``col`` clipped into range)."""
+    return pick_cols(a, col[:, None], xp)[:, 0]
+
+
+def pick_cols(a: Any, cols: Any, xp: Any) -> Any:
+    """``a[r, cols[r, j]]`` for every row and j (``cols`` clipped into range; 0 for an empty ``a``)."""
+    if a.shape[1] == 0:
+        return xp.zeros(cols.shape)
+    return xp.take_along_axis(a, xp.clip(cols, 0, a.shape[1] - 1), axis=1)
+
+
+def gather_rows(x: Any, mask: Any, xp: Any, with_index: bool = False) -> Any:
+    """The values of ``x`` where ``mask`` holds, row by row, left-aligned in a 0-padded float64 matrix.
+
+    Values keep their pixel order; ``with_index=True`` also returns their
+    column indices (0-padded).
+    """
+    rows = x.shape[0]
+    counts = xp.sum(mask, axis=1)
+    width = int(xp.max(counts)) if rows else 0
+    out = xp.zeros((rows, width), dtype=xp.float64)
+    index = xp.zeros((rows, width), dtype=xp.int64) if with_index else None
+    if width:
+        rr, cc = xp.nonzero(mask)  # row-major: grouped by row, pixel index ascending
+        pos = xp.arange(rr.shape[0]) - (xp.cumsum(counts) - counts)[rr]
+        out[rr, pos] = x[rr, cc]
+        if with_index:
+            index[rr, pos] = cc
+    return (out, index) if with_index else out
+
+
+def tie_cut(band_px: Any, band_ix: Any, real: Any, v: Any, need: Any, xp: Any) -> Any:
+    """Per row, 1 + the pixel index of the ``need``-th pixel equal to ``v``, in pixel order.
+
+    ``band_px``/``band_ix`` are a gathered band in pixel order (``gather_rows``)
+    holding every pixel equal to ``v``; ``real`` marks its non-padding columns.
+    This is the ``tie_end`` that keeps the lowest-index ties (see ``_decision``).
+    """
+    eq = (band_px == v[:, None]) & real
+    nth = xp.cumsum(eq, axis=1)
+    return pick(band_ix, first_true(eq & (nth == need[:, None]), xp, 0), xp) + 1
 
 
 def checked_first_pass(p3: Any, xp: Any, kern: Any) -> tuple[Any, Any, Any, Any]:

@@ -41,7 +41,7 @@ from typing import Any
 from .._decision import RowDecision
 from .._quadrature import DICE, IOU, M_POW, NB, SEG_RATIO, SLACK, SMALL_BIN, SWITCH, rules
 from .._validate import Config
-from ._core import _errstate, checked_first_pass
+from ._core import _errstate, checked_first_pass, first_true, gather_rows, last_true, pick, pick_cols, tie_cut
 
 # Elements of the float64 row block (rows x max(pixels, NB)) processed at
 # once; every full-size temporary is a small multiple of it (a row longer than
@@ -53,51 +53,6 @@ NODE_ELEMENTS = 1 << 23
 # pixels or more, so that rows * splits * NB stays within rows * d / 2.
 SPLITS = 64
 SPLIT_PIXELS = 4096
-
-
-def _first(mask: Any, xp: Any, default: Any) -> Any:
-    """Per row, the first column where ``mask`` holds, else ``default`` (no argmax on bools)."""
-    n = mask.shape[1]
-    col = xp.min(xp.where(mask, xp.arange(n)[None, :], n), axis=1)
-    return xp.where(col < n, col, default)
-
-
-def _last(mask: Any, xp: Any, default: Any) -> Any:
-    """Per row, the last column where ``mask`` holds, else ``default``."""
-    col = xp.max(xp.where(mask, xp.arange(mask.shape[1])[None, :], -1), axis=1)
-    return xp.where(col >= 0, col, default)
-
-
-def _pick(a: Any, col: Any, xp: Any) -> Any:
-    """``a[r, col[r]]`` for every row (``col`` clipped into range)."""
-    return _pick_cols(a, col[:, None], xp)[:, 0]
-
-
-def _pick_cols(a: Any, cols: Any, xp: Any) -> Any:
-    """``a[r, cols[r, j]]`` for every row and j (``cols`` clipped into range; 0 for an empty ``a``)."""
-    if a.shape[1] == 0:
-        return xp.zeros(cols.shape)
-    return xp.take_along_axis(a, xp.clip(cols, 0, a.shape[1] - 1), axis=1)
-
-
-def _gather(x: Any, mask: Any, xp: Any, with_index: bool = False) -> Any:
-    """The values of ``x`` where ``mask`` holds, row by row, left-aligned in a 0-padded matrix.
-
-    Values keep their pixel order; ``with_index=True`` also returns their
-    column indices (0-padded).
-    """
-    rows = x.shape[0]
-    counts = xp.sum(mask, axis=1)
-    width = int(xp.max(counts)) if rows else 0
-    out = xp.zeros((rows, width), dtype=xp.float64)
-    index = xp.zeros((rows, width), dtype=xp.int64) if with_index else None
-    if width:
-        rr, cc = xp.nonzero(mask)  # row-major: grouped by row, pixel index ascending
-        pos = xp.arange(rr.shape[0]) - (xp.cumsum(counts) - counts)[rr]
-        out[rr, pos] = x[rr, cc]
-        if with_index:
-            index[rr, pos] = cc
-    return (out, index) if with_index else out
 
 
 # --------------------------------------------------------------------------- #
@@ -135,24 +90,28 @@ def _log_one_minus(q: Any, t: Any, s: Any, xp: Any):
     return xp.log(den), den
 
 
-def _node_sums(vals: Any, t: Any, s: Any, xp: Any, with_frac: bool):
-    """``sum_j log(1 - q_j s_k)`` (and ``sum_j q_j / (1 - q_j s_k)``) per row and node.
+def _node_sums(vals: Any, t: Any, s: Any, xp: Any, frac_cols: Any = None):
+    """``sum_j log(1 - q_j s_k)`` per row and node, and ``sum_{j < frac_cols} q_j / (1 - q_j s_k)``.
 
-    ``vals`` is a 0-padded (rows, n) matrix; the (rows, K, n) terms are formed
-    in column chunks of at most ``NODE_ELEMENTS``.
+    ``vals`` is a 0-padded (rows, n) matrix; ``frac_cols`` (an int, or one
+    per row) limits the second sum to the first columns, and ``None`` skips
+    it.  The (rows, K, n) terms are formed in column chunks of at most
+    ``NODE_ELEMENTS``.
     """
     rows, n = vals.shape
     k = t.shape[1]
     logs = xp.zeros((rows, k))
-    fracs = xp.zeros((rows, k)) if with_frac else None
+    fracs = None if frac_cols is None else xp.zeros((rows, k))
+    limit = None if frac_cols is None else xp.reshape(xp.asarray(frac_cols), (-1, 1, 1))
     step = max(1, NODE_ELEMENTS // max(1, rows * k))
     tt, ss = t[:, :, None], s[:, :, None]
     for j in range(0, n, step):
         q = vals[:, None, j : j + step]
         lg, den = _log_one_minus(q, tt, ss, xp)
         logs += xp.sum(lg, axis=2)
-        if with_frac:
-            fracs += xp.sum(q / den, axis=2)
+        if limit is not None:
+            cols = xp.arange(j, j + q.shape[2])[None, None, :]
+            fracs += xp.sum(xp.where(cols < limit, q / den, 0.0), axis=2)
     return logs, fracs
 
 
@@ -224,23 +183,23 @@ def _bracket(x: Any, mu: Any, metric: int, smooth: float, xp: Any):
     bstar = xp.clip((lamp / alpha * NB).astype(xp.int64), 0, NB - 1)
     a_c, l_c = alpha[:, None], lamp[:, None]
     hmax = xp.maximum(xp.max(a_c * suf_s[:, :NB] - l_c * suf_n[:, :NB], axis=1), 0.0)
-    hmax = hmax + alpha * _pick(counts, bstar, xp) / NB
+    hmax = hmax + alpha * pick(counts, bstar, xp) / NB
     margin = xp.maximum(hmax - ell, 0.0) * (1.0 + 1e-7) + 1e-300
     col = xp.arange(NB)[None, :]
     above = col > bstar[:, None]
     below = col < bstar[:, None]
     up = xp.cumsum(xp.where(above, a_c * sums - l_c * counts, 0.0), axis=1)
-    b_hi = _first(above & (up > margin[:, None]), xp, NB - 1)
+    b_hi = first_true(above & (up > margin[:, None]), xp, NB - 1)
     down = xp.cumsum(xp.where(below, l_c * counts - a_c * sums, 0.0)[:, ::-1], axis=1)[:, ::-1]
-    b_lo = _last(below & (down > margin[:, None]), xp, 0)
+    b_lo = last_true(below & (down > margin[:, None]), xp, 0)
 
     # The check: h below ell at both ends of the band (h is concave, so every
     # candidate is inside); widen the failing side until it holds.  Sums are
     # taken at their upper bound (each value is below its fixed-point part + ulp).
     while True:
-        n_top, n_in = _pick(suf_n, b_hi + 1, xp), _pick(suf_n, b_lo, xp)
-        s_top = _pick(suf_s, b_hi + 1, xp) + n_top * ulp
-        s_in = _pick(suf_s, b_lo, xp) + n_in * ulp
+        n_top, n_in = pick(suf_n, b_hi + 1, xp), pick(suf_n, b_lo, xp)
+        s_top = pick(suf_s, b_hi + 1, xp) + n_top * ulp
+        s_in = pick(suf_s, b_lo, xp) + n_in * ulp
         ok_top = (n_top == 0) | (alpha * s_top - lamp * n_top < ell)
         ok_bot = (n_in == d) | (alpha * s_in - lamp * n_in < ell)
         if bool(xp.all(ok_top & ok_bot)):
@@ -267,7 +226,7 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     # The band, sorted descending per row (0 padding at the end).
     in_band = (bins >= lo_c) & ~top
     w_n = xp.sum(in_band, axis=1)
-    band_px, band_ix = _gather(x, in_band, xp, with_index=True)  # pixel order
+    band_px, band_ix = gather_rows(x, in_band, xp, with_index=True)  # pixel order
     band = -xp.sort(-band_px, axis=1)
     width = band.shape[1]
     k = xp.arange(width + 1)[None, :]  # volume tau = n_top + k takes band[:k]
@@ -276,11 +235,11 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     h = alpha[:, None] * cum - lamp[:, None] * tau
     valid = (k <= w_n[:, None]) & (tau >= 1.0)
     cand = valid & (h >= ell[:, None])
-    c0 = _first(cand, xp, -1)
-    c1 = _last(cand, xp, -1)
+    c0 = first_true(cand, xp, -1)
+    c1 = last_true(cand, xp, -1)
     # No candidate and no empty mask: only float64 noise gets here; keep the best bound.
     fallback = (c0 < 0) & ~zero_cand & xp.any(valid, axis=1)
-    h_best = _first(valid & (h == xp.max(xp.where(valid, h, -xp.inf), axis=1)[:, None]), xp, -1)
+    h_best = first_true(valid & (h == xp.max(xp.where(valid, h, -xp.inf), axis=1)[:, None]), xp, -1)
     c0 = xp.where(fallback, h_best, c0)
     c1 = xp.where(fallback, h_best, c1)
 
@@ -293,9 +252,9 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
         if m + 1 < M_POW:
             w *= x
     del w, small
-    mid = _gather(x, (bins < lo_c) & (bins >= SMALL_BIN), xp)
+    mid = gather_rows(x, (bins < lo_c) & (bins >= SMALL_BIN), xp)
     need_top = metric == DICE or bool(xp.any(zero_cand))
-    top_v = _gather(x, top & (x < 1.0), xp) if need_top else None
+    top_v = gather_rows(x, top & (x < 1.0), xp) if need_top else None
     del bins, top
 
     with _errstate(xp):
@@ -308,8 +267,8 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     # First maximum over (empty mask, then volumes in increasing order).
     table = xp.concatenate([score0[:, None], scores], axis=1)
     best = xp.max(table, axis=1)
-    pick = _first(table == best[:, None], xp, 0)  # the first maximum
-    kk = pick - 1  # band prefix length of the chosen volume; -1: the empty mask
+    first_max = first_true(table == best[:, None], xp, 0)
+    kk = first_max - 1  # band prefix length of the chosen volume; -1: the empty mask
     chosen = (kk >= 0) & xp.isfinite(best)
     threshold = xp.full(rows, xp.inf)
     tie_end = xp.zeros(rows, dtype=xp.int64)
@@ -319,15 +278,12 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     tie_end = xp.where(top_only, d, tie_end)
     cut = chosen & (kk > 0)
     if bool(xp.any(cut)):
-        v = xp.where(cut, _pick(band, kk - 1, xp), xp.inf)
+        v = xp.where(cut, pick(band, kk - 1, xp), xp.inf)
         threshold = xp.where(cut, v, threshold)
         # Ties at v all sit in the band (one bin); take the first `need` of them in pixel order.
         real = k[:, 1:] <= w_n[:, None]  # band columns holding a pixel (not padding)
         need = kk - xp.sum((band > v[:, None]) & real, axis=1)
-        eq = (band_px == v[:, None]) & real
-        nth = xp.cumsum(eq, axis=1)
-        last_in = _pick(band_ix, _first(eq & (nth == need[:, None]), xp, 0), xp)
-        tie_end = xp.where(cut, last_in + 1, tie_end)
+        tie_end = xp.where(cut, tie_cut(band_px, band_ix, real, v, need, xp), tie_end)
     return threshold, tie_end
 
 
@@ -358,22 +314,21 @@ def _volume_scores(metric, g, theta, quad, mu, n_top, n_one, band, cum, tau, c0,
         if int(live.shape[0]) == 0:
             return scores
         lc, ll, lrate = cur[live], last[live], rate[live]
-        r_s = _pick(lrate, lc, xp)
+        r_s = pick(lrate, lc, xp)
         viol = (k > lc[:, None]) & (k <= ll[:, None]) & (lrate > SEG_RATIO * r_s[:, None])
-        le = _first(viol, xp, ll + 1) - 1  # the segment: volumes k in [lc, le]
-        t, s, lt, lw, c = _nodes(xp.sqrt(r_s * _pick(lrate, le, xp)), theta, quad, xp)
+        le = first_true(viol, xp, ll + 1) - 1  # the segment: volumes k in [lc, le]
+        t, s, lt, lw, c = _nodes(xp.sqrt(r_s * pick(lrate, le, xp)), theta, quad, xp)
         lband = band[live]
-        log_out = _series_log(pows[live], s) + _node_sums(mid[live], t, s, xp, False)[0]
+        log_out = _series_log(pows[live], s) + _node_sums(mid[live], t, s, xp)[0]
         if metric == DICE:
             # Every pixel is in log G; A(k) = top + band[:k] fractions.
-            top_logs, top_fracs = _node_sums(top_v[live], t, s, xp, True)
-            band_logs = _node_sums(lband, t, s, xp, False)[0]
-            before = _node_sums(xp.where(col < lc[:, None], lband, 0.0), t, s, xp, True)[1]
+            top_logs, top_fracs = _node_sums(top_v[live], t, s, xp, top_v.shape[1])
+            band_logs, before = _node_sums(lband, t, s, xp, lc)  # fractions of band[:lc] only
             base = (log_out + top_logs + band_logs + n_one[live, None] * lt)[:, :, None]
             a_base = (top_fracs + n_one[live, None] / t + before)[:, :, None]
         else:
             # Only the pixels outside the mask: band[k:] = band[k:le] + band[le:].
-            after = _node_sums(xp.where(col >= le[:, None], lband, 0.0), t, s, xp, False)[0]
+            after = _node_sums(xp.where(col >= le[:, None], lband, 0.0), t, s, xp)[0]
             base = (log_out + after)[:, :, None]
 
         # The window: volumes k = lc + m and band pixels lc + m, m < span.
@@ -381,7 +336,7 @@ def _volume_scores(metric, g, theta, quad, mu, n_top, n_one, band, cum, tau, c0,
         m = xp.arange(span)[None, :]
         kw = lc[:, None] + m
         inside = kw <= le[:, None]
-        qw = xp.where(kw < le[:, None], _pick_cols(lband, kw, xp), 0.0)  # pixels entering within the segment
+        qw = xp.where(kw < le[:, None], pick_cols(lband, kw, xp), 0.0)  # pixels entering within the segment
         f = xp.empty((int(live.shape[0]), span))
         step = max(1, NODE_ELEMENTS // max(1, span * t.shape[1]))
         for a0 in range(0, f.shape[0], step):
@@ -398,7 +353,7 @@ def _volume_scores(metric, g, theta, quad, mu, n_top, n_one, band, cum, tau, c0,
                 f[sl] = xp.sum(terms, axis=1)
             else:
                 tail = xp.cumsum(lden[:, :, ::-1], axis=2)[:, :, ::-1]  # band[k : le]
-                f[sl] = xp.sum(xp.exp(expo + base[sl] + tail), axis=1) * (_pick_cols(cum[live][sl], kw[sl], xp) + g)
+                f[sl] = xp.sum(xp.exp(expo + base[sl] + tail), axis=1) * (pick_cols(cum[live][sl], kw[sl], xp) + g)
         rr, mm = xp.nonzero(inside)
         scores[live[rr], kw[rr, mm]] = f[rr, mm]
         cur[live] = le + 1
@@ -416,7 +371,7 @@ def _empty_score(g, theta, quad, mu, n_one, pows, parts, xp):
     lg = _series_log(pows, s) + n_one[:, None] * lt
     lp0 = _series_log(pows, xp.ones((1, 1)))[:, 0]
     for vals in parts:
-        lg += _node_sums(vals, t, s, xp, False)[0]
+        lg += _node_sums(vals, t, s, xp)[0]
         lp0 += xp.sum(xp.log1p(-vals), axis=1)
     p0 = xp.where(n_one == 0, xp.exp(lp0), 0.0)
     acc = xp.sum(xp.exp(lw + (g - c[:, None]) * lt) * (xp.exp(lg) - p0[:, None]), axis=1)
