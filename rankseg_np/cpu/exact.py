@@ -52,6 +52,7 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._quadrature import (  # noqa: F401  (re-exported: tests and benchmarks read them here)
+    TINY_MU,
     DICE,
     IOU,
     M_POW,
@@ -67,7 +68,8 @@ from .._quadrature import (  # noqa: F401  (re-exported: tests and benchmarks re
     theta_of,
 )
 from .._validate import Config
-from ._kernels import decide_rows
+from ._kernels import decide_rows, sum_above
+from .rma import _dinkelbach_dice, _dinkelbach_iou
 from ._threads import parallel_kernel
 
 # CPU-only refinement of the power sums: fewer terms for smaller pixels
@@ -290,6 +292,13 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
     if bad or not peak > pruning_prob:
         return np.inf, 0, False, total, bad
     mu = total
+    if smooth == 0.0 and mu < TINY_MU:  # exact = RMA to below float64 resolution (see TINY_MU)
+        s_half, n_half = sum_above(row, 0.5)
+        if metric == DICE:
+            _, th = _dinkelbach_dice(row, 0.0, mu + 1.0, s_half, n_half, 0.5)
+        else:
+            _, th = _dinkelbach_iou(row, 0.0, mu, s_half, n_half, 0.5)
+        return th, 0, True, mu, False
 
     # ---- lower bound lam: best RMA objective over histogram-edge masks.
     lam = smooth / (smooth + mu) if smooth > 0.0 else -np.inf
@@ -416,6 +425,22 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
     for i in range(w_n):
         cum[i + 1] = cum[i] + bv[i]
 
+    # ---- a sharper lam: the best RMA objective over the band's own volumes.
+    # The histogram edges are poor masks when most of the row shares a bin
+    # (all values tiny: every pixel in bin 0, so lam came from the full mask
+    # alone and every volume passed the test below).  Any larger lower bound
+    # keeps the candidates a subset of the bracketed ones: the band still holds them.
+    for i in range(w_n + 1):
+        tau = n_top + i
+        if tau >= 1:
+            val = rma_value(metric, cum[i], tau, mu, smooth)
+            if val > lam:
+                lam = val
+    lamp = lam * (1.0 - SLACK)
+    alpha = 2.0 if metric == DICE else 1.0 + lamp
+    ell = lamp * (smooth + mu - 1.0) - smooth
+    zero_cand = smooth > 0.0 and math.exp(-mu) + 2.0 * smooth / (smooth + mu) >= lamp
+
     # ---- candidate volumes: the interval where h >= ell (h is concave).
     c0 = -1
     c1 = -1
@@ -454,6 +479,14 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
         best_tau = 0
 
     if c0 >= 1:
+        # Band pixels past the last candidate volume are outside every mask
+        # scored below: they need log(1 - q s) only, so the small ones join the
+        # power sums and the rest the always-out list.  Without this a row whose
+        # band is most of the row (all values in bin 0: tiny or subnormal) paid
+        # a log per band pixel per node per segment.
+        w_in = c1 - n_top
+        mid_v = _move_always_out(bv, w_in, pows, mid_v)
+        n_mid = mid_v.size
         n_c = c1 - c0 + 1
         f = np.zeros(n_c)
         k_n = lag_v.size
@@ -485,7 +518,7 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
                         dd = one_minus(q, t, s)
                         lg += math.log(dd)
                         a_sum += q / dd
-                    for i in range(w_n):
+                    for i in range(w_in):
                         dd = one_minus(bv[i], t, s)
                         den[i] = dd
                         lg += math.log(dd)
@@ -499,7 +532,7 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
                             a_sum += bv[i] / den[i]
                             e *= t
                 else:
-                    for i in range(i_s, w_n):
+                    for i in range(i_s, w_in):
                         dd = one_minus(bv[i], t, s)
                         den[i] = dd
                         lg += math.log(dd)
@@ -528,6 +561,28 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
     # equal to v with index <= bi[i].
     i = best_tau - n_top - 1
     return bv[i], bi[i] + 1, True, mu, False
+
+
+@njit(cache=True, nogil=True)
+def _move_always_out(bv, start, pows, mid_v):
+    """Pixels ``bv[start:]`` (descending) are in no candidate mask: add those below 1/4 to
+    the power sums ``pows`` (by size class, as in the first gather) and return ``mid_v``
+    extended by the others."""
+    n = bv.size
+    i = start
+    while i < n and bv[i] >= SMALL_BIN / NB:
+        i += 1
+    out = np.empty(mid_v.size + i - start)
+    out[: mid_v.size] = mid_v
+    out[mid_v.size :] = bv[start:i]
+    # Size classes 3, 2, 1, 0 follow one another in descending order.
+    for cls_lo, n_terms in ((MIDSMALL_BIN / NB, M_POW), (TINY_BIN / NB, N_MIDSMALL), (MICRO, N_TINY), (0.0, N_MICRO)):
+        j = i
+        while j < n and (bv[j] >= cls_lo if cls_lo > 0.0 else True):
+            j += 1
+        power_sums(bv[i:j], n_terms, pows)
+        i = j
+    return out
 
 
 @njit(cache=True, nogil=True)
