@@ -10,7 +10,7 @@ expected score of any mask ``delta`` with ``tau = |delta|`` pixels is
 
 with ``G(t) = prod_j (1 - p_j(1-t))`` and ``0/0 := 0``.  The integrals are
 evaluated with the quadrature of the exact solver (kernels in :mod:`rankseg_np.cpu.exact`,
-``docs/exact.md``): about 1e-13 absolute error, one pass over each row plus a
+``docs/exact.md``): about 1e-13 absolute error whatever the row length, one pass over each row plus a
 few dozen nodes per pixel that is not small.
 """
 
