@@ -15,6 +15,7 @@ import numba
 import numpy as np
 
 from .._decision import RowDecision
+from .._layout import check_class_sums
 from .._validate import Config, raise_bad_values
 from . import _kernels, multiclass
 
@@ -94,7 +95,10 @@ def _solve(probs: np.ndarray, cfg: Config) -> np.ndarray:
     decision = decide(p3, cfg)
     if cfg.output_mode == "multilabel":
         return masks_from(p3, decision).reshape(probs.shape)
-    return multiclass.resolve(p3, decision, cfg).reshape(labels_shape)
+    class_sums = np.zeros(4)  # checked in the claims pass: a channels-last array is not a batch
+    labels = multiclass.resolve(p3, decision, cfg, class_sums)
+    check_class_sums(int(class_sums[0]), int(class_sums[1]), class_sums[2], class_sums[3], probs)
+    return labels.reshape(labels_shape)
 
 
 def _accuracy(p3: np.ndarray, cfg: Config) -> np.ndarray:

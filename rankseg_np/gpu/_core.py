@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._decision import RowDecision
+from .._layout import SUM_TOL, check_class_sums
 from .._validate import Config, raise_bad_values
 from ._kernels import METRIC_CODES
 
@@ -378,4 +379,18 @@ def solve(probs: Any, cfg: Config, xp: Any, kern: Any) -> Any:
     if cfg.output_mode == "multilabel":
         threshold, tie_end = xp.asarray(decision.threshold), xp.asarray(decision.tie_end)
         return kern.materialize(p3, threshold, tie_end).reshape(probs.shape)
-    return resolve(p3, decision, cfg, xp, kern).reshape(labels_shape)
+    labels = resolve(p3, decision, cfg, xp, kern)
+    _check_class_sums(p3, probs, xp)
+    return labels.reshape(labels_shape)
+
+
+def _check_class_sums(p3: Any, probs: Any, xp: Any) -> None:
+    """Multiclass only: every pixel's class sum is 1 (see :mod:`rankseg_np._layout`).
+
+    One float64 reduction over the classes and three scalars to the host (not
+    fused into the claims kernel, unlike the CPU path).
+    """
+    sums = xp.sum(p3, axis=1, dtype=xp.float64)
+    stats = xp.stack([xp.sum(xp.abs(sums - 1.0) > SUM_TOL, dtype=xp.float64), xp.min(sums), xp.max(sums)])
+    n_off, lo, hi = (float(v) for v in to_host(stats))
+    check_class_sums(int(sums.size), int(n_off), lo, hi, probs)
