@@ -36,7 +36,7 @@ The reduction strategy, per ``(image, class)`` row:
    values above the window (``_kernels.sum_above``) and the values inside it
    (with their global pixel indices when smooth > 0).  The windows of a row
    are concatenated and the *same Numba Dinkelbach kernel* as the in-memory
-   path (``rma._dinkelbach_dice`` / ``_dinkelbach_iou``) runs on the window,
+   path (``rma.dinkelbach_dice`` / ``dinkelbach_iou``) runs on the window,
    the part above it folded into its constants (``alpha``/``beta``, or
    ``smooth``/``mu``): every threshold Dinkelbach visits lies inside the
    window (proof in :func:`_finish_row`), so it takes the in-memory steps.
@@ -47,7 +47,7 @@ The reduction strategy, per ``(image, class)`` row:
    (:func:`_decided_claims`) and keeps the few pixels they leave open, which
    are resolved once the thresholds are known.
 3. **Output pass**, blockwise: masks with the CPU ``materialize`` kernel, or
-   labels with the CPU ``multiclass._claims`` + ``_conflicts`` kernels and the
+   labels with the CPU ``multiclass.claims`` + ``conflicts`` kernels and the
    global per-class scalars; the global tie cut is translated to each chunk
    (:func:`_local_tie_end`).
 
@@ -228,7 +228,7 @@ def _decided_claims(p3, lo, hi, active, tau, m, undecided):
     cut), and ``t_c`` lies in ``(lo_c, hi_c]``: ``p > hi_c`` claims, ``p <=
     lo_c`` does not, whatever ``t_c`` is.  Pixels decided for every active
     class add to ``tau``/``m`` when they have a sole claimant (as in
-    ``multiclass._claims``); the others are flagged in ``undecided`` and
+    ``multiclass.claims``); the others are flagged in ``undecided`` and
     resolved once the thresholds are known.  No label array is written.
     Tiles of pixels, classes outside and pixels inside, in branch-free loops
     that vectorise (reassociation only: the order of the sums is fixed at
@@ -275,12 +275,12 @@ def _decided_claims(p3, lo, hi, active, tau, m, undecided):
 def _band_best(band, s_top, n_top, a, smooth):
     """First maximiser k of f(n_top + k) over the sorted (ascending) band; as in ``rma._dice_smooth_row``."""
     n_band = band.size
-    best = rma._dice_smooth_value(s_top, n_top, a, smooth)
+    best = rma.dice_smooth_value(s_top, n_top, a, smooth)
     best_k = 0
     s = s_top
     for k in range(1, n_band + 1):
         s += band[n_band - k]
-        val = rma._dice_smooth_value(s, n_top + k, a, smooth)
+        val = rma.dice_smooth_value(s, n_top + k, a, smooth)
         if val > best:
             best = val
             best_k = k
@@ -581,11 +581,11 @@ def _finish_row(window, s_hi, n_hi, mu, bracket, cfg: Config, idx, d: int) -> tu
     wlo, whi, start, start_c = bracket
     if cfg.metric == "iou":
         s0, n0 = _kernels.sum_above(window, start)
-        _, t = rma._dinkelbach_iou(window, cfg.smooth + s_hi, mu + n_hi - 2.0 * s_hi, s0, n0, start)
+        _, t = rma.dinkelbach_iou(window, cfg.smooth + s_hi, mu + n_hi - 2.0 * s_hi, s0, n0, start)
         tie = 0
     elif cfg.smooth == 0.0:
         s0, n0 = _kernels.sum_above(window, start)
-        _, t = rma._dinkelbach_dice(window, 2.0 * s_hi, mu + 1.0 + n_hi, s0, n0, start)
+        _, t = rma.dinkelbach_dice(window, 2.0 * s_hi, mu + 1.0 + n_hi, s0, n0, start)
         tie = 0
     else:
         t, tie = _finish_smooth(window, s_hi, n_hi, mu, start, start_c, cfg.smooth, idx, d)
@@ -605,10 +605,10 @@ def _finish_smooth(window, s_hi, n_hi, mu, start1, start_c, smooth, idx, d):
     a = mu + smooth
     beta = a + 1.0 + n_hi
     s0, n0 = _kernels.sum_above(window, start1)
-    lam1, _ = rma._dinkelbach_dice(window, 2.0 * s_hi, beta, s0, n0, start1)
+    lam1, _ = rma.dinkelbach_dice(window, 2.0 * s_hi, beta, s0, n0, start1)
     c = 0.5 * smooth * (1.0 + 2.0 / a)
     s0, n0 = _kernels.sum_above(window, start_c)
-    lamc, _ = rma._dinkelbach_dice(window, 2.0 * c + 2.0 * s_hi, beta, s0, n0, start_c)
+    lamc, _ = rma.dinkelbach_dice(window, 2.0 * c + 2.0 * s_hi, beta, s0, n0, start_c)
     lo = 0.5 * lam1 * (1.0 - rma.BAND_SLACK)
     hi = 0.5 * lamc * (1.0 + rma.BAND_SLACK)
     above = window > hi
@@ -716,7 +716,7 @@ def _chunk_claims(block, dec, rows_sel, offsets, full, n_tasks):
     tau_part = np.zeros((n_tasks, n_cls))
     m_part = np.zeros((n_tasks, n_cls))
     with _cpu_threads(n_tasks):
-        multiclass._claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
+        multiclass.claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
     tau = tau_part.reshape(n_img, -1, n_cls).sum(axis=1)
     m = m_part.reshape(n_img, -1, n_cls).sum(axis=1)
     return p3, threshold, tie_end, active, labels, tau, m
@@ -731,7 +731,7 @@ def _labels_chunk(block, dec, rows_sel, offsets, full, cfg: Config, n_tasks) -> 
     mu = np.ascontiguousarray(dec["mu"][b0:b1])
     metric = 1 if cfg.metric == "iou" else 0
     with _cpu_threads(n_tasks):
-        multiclass._conflicts(
+        multiclass.conflicts(
             p3, threshold, tie_end, active, labels, tau, mu, m, metric, cfg.smooth,
             cfg.unassigned_policy == "void", cfg.void_index,
         )
