@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence, TextIO
 import numpy as np
 
 from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line
-from ._io import NPY, SUFFIXES, _is_zarr_store, load_probs, write_output
+from ._io import NPY, SUFFIXES, _describe, _is_zarr_store, check_replaceable, load_probs, write_output
 
 # Integer label dtypes offered by --dtype, smallest first (the order 'auto' tries).
 UNSIGNED = ("uint8", "uint16", "uint32", "uint64")
@@ -132,23 +132,30 @@ def _output_format(path: str, default: str) -> str:
 def _plan(args: argparse.Namespace) -> tuple[list[Job], bool]:
     """Pair every input with its output path, and say whether ``-o`` is a directory.
 
-    Raises ValueError on a plan that cannot work (two inputs with one output).
+    A ``-o`` ending in ``.zarr`` always names a Zarr store (with or without a
+    trailing slash); otherwise an existing directory, or a trailing slash, means
+    "outputs go inside".  Raises ValueError on a plan that cannot work (several
+    inputs and one output name; a directory path that is a file).
     """
     inputs, many = _expand_inputs(args.inputs)
     out = args.output
-    is_zarr_name = out.rstrip("/\\").endswith(".zarr")
-    to_dir = (
-        many
-        or (os.path.isdir(out) and not _is_zarr_store(out) and not is_zarr_name)
-        or (out.endswith(("/", os.sep)) and not is_zarr_name)  # "-o results/" names a directory
+    bare = out.rstrip("/" + os.sep) or out
+    suffix = os.path.splitext(bare)[1].lower()
+    if many and suffix in SUFFIXES:
+        raise ValueError(
+            f"-o {out!r} ends in {suffix}, the name of one output, but there are several inputs "
+            f"(a directory or glob counts as several); give a directory, e.g. -o {os.path.splitext(bare)[0]}/"
+        )
+    to_dir = many or (
+        suffix != ".zarr" and ((os.path.isdir(bare) and not _is_zarr_store(bare)) or bare != out)
     )
     jobs: list[Job] = []
     if not to_dir:
         (src, err), = inputs
-        fmt = args.format or _output_format(out, NPY)
-        return [Job(src, out, fmt, err)], False
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"-o {out!r} must be a directory when there are several inputs")
+        fmt = args.format or _output_format(bare, NPY)
+        return [Job(src, bare, fmt, err)], False
+    if os.path.lexists(bare) and not os.path.isdir(bare):
+        raise ValueError(f"-o {out!r} is not a directory (it exists as {_describe(os.lstat(bare).st_mode)})")
     seen: dict[str, str] = {}
     for src, err in inputs:
         if err is not None:
@@ -290,13 +297,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         err.write(f"{PROG} predict: error: {_one_line(exc)}\n")
         return EXIT_USAGE
     for job in jobs:
-        if job.output is not None and os.path.exists(job.source):
-            if os.path.abspath(job.output) == os.path.abspath(job.source):
-                err.write(f"{PROG} predict: error: {job.source}: the output would overwrite the input\n")
-                return EXIT_USAGE
+        if job.output is None:
+            continue
+        if os.path.exists(job.source) and os.path.abspath(job.output) == os.path.abspath(job.source):
+            err.write(f"{PROG} predict: error: {job.source}: the output would overwrite the input\n")
+            return EXIT_USAGE
+        try:  # refuse before anything runs: never replace what we did not write
+            check_replaceable(job.output, job.fmt)
+        except InputError as exc:
+            err.write(f"{PROG} predict: error: {job.output}: {_one_line(exc)}\n")
+            return EXIT_USAGE
     many = len(jobs) > 1
     if to_dir:
-        os.makedirs(args.output, exist_ok=True)
+        try:
+            os.makedirs(args.output, exist_ok=True)
+        except OSError as exc:
+            why = "part of the path is a file" if isinstance(exc, NotADirectoryError) else _one_line(exc)
+            err.write(f"{PROG} predict: error: cannot create output directory {args.output!r} ({why})\n")
+            return EXIT_USAGE
     else:
         parent = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(parent):
