@@ -21,13 +21,14 @@ from numba import njit, prange
 from .._decision import DELTA_TIE_RTOL, RowDecision
 from .._solvers import METRIC_CODES
 from .._validate import Config
+from ._threads import parallel_kernel
 
 TILE = 4096
 NONE = -2
 MANY = -1
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
@@ -74,7 +75,7 @@ def _increment(p, metric, smooth, tau, mu, m):
     return (p - a * (1.0 - p)) / (e + 1.0 - p)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
