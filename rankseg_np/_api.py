@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import _dispatch
-from ._layout import from_channels_first, normalize_channel_axis, to_channels_first
-from ._validate import check_config, check_probs_structure
+from ._layout import check_class_sums, collect_class_sums, from_channels_first, normalize_channel_axis, to_channels_first
+from ._validate import Config, check_options, check_probs_structure, for_classes
 
 
 def rankseg(
@@ -14,7 +14,7 @@ def rankseg(
     metric: str = "dice",
     smooth: float = 0.0,
     output_mode: str = "multiclass",
-    solver: str = "RMA",
+    solver: str | None = None,
     pruning_prob: float = 0.5,
     channel_axis: int = 1,
     **solver_params: Any,
@@ -35,10 +35,13 @@ def rankseg(
     output_mode : {'multiclass', 'multilabel'}, default 'multiclass'
         ``'multiclass'``: one label per pixel, int64 array ``(B, *spatial)``.
         ``'multilabel'``: one boolean mask per class, ``(B, C, *spatial)``.
-    solver : str, default 'RMA'
+    solver : str or None, default None
         ``'RMA'`` (reciprocal moment approximation) or ``'exact'`` for Dice and
         IoU; ``'BA'``, ``'TRNA'``, ``'BA+TRNA'`` for Dice multilabel;
-        ``'argmax'`` (multiclass) or ``'TR'`` (threshold at 1/2) for accuracy.
+        ``'argmax'`` or ``'TR'`` (threshold at 1/2) for accuracy.  ``None``
+        picks ``'RMA'`` for Dice/IoU, ``'argmax'`` (multiclass) or ``'TR'``
+        (multilabel) for accuracy.  The README's support table (generated from
+        ``rankseg_np._solvers``) says which solver runs where.
     pruning_prob : float in [0, 1], default 0.5
         A class whose largest probability in an image is ``<= pruning_prob``
         gets an empty mask and takes no part in multiclass resolution.
@@ -53,11 +56,8 @@ def rankseg(
     **solver_params
         ``unassigned_policy`` ({'max_score', 'void'}) and ``void_index`` (int
         outside ``[0, C)``, only with ``'void'``) for RMA/exact multiclass;
-        ``eps`` in (0, 1) and ``law_math`` ({'auto', 'torch', 'numpy'}: whose
-        ``sqrt``/``erf``/``exp`` evaluate the refined normal law; ``'auto'``
-        takes PyTorch's when it is importable, which makes the masks
-        ``rankseg``'s bit for bit) for BA/TRNA; ``safe_screening`` is accepted
-        for compatibility with ``rankseg`` and has no effect.
+        ``eps`` in (0, 1) for BA/TRNA; ``safe_screening`` is accepted for
+        compatibility with ``rankseg`` and has no effect.
 
     Returns
     -------
@@ -85,14 +85,20 @@ def rankseg(
     >>> (probs > 0.5).astype(int)                            # thresholding keeps two
     array([[[1, 1, 0, 0]]])
     """
+    cfg = check_options(metric, smooth, output_mode, solver, pruning_prob, **solver_params)
+    return _run(probs, cfg, channel_axis)
+
+
+def _run(probs: Any, options: Config, channel_axis: Any = 1) -> Any:
     native, solve, restore = _dispatch.prepare(probs)
     axis = normalize_channel_axis(channel_axis, len(native.shape))
-    native = to_channels_first(native, axis)
-    check_probs_structure(native)
-    cfg = check_config(
-        int(native.shape[1]), metric, smooth, output_mode, solver, pruning_prob, **solver_params
-    )
-    out = solve(native, cfg)
+    native = to_channels_first(native, axis)  # a view
+    check_probs_structure(native, _dispatch.backend_of(probs))
+    cfg = for_classes(options, int(native.shape[1]))
+    with collect_class_sums() as class_sums:  # filled by the multiclass pass of in-memory executors
+        out = solve(native, cfg)
+    if class_sums:
+        check_class_sums(*class_sums, native)
     if cfg.output_mode == "multilabel":
         out = from_channels_first(out, axis)
     return restore(out)
@@ -104,8 +110,9 @@ class RankSEG:
     ``RankSEG(...).predict(probs)`` is ``rankseg(probs, ...)``: the arguments
     have the same names and meanings (see :func:`rankseg`), which follow the
     PyTorch package ``rankseg`` so that switching is a change of import.
-    Arguments are checked when :meth:`predict` is called, when the number of
-    classes is known.
+    Arguments are checked at construction; the few checks that need the number
+    of classes (e.g. ``void_index`` outside ``[0, C)``) when :meth:`predict`
+    sees the array.
 
     Examples
     --------
@@ -124,31 +131,27 @@ class RankSEG:
         metric: str = "dice",
         smooth: float = 0.0,
         output_mode: str = "multiclass",
-        solver: str = "RMA",
+        solver: str | None = None,
         pruning_prob: float = 0.5,
         channel_axis: int = 1,
         **solver_params: Any,
     ) -> None:
+        check_options(metric, smooth, output_mode, solver, pruning_prob, **solver_params)  # fail early
+        normalize_channel_axis(channel_axis, None)
+        self.channel_axis = channel_axis
         self.metric = metric
         self.smooth = smooth
         self.output_mode = output_mode
         self.solver = solver
         self.pruning_prob = pruning_prob
-        self.channel_axis = channel_axis
         self.solver_params = dict(solver_params)
 
     def predict(self, probs: Any) -> Any:
         """Masks or labels for ``probs`` (classes on ``channel_axis``); see :func:`rankseg`."""
-        return rankseg(
-            probs,
-            metric=self.metric,
-            smooth=self.smooth,
-            output_mode=self.output_mode,
-            solver=self.solver,
-            pruning_prob=self.pruning_prob,
-            channel_axis=self.channel_axis,
-            **self.solver_params,
+        options = check_options(
+            self.metric, self.smooth, self.output_mode, self.solver, self.pruning_prob, **self.solver_params
         )
+        return _run(probs, options, self.channel_axis)
 
     __call__ = predict
 

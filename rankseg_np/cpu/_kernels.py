@@ -98,20 +98,6 @@ def row_stats(p2):
     return mu, peak, bad
 
 
-@njit(cache=True, nogil=True)
-def tie_cut(row, value, count):
-    """Index just past the ``count``-th entry equal to ``value`` (0 when count == 0)."""
-    if count <= 0:
-        return 0
-    seen = 0
-    for i in range(row.size):
-        if row[i] == value:
-            seen += 1
-            if seen == count:
-                return i + 1
-    return row.size
-
-
 @parallel_kernel(cache=True)
 def materialize(p2, threshold, tie_end, out):
     """out[r, i] = p2[r, i] > t_r or (p2[r, i] == t_r and i < k_r), in (row, block) tasks."""

@@ -69,7 +69,7 @@ from .._quadrature import (  # noqa: F401  (re-exported: tests and benchmarks re
 )
 from .._validate import Config
 from ._kernels import decide_rows, sum_above
-from .rma import _dinkelbach_dice, _dinkelbach_iou
+from .rma import dinkelbach_dice, dinkelbach_iou
 from ._threads import parallel_kernel
 
 # CPU-only refinement of the power sums: fewer terms for smaller pixels
@@ -178,6 +178,19 @@ def neumaier(total, comp, x):
 
 
 @njit(cache=True, nogil=True)
+def _power_sums_exact_order(vals, n_terms, pows):
+    """:func:`power_sums` on one block without reassociation: the same rounding in every build
+    (the parallel kernel and its serial twin inline ``power_sums`` differently)."""
+    w = vals.copy()
+    for m in range(n_terms):
+        acc = 0.0
+        for i in range(vals.size):
+            acc += w[i]
+            w[i] *= vals[i]
+        pows[m] += acc
+
+
+@njit(cache=True, nogil=True)
 def class_power_sums_compensated(buf, starts, ends, pows):
     """:func:`class_power_sums` with Neumaier-compensated sums across blocks of POW_BLOCK pixels."""
     comp = np.zeros(M_POW)
@@ -186,7 +199,7 @@ def class_power_sums_compensated(buf, starts, ends, pows):
     for k in range(4):
         for start in range(starts[k], ends[k], POW_BLOCK):
             blk[:] = 0.0
-            power_sums(buf[start : min(ends[k], start + POW_BLOCK)], terms[k], blk)
+            _power_sums_exact_order(buf[start : min(ends[k], start + POW_BLOCK)], terms[k], blk)
             for m in range(terms[k]):
                 pows[m], comp[m] = neumaier(pows[m], comp[m], blk[m])
     for m in range(M_POW):
@@ -336,9 +349,9 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
     if smooth == 0.0 and mu < TINY_MU:  # exact = RMA to below float64 resolution (see TINY_MU)
         s_half, n_half = sum_above(row, 0.5)
         if metric == DICE:
-            _, th = _dinkelbach_dice(row, 0.0, mu + 1.0, s_half, n_half, 0.5)
+            _, th = dinkelbach_dice(row, 0.0, mu + 1.0, s_half, n_half, 0.5)
         else:
-            _, th = _dinkelbach_iou(row, 0.0, mu, s_half, n_half, 0.5)
+            _, th = dinkelbach_iou(row, 0.0, mu, s_half, n_half, 0.5)
         return th, 0, True, mu, False
 
     # ---- lower bound lam: best RMA objective over histogram-edge masks.

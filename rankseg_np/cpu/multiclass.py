@@ -19,7 +19,8 @@ import numpy as np
 from numba import njit, prange
 
 from .._decision import DELTA_TIE_RTOL, RowDecision
-from .._layout import SUM_TOL
+from .._layout import SUM_TOL, record_class_sums, wants_class_sums
+from .._solvers import METRIC_CODES
 from .._validate import Config
 from ._threads import parallel_kernel
 
@@ -80,7 +81,7 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
 
 
 @parallel_kernel(cache=True)
-def _claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
+def claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
     no_check = np.empty(0)
@@ -93,7 +94,7 @@ def _claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
 
 @parallel_kernel(cache=True)
 def _claims_checked(p3, threshold, tie_end, active, labels, tau_part, m_part, sum_stats):
-    """:func:`_claims` that also checks the class sums (one row of ``sum_stats`` per task)."""
+    """:func:`claims` that also checks the class sums (one row of ``sum_stats`` per task)."""
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
     for task in prange(n_img * n_tiles):
@@ -125,7 +126,7 @@ def _increment(p, metric, smooth, tau, mu, m):
 
 
 @parallel_kernel(cache=True)
-def _conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index):
+def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
     for task in prange(n_img * n_tiles):
@@ -169,12 +170,11 @@ def _first_within(inc, best):
     return 0
 
 
-def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config, class_sums: np.ndarray | None = None) -> np.ndarray:
+def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config) -> np.ndarray:
     """Labels ``(B, d)`` int64 from per-class decisions on a C-contiguous ``(B, C, d)`` array.
 
-    With ``class_sums`` (a float64 array of 4) the claims pass also checks every
-    pixel's class sum and stores (pixels checked, pixels off 1 by more than
-    ``SUM_TOL``, smallest sum, largest sum) there; see :mod:`rankseg_np._layout`.
+    Inside :func:`rankseg_np._layout.collect_class_sums` the claims pass also
+    counts the pixels whose class sum is off 1 and reports them there.
     """
     n_img, n_cls, d = p3.shape
     labels = np.empty((n_img, d), dtype=np.int64)
@@ -182,18 +182,16 @@ def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config, class_sums: np.n
     tau_part = np.zeros((n_tasks, n_cls))
     m_part = np.zeros((n_tasks, n_cls))
     threshold, tie_end, active, mu = decision
-    if class_sums is None:
-        _claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
-    else:
+    if wants_class_sums():  # the caller checks the class sums (rankseg_np._layout): count them here
         stats = np.zeros((n_tasks, 3))
         _claims_checked(p3, threshold, tie_end, active, labels, tau_part, m_part, stats)
-        class_sums[:] = (n_img * d, stats[:, 0].sum(), stats[:, 1].min(initial=np.inf),
-                         stats[:, 2].max(initial=-np.inf))
+        record_class_sums(n_img * d, int(stats[:, 0].sum()), float(stats[:, 1].min()), float(stats[:, 2].max()))
+    else:
+        claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
     tau = tau_part.reshape(n_img, -1, n_cls).sum(axis=1)
     m = m_part.reshape(n_img, -1, n_cls).sum(axis=1)
-    metric = 1 if cfg.metric == "iou" else 0
-    _conflicts(
-        p3, threshold, tie_end, active, labels, tau, mu, m, metric, cfg.smooth,
+    conflicts(
+        p3, threshold, tie_end, active, labels, tau, mu, m, METRIC_CODES[cfg.metric], cfg.smooth,
         cfg.unassigned_policy == "void", cfg.void_index,
     )
     return labels

@@ -41,7 +41,7 @@ from typing import Any
 from .._decision import RowDecision
 from .._quadrature import DICE, IOU, M_POW, NB, SEG_RATIO, SLACK, SMALL_BIN, SWITCH, TINY_MU, rules
 from .._validate import Config
-from ._core import _errstate, checked_first_pass, first_true, gather_rows, last_true, pick, pick_cols, tie_cut
+from ._rows import checked_first_pass, errstate, first_true, gather_rows, last_true, pick, pick_cols, tie_cut
 
 # Elements of the float64 row block (rows x max(pixels, NB)) processed at
 # once; every full-size temporary is a small multiple of it (a row longer than
@@ -169,7 +169,7 @@ def _bracket(x: Any, mu: Any, metric: int, smooth: float, xp: Any):
     suf_s = xp.concatenate([xp.cumsum(sums[:, ::-1], axis=1)[:, ::-1], zero_col], axis=1)
 
     mu_c = mu[:, None]
-    with _errstate(xp):
+    with errstate(xp):
         edge = _rma_value(metric, suf_s[:, :NB], suf_n[:, :NB], mu_c, smooth, xp)
     lam = xp.max(xp.where(counts > 0, edge, -xp.inf), axis=1)
     if smooth > 0.0:
@@ -237,7 +237,7 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     # (as in cpu.exact).  The histogram edges are poor masks when most of a row
     # shares a bin (all values tiny), and then every volume passed the test
     # below; a larger bound only drops candidates, so the band still holds them.
-    with _errstate(xp):
+    with errstate(xp):
         own = xp.max(xp.where(valid, _rma_value(metric, cum, tau, mu[:, None], g, xp), -xp.inf), axis=1)
     better = own * (1.0 - SLACK) > lamp
     lamp = xp.where(better, own * (1.0 - SLACK), lamp)
@@ -268,7 +268,7 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     top_v = gather_rows(x, top & (x < 1.0), xp) if need_top else None
     del bins, top
 
-    with _errstate(xp):
+    with errstate(xp):
         scores = _volume_scores(metric, g, theta, quad, mu, n_top, n_one, band, cum, tau, c0, c1, pows, mid, top_v, xp)
         score0 = xp.full(rows, -xp.inf)
         if bool(xp.any(zero_cand)):
@@ -393,7 +393,7 @@ def _empty_score(g, theta, quad, mu, n_one, pows, parts, xp):
 # Entry
 # --------------------------------------------------------------------------- #
 
-def exact_decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
+def decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
     """Exact decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array of ``xp``."""
     b, c, d = p3.shape
     p2 = p3.reshape(b * c, d)
@@ -403,7 +403,7 @@ def exact_decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
     tie_end = xp.zeros(b * c, dtype=xp.int64)
     if cfg.smooth == 0.0 and bool(xp.any(active & (mu < TINY_MU))):
         # Rows of expected size below TINY_MU: exact = RMA to below float64 resolution.
-        from ._core import rma_decide
+        from ._rma import decide as rma_decide
 
         tiny = active & (mu < TINY_MU)
         rma = rma_decide(p3, cfg, xp, kern)
