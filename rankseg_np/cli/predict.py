@@ -257,13 +257,20 @@ def _process(job: Job, args: argparse.Namespace, kw: dict[str, Any]) -> None:
 
     chunks = args.chunks
     probs = load_probs(job.source, args.key, chunks)
+    # --channel-axis indexes the stored array; with --no-batch-axis the batch axis is added in front.
+    axis = 1 if args.channel_axis is None else args.channel_axis
     if args.no_batch_axis:
         probs = probs[None]
+        if args.channel_axis is not None and axis >= 0:
+            axis += 1
     if probs.ndim < 2:
         raise InputError(f"holds an array of shape {tuple(probs.shape)}; expected (batch, classes, *spatial)")
-    dtype = _output_dtype(args.dtype, int(probs.shape[1]), kw)
+    if not -probs.ndim <= axis < probs.ndim:
+        raise InputError(f"--channel-axis {args.channel_axis} is not an axis of an array of shape "
+                         f"{tuple(probs.shape[1:] if args.no_batch_axis else probs.shape)}")
+    dtype = _output_dtype(args.dtype, int(probs.shape[axis]), kw)
     try:
-        result = rankseg(probs, **kw)
+        result = rankseg(probs, channel_axis=axis, **kw)
     except (ValueError, TypeError) as exc:
         raise InputError(_one_line(exc)) from None
     if args.no_batch_axis:
