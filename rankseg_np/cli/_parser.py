@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .._solvers import solver_help
 from ._common import PROG
 from ._io import NPY, NPZ, ZARR
 from .demo import cmd_bench, cmd_demo
@@ -41,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--metric", default="dice", help="dice | iou | acc (default: dice)")
     api.add_argument("--smooth", type=float, default=0.0, help="smoothing gamma >= 0 (default: 0)")
     api.add_argument("--output-mode", default="multiclass", help="multiclass | multilabel (default: multiclass)")
-    api.add_argument("--solver", default="RMA", help="RMA | exact | BA | TRNA | BA+TRNA | argmax | TR (default: RMA)")
+    api.add_argument(
+        "--solver", default=None,
+        help=f"{solver_help()} (default: RMA for dice/iou, argmax or TR for acc)",
+    )
     api.add_argument("--pruning-prob", type=float, default=0.5, help="pruning probability in [0, 1] (default: 0.5)")
     api.add_argument("--unassigned-policy", default=None, help="max_score | void (multiclass RMA/exact)")
     api.add_argument("--void-index", type=int, default=None, help="label of unassigned pixels with 'void' (default: 255)")

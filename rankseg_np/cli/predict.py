@@ -191,23 +191,20 @@ def _api_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _check_api_args(kw: dict[str, Any]) -> None:
     """Validate the class-count-independent arguments once, before touching any file.
 
-    Two classes is the smallest channel count every configuration accepts
-    (one class rules out multiclass output), so anything refused here is wrong
-    for every input.  Checks that depend on a file's class count (e.g. a
-    ``void_index`` inside the class range) are made per file.
+    Checks that depend on a file's class count (e.g. a ``void_index`` inside
+    the class range) are made per file.
     """
-    from .._validate import check_config
+    from .._validate import check_options
 
+    check_options(**kw)
     void = kw.get("void_index")
     if isinstance(void, int) and void in (0, 1):
-        # 0 and 1 are class labels for every valid input; a message quoting
-        # the range [0, 2) would be wrong for files with more classes.
-        check_config(2, **{**kw, "void_index": -1})
+        # 0 and 1 are class labels for every valid input (the per-file check
+        # would quote one file's range [0, C)).
         raise ValueError(
             f"void_index must lie outside the class range [0, C) of every input; {void} is a class label "
             "(use e.g. 255 or -1)"
         )
-    check_config(2, **kw)
 
 
 def _label_range(num_class: int, kw: dict[str, Any]) -> tuple[int, int]:

@@ -29,14 +29,13 @@ index of the sole claimant.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from .._decision import DELTA_TIE_RTOL
+from ._rows import errstate
 
 NONE = -2
 MANY = -1
-METRIC_CODES = {"dice": 0, "iou": 1}
 
 # Upper bound on the elements of any full-size temporary of the fallback
 # (a few MB): rows are processed in blocks this large.
@@ -131,9 +130,12 @@ class XpKernels:
         p = p.astype(xp.float64)
         if metric == 0:
             dd = tau + mu + smooth + 1.0
-            inc = 2.0 * (p * dd - m) / (dd * (dd + 1.0))
+            # No product dd*dd (overflow for smooth > ~1.3e154); times max(1, smooth): see cpu.multiclass.
+            if smooth > 1.0:
+                return 2.0 * (p - m / dd) * (smooth / (dd + 1.0)) - (smooth / dd) * (smooth / (dd - 1.0))
+            inc = 2.0 * (p - m / dd) / (dd + 1.0)
             if smooth > 0.0:
-                inc = inc - smooth / ((dd - 1.0) * dd)
+                inc = inc - (smooth / dd) / (dd - 1.0)
             return inc
         e = tau + mu - m + smooth
         pos = e > 0.0
@@ -164,7 +166,7 @@ class XpKernels:
             # one the active classes compete (all classes if none is active).
             unclaimed_ok = active[:, cls] | ~any_active
             eligible = (many & claimed) | (none & unclaimed_ok[:, None])
-            with _errstate(xp):
+            with errstate(xp):
                 inc = self.increment(v, metric, smooth, tau[:, cls, None], mu[:, cls, None], m[:, cls, None])
             return xp.where(eligible, inc, -xp.inf)
 
@@ -180,12 +182,6 @@ class XpKernels:
         if void:
             labels = xp.where(none, xp.asarray(void_index, dtype=xp.int64), labels)
         return labels
-
-
-def _errstate(xp: Any):
-    """Silence NumPy's division warnings on entries that are masked out anyway."""
-    errstate = getattr(xp, "errstate", None)
-    return errstate(divide="ignore", invalid="ignore") if errstate is not None else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- #
@@ -227,8 +223,10 @@ __device__ __forceinline__ double rs_increment(double p, int metric, double smoo
                                                double tau, double mu, double m) {
     if (metric == 0) {  // Dice
         const double d = tau + mu + smooth + 1.0;
-        double inc = 2.0 * (p * d - m) / (d * (d + 1.0));
-        if (smooth > 0.0) inc -= smooth / ((d - 1.0) * d);
+        // No product d*d (overflow for smooth > ~1.3e154); times max(1, smooth): see cpu.multiclass.
+        if (smooth > 1.0) return 2.0 * (p - m / d) * (smooth / (d + 1.0)) - (smooth / d) * (smooth / (d - 1.0));
+        double inc = 2.0 * (p - m / d) / (d + 1.0);
+        if (smooth > 0.0) inc -= (smooth / d) / (d - 1.0);
         return inc;
     }
     const double e = tau + mu - m + smooth;
