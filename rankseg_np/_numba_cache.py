@@ -62,7 +62,7 @@ def configure() -> str | None:
     """Set Numba's cache directory if it would otherwise have none; return the directory set."""
     if os.environ.get("NUMBA_CACHE_DIR") or not hasattr(os, "getuid"):
         return None  # the user chose; or Windows, where the user cache dir always exists
-    in_tree = all(_writable(os.path.join(PACKAGE, sub, "__pycache__")) for sub in ("", "cpu"))
+    in_tree = all(_writable(os.path.join(PACKAGE, sub, "__pycache__")) for sub in ("cpu", "dask"))  # where the kernels live
     user_dir = _user_cache_dir()
     if in_tree or user_dir is None or _writable(user_dir):
         return None
