@@ -297,3 +297,13 @@ def test_zarr_named_dir_appearing_during_the_run_is_not_deleted(tmp_path, capsys
     assert rc == 1 and "refusing to replace" in one_error_line(err)
     assert tree(target) == {"notes.txt": b"keep"}
     assert not [e for e in os.listdir(tmp_path) if e.endswith((".tmp", ".old"))]
+
+
+def test_zarr_metadata_fifo_is_not_opened(tmp_path, capsys, probs_file):
+    """Deciding whether a store is ours reads its metadata file, but never a FIFO posing as one."""
+    target = tmp_path / "o.zarr"
+    target.mkdir()
+    os.mkfifo(target / "zarr.json")
+    rc, _, err = run(["predict", probs_file, "-o", target], capsys)
+    assert rc == 2 and "refusing to replace" in one_error_line(err)
+    assert stat.S_ISFIFO(os.lstat(target / "zarr.json").st_mode)
