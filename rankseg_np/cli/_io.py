@@ -37,8 +37,9 @@ def _is_zarr_store(path: str) -> bool:
 def _describe(mode: int) -> str:
     """What a directory entry is, for messages: 'a FIFO', 'a character device', ..."""
     for test, name in (
-        (stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
     ):
         if test(mode):
             return name
@@ -46,12 +47,19 @@ def _describe(mode: int) -> str:
 
 
 def _read_small_json(path: str) -> Any:
-    """A metadata file's JSON, or None; special files are never opened (a FIFO would block)."""
+    """A small regular file's JSON, or None.
+
+    Special files are not opened (a FIFO would block); the open itself neither
+    blocks nor follows a link, in case the entry is swapped after the check.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 20:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
             return None
-        with open(path, "rb") as f:
+        with os.fdopen(os.open(path, flags), "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 20:
+                return None
             return json.loads(f.read())
     except (OSError, ValueError):
         return None
@@ -99,7 +107,6 @@ def check_replaceable(path: str, fmt: str) -> None:
     if stat.S_ISREG(mode):
         return
     raise InputError(f"exists and is {_describe(mode)}, not a regular file; refusing to replace it")
-
 
 
 # ----------------------------------------------------------------------------
