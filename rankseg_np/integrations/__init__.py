@@ -6,4 +6,7 @@ none of them:
 * :mod:`rankseg_np.integrations.monai` -- MONAI post-transforms ``RankSEG``
   and ``RankSEGd``, drop-in replacements for ``AsDiscrete(argmax=True)`` and
   ``AsDiscreted`` (``pip install rankseg-np[monai]``).
+* :mod:`rankseg_np.integrations.nifti` -- nnU-Net v2 ``probabilities``
+  (``.npz``) to a NIfTI label map on the reference image's grid, as
+  ``rankseg-np predict --format nifti --like`` does (``pip install rankseg-np[nifti]``).
 """
