@@ -153,8 +153,8 @@ def labels_image(labels: Any, reference: str | os.PathLike):
     grid = tuple(int(n) for n in image.shape[:3])
     if labels.ndim != 3 or labels.shape[::-1] != grid:
         raise NiftiError(
-            f"the probabilities' grid (z, y, x) = {labels.shape} does not match reference image {reference}, "
-            f"whose grid (x, y, z) = {grid} reversed is {grid[::-1]}"
+            f"the probabilities' grid (z, y, x) = {labels.shape} does not match reference image {reference}: "
+            f"its grid (x, y, z) = {grid} needs (z, y, x) = {grid[::-1]}"
         )
     if labels.dtype == np.bool_:
         labels = labels.astype(np.uint8)
