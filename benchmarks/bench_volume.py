@@ -255,7 +255,7 @@ def main(argv=None) -> dict:
         "input_GiB": round(gib, 3),
         "chunk_MiB_float16": round(chunk_mib, 1),
         "workers": args.workers,
-        "generate_seconds": round(t_gen, 1),
+        "generate_seconds": round(t_gen, 1) if t_gen else "store reused",
         "argmax_seconds": round(runs["argmax"]["seconds"], 2),
         "rankseg_seconds": round(runs["rankseg"]["seconds"], 2),
         "time_ratio_rankseg_vs_argmax": round(runs["rankseg"]["seconds"] / runs["argmax"]["seconds"], 2),
