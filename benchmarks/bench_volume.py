@@ -224,6 +224,7 @@ def main(argv=None) -> dict:
     t_gen = generate(store, shape, args.chunk, args.seed)
     print(f"generated in {t_gen:.1f} s" if t_gen else "reusing the existing store", flush=True)
 
+    load_before = os.getloadavg()[0]
     runs = {}
     for method in ("argmax", "rankseg"):
         out = workdir / f"labels_{method}.zarr"
@@ -232,6 +233,7 @@ def main(argv=None) -> dict:
         print(f"{method:8s} {r['seconds']:8.2f} s  peak RSS {r['peak_rss'] / 2**30:.3f} GiB "
               f"(before the run {r['rss_before'] / 2**30:.3f} GiB)", flush=True)
 
+    load_after = os.getloadavg()[0]
     import zarr
 
     lab_r = zarr.open_array(str(workdir / "labels_rankseg.zarr"), mode="r")
@@ -255,6 +257,7 @@ def main(argv=None) -> dict:
         "input_GiB": round(gib, 3),
         "chunk_MiB_float16": round(chunk_mib, 1),
         "workers": args.workers,
+        "load_average_1min_before_after": [round(load_before, 1), round(load_after, 1)],
         "generate_seconds": round(t_gen, 1) if t_gen else "store reused",
         "argmax_seconds": round(runs["argmax"]["seconds"], 2),
         "rankseg_seconds": round(runs["rankseg"]["seconds"], 2),
