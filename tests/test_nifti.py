@@ -141,6 +141,22 @@ def test_nnunet_npz_to_npy_keeps_the_array_order(tmp_path, capsys):
     np.testing.assert_array_equal(labels, rankseg(nnunet_probs()[None])[0])
 
 
+def test_other_arrays_keep_todays_rules(tmp_path, capsys):
+    """A .npy of one image with its batch axis, (1, C, z, y, x), goes to the same voxels; a batch of two is refused."""
+    _, reference = make_case(tmp_path)
+    probs = nnunet_probs()
+    np.save(tmp_path / "one.npy", probs[None])
+    rc, _, err = run(["predict", tmp_path / "one.npy", "-o", tmp_path / "one.nii.gz", "--like", reference,
+                      "--chunks", "1,-1,3,4,5"], capsys)
+    assert rc == 0, err
+    np.testing.assert_array_equal(
+        np.asanyarray(nib.load(str(tmp_path / "one.nii.gz")).dataobj), rankseg(probs[None])[0].transpose(2, 1, 0)
+    )
+    np.save(tmp_path / "two.npy", np.stack([probs, probs]))
+    rc, _, err = run(["predict", tmp_path / "two.npy", "-o", tmp_path / "two.nii.gz", "--like", reference], capsys)
+    assert rc == 1 and "batch of 2 images" in err
+
+
 def test_grid_mismatch_is_a_clear_error(tmp_path, capsys):
     npz, reference = make_case(tmp_path, grid=(5, 7, 9))  # (x, y, z) not reversed: the classic mistake
     rc, _, err = run(["predict", npz, "-o", f"{tmp_path}/out/", "--format", "nifti", "--like", reference], capsys)

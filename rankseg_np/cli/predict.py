@@ -301,7 +301,7 @@ def _process(job: Job, args: argparse.Namespace, kw: dict[str, Any]) -> None:
     if probs.ndim < 2:
         raise InputError(f"holds an array of shape {tuple(probs.shape)}; expected (batch, classes, *spatial)")
     if job.fmt == NIFTI:
-        _check_nifti_input(probs, single, kw)
+        _check_nifti_input(probs, kw)
     dtype = _output_dtype(args.dtype or ("auto" if job.fmt == NIFTI else None), int(probs.shape[1]), kw)
     try:
         result = rankseg(probs, **kw)
@@ -315,11 +315,11 @@ def _process(job: Job, args: argparse.Namespace, kw: dict[str, Any]) -> None:
     write_output(result, job.output, job.fmt, name, like=like)
 
 
-def _check_nifti_input(probs: Any, single: bool, kw: dict[str, Any]) -> None:
+def _check_nifti_input(probs: Any, kw: dict[str, Any]) -> None:
     """A NIfTI output is one 3-D label map: one image, three spatial axes, multiclass labels."""
     if str(kw["output_mode"]).strip().lower() != "multiclass":
         raise InputError("--format nifti writes a label map: use --output-mode multiclass")
-    if not single and int(probs.shape[0]) != 1:
+    if int(probs.shape[0]) != 1:
         raise InputError(
             f"holds a batch of {probs.shape[0]} images {tuple(probs.shape)}; --format nifti writes one "
             "label map per input: give one image (batch 1, or --no-batch-axis)"
