@@ -198,3 +198,26 @@ def test_mediapipe_selfie_pretrained_model():
         neighbour[order[:size]] = True
         other = float(expected_metric(prob[None, None], neighbour.reshape(prob.shape)[None, None])[0, 0])
         assert other <= scores["RankSEG"] + 1e-12
+
+
+def test_volume_benchmark_generator_is_chunk_independent():
+    """bench_volume's synthetic softmax: a chunk is the same slice of the volume whatever the chunking."""
+    bench = load_benchmark("bench_volume")
+    params = bench.organs(105, (24, 20, 16), seed=3)
+    whole = bench.block(params, (0, 0, 0), (24, 20, 16))
+    part = bench.block(params, (8, 4, 8), (24, 20, 16))
+    assert whole.shape == (105, 24, 20, 16) and whole.dtype == np.float16
+    np.testing.assert_array_equal(part, whole[:, 8:, 4:, 8:])
+    # A softmax stored in float16: sums are 1 up to float16 rounding of 105 terms (2^-11 each, at most).
+    np.testing.assert_allclose(whole.astype(np.float64).sum(axis=0), 1.0, atol=105 * 2.0**-11)
+    assert (whole.argmax(axis=0) > 0).mean() > 0.05  # organs, not only background
+
+
+@pytest.mark.slow
+def test_volume_benchmark_quick_run(tmp_path):
+    pytest.importorskip("dask")
+    pytest.importorskip("zarr")
+    pytest.importorskip("psutil")
+    row = load_benchmark("bench_volume").main(["--quick", "--out", str(tmp_path), "--workdir", str(tmp_path / "w")])
+    assert row["equal_to_in_memory"] is True
+    assert (tmp_path / "bench_volume_quick.md").is_file()
