@@ -6,7 +6,7 @@ import argparse
 
 from .._solvers import solver_help
 from ._common import PROG
-from ._io import NPY, NPZ, ZARR
+from ._io import NIFTI, NPY, NPZ, ZARR
 from .demo import cmd_bench, cmd_demo
 from .predict import DTYPE_CHOICES, _parse_chunks, cmd_predict
 
@@ -58,8 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                     help="output dtype (default: int64 labels, bool masks); 'auto' = smallest integer type "
                          "that holds every possible label; refused if the labels cannot fit")
-    io.add_argument("--format", choices=(NPY, NPZ, ZARR), default=None,
-                    help="output format (default: from -o's suffix for one file; the input's format otherwise)")
+    io.add_argument("--format", choices=(NPY, NPZ, ZARR, NIFTI), default=None,
+                    help="output format (default: from -o's suffix for one file; the input's format otherwise); "
+                         "nifti: one label map per input on the grid of --like (needs nibabel)")
+    io.add_argument("--like", default=None, metavar="REF",
+                    help="NIfTI output: the reference image (.nii.gz/.nii) whose grid, affine and header the "
+                         "labels take, or a directory holding <stem>.nii.gz (or nnU-Net's <stem>_0000.nii.gz) "
+                         "for each input")
     io.add_argument("--chunks", type=_parse_chunks, default=None, metavar="SPEC",
                     help="process lazily with Dask in chunks: 'auto', N, or N,N,... per axis (-1 = whole axis)")
     io.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist (resume a run)")
