@@ -7,6 +7,7 @@ with the masks that maximise the expected Dice (or IoU) of each image.
 from importlib.metadata import PackageNotFoundError, version
 
 from ._api import RankSEG, rankseg
+from .evaluation import evaluate
 from .expected import expected_metric
 
 try:
@@ -14,4 +15,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["RankSEG", "rankseg", "expected_metric", "__version__"]
+__all__ = ["RankSEG", "rankseg", "evaluate", "expected_metric", "__version__"]
