@@ -160,3 +160,20 @@ def test_quality_study_small_objects(tmp_path):
     assert low > 0
     paths = quality.write(study, tmp_path)
     assert "| small objects | dice | RMA |" in paths["md"].read_text()
+
+
+def test_quality_study_calibrated_column():
+    """The miscalibrated scenarios gain a 'calibrated on a held-out split' column that recovers the loss."""
+    quality = load_benchmark("quality")
+    sc = next(s for s in quality.SCENARIOS if s.name == "under-confident model")
+    study = quality.run_study(quick=True, scenarios=[sc], verbose=False)
+    recs = {(r.metric, r.method): r for r in study.records}
+    for metric in ("dice", "iou"):
+        plain, calibrated = recs[metric, "RMA"], recs[metric, "RMA" + quality.CALIBRATED]
+        assert plain.gain < 0  # RankSEG on under-confident probabilities loses ...
+        assert calibrated.gain - calibrated.gain_ci > plain.gain + plain.gain_ci  # ... calibration recovers it
+        assert calibrated.gain > -0.002
+    # The held-out fit finds the temperature the truth was drawn at (0.5).
+    ts = quality.held_out_temperature(sc, sc.quick_shape, max(8, sc.images // 4))
+    assert ts.temperature_ == pytest.approx(sc.temperature, rel=0.1)
+    assert "| under-confident model |" in quality.summary(study)
