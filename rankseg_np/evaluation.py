@@ -37,7 +37,8 @@ import numpy as np
 
 from . import _labelled as L
 from ._api import rankseg
-from ._validate import SOLVER_NAMES, check_config, check_probs_structure
+from ._solvers import SOLVERS
+from ._validate import check_config, check_probs_structure
 
 __all__ = ["evaluate", "EvaluationReport", "SolverStats"]
 
@@ -196,10 +197,10 @@ def _solver_names(solvers: Any) -> tuple[str, ...]:
         if not isinstance(s, str):
             raise TypeError(f"solvers must hold solver names (str); got {type(s).__name__}")
         key = s.strip().lower()
-        if key not in SOLVER_NAMES or key in ("argmax", "tr"):
-            allowed = ", ".join(repr(v) for k, v in SOLVER_NAMES.items() if k not in ("argmax", "tr"))
+        if key not in SOLVERS or set(SOLVERS[key].metrics) <= {"accuracy"}:
+            allowed = ", ".join(repr(v.name) for v in SOLVERS.values() if set(v.metrics) & set(METRICS))
             raise ValueError(f"solvers must name RankSEG solvers ({allowed}); got {s!r} (argmax is always included)")
-        out.append(SOLVER_NAMES[key])
+        out.append(SOLVERS[key].name)
     return tuple(dict.fromkeys(out))
 
 
