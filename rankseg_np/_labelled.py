@@ -161,6 +161,24 @@ def pair(scores: Any, labels: Any, output_mode: str, ignore_index: Any, name: st
     return Labelled(s, y, kind, output_mode, ignore_index, restore)
 
 
+def is_sequence(x: Any) -> bool:
+    """A list/tuple of arrays (not a nested list of numbers, which gets the usual 'must be an array' error)."""
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(hasattr(item, "shape") for item in x)
+
+
+def pairs(scores: Any, labels: Any, output_mode: str, ignore_index: Any, name: str = "scores") -> list[Labelled]:
+    """:func:`pair` for one array, or for lists of arrays (e.g. volumes of different sizes, same classes)."""
+    if not is_sequence(scores):
+        return [pair(scores, labels, output_mode, ignore_index, name)]
+    if not is_sequence(labels) or len(labels) != len(scores):
+        raise ValueError(f"labels must be a list of {len(scores)} arrays, one per array of {name}")
+    out = [pair(s, y, output_mode, ignore_index, f"{name}[{i}]") for i, (s, y) in enumerate(zip(scores, labels))]
+    classes = {int(d.scores.shape[1]) for d in out}
+    if len(classes) > 1:
+        raise ValueError(f"every array of {name} must have the same number of classes (axis 1); got {sorted(classes)}")
+    return out
+
+
 def _blocks(data: Labelled) -> Iterator[tuple[Any, Any]]:
     """In-memory blocks: slices of whole images, or slices of one image's pixels."""
     s, y = data.scores, data.labels
@@ -183,14 +201,22 @@ def _host_tuple(parts: tuple) -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(host(p), dtype=np.float64) for p in parts)
 
 
-def block_sums(fn: Callable[..., tuple], data: Labelled, *args: Any) -> tuple[np.ndarray, ...]:
+def block_sums(fn: Callable[..., tuple], data: Labelled | list[Labelled], *args: Any) -> tuple[np.ndarray, ...]:
     """``sum over blocks of fn(scores_block, labels_block, *args)`` (a tuple of arrays), in float64.
 
     ``fn`` receives blocks with spatial axes flattened: scores ``(n, C, m)``,
     labels ``(n, m)`` (multiclass) or ``(n, C, m)`` (multilabel).  Blocks are
     added in a fixed order, so the answer is deterministic.  A Dask input is
-    read once per call (one ``dask.compute`` over all chunks).
+    read once per call (one ``dask.compute`` over all chunks).  A list of
+    inputs (from :func:`pairs`) is summed over, in order.
     """
+    if isinstance(data, list):
+        total = None
+        for item in data:
+            part = block_sums(fn, item, *args)
+            total = list(part) if total is None else [a + b for a, b in zip(total, part)]
+        return tuple(total)
+
     def call(s, y):
         n, c = s.shape[:2]
         s = s.reshape(n, c, -1)

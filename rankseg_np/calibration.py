@@ -283,10 +283,12 @@ class TemperatureScaling:
 
         Parameters
         ----------
-        scores : array, shape (B, C, \*spatial)
+        scores : array, shape (B, C, \*spatial), or a list of such arrays
             Logits (or probabilities, with ``inputs='probabilities'``), float.
-            A Dask array is streamed: ``n_passes_`` reads of every chunk.
-        labels : array
+            A Dask array is streamed: ``n_passes_`` reads of every chunk.  A
+            list (same ``C``, any spatial sizes: volumes of different shapes)
+            is fitted as one data set.
+        labels : array, or a list of arrays (one per array of ``scores``)
             Multiclass: integer class ids ``(B, *spatial)`` in ``[0, C)``
             (or ``ignore_index``).  Multilabel: boolean or 0/1 masks
             ``(B, C, *spatial)``.
@@ -303,8 +305,9 @@ class TemperatureScaling:
             labelled pixel.
         """
         mode, inputs, t_lo, t_hi = self._checked()
-        data = L.pair(scores, labels, mode, self.ignore_index, "scores")
-        c = int(data.scores.shape[1])
+        data = L.pairs(scores, labels, mode, self.ignore_index, "scores")
+        c = int(data[0].scores.shape[1])
+        spec = data[0].spec
         lo, hi = 1.0 / t_hi, 1.0 / t_lo
         passes = 0
         first = [True]  # values are checked on the first pass only
@@ -317,7 +320,7 @@ class TemperatureScaling:
             if key in cache:  # the first pass (T = 1) is also the solvers' starting point
                 return cache.pop(key)
             passes += 1
-            out = L.block_sums(_nll_stats, data, w_classes, inputs, data.spec, first[0], hessian)
+            out = L.block_sums(_nll_stats, data, w_classes, inputs, spec, first[0], hessian)
             first[0] = False
             return out
 
@@ -393,9 +396,9 @@ class TemperatureScaling:
 
         Parameters
         ----------
-        scores : array, shape (B, C, \*spatial)
+        scores : array, shape (B, C, \*spatial), or a list of such arrays
             Logits or probabilities (as declared by ``inputs``), with the
-            ``C`` of ``fit``.  Not modified.
+            ``C`` of ``fit``.  Not modified.  A list gives a list.
 
         Returns
         -------
@@ -405,6 +408,8 @@ class TemperatureScaling:
         """
         w = self._inverse_temperature()
         mode, inputs = self._fitted_mode
+        if L.is_sequence(scores):
+            return [self.transform(s) for s in scores]
         s, _solve, restore = L.native(scores, "scores")
         shape = L.check_scores_structure(s, "scores")
         if shape[1] != self.n_classes_:
@@ -515,9 +520,9 @@ def reliability_bins(probs: Any, labels: Any, n_bins: int = 15, output_mode: str
     """
     if isinstance(n_bins, (bool, np.bool_)) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive int; got {n_bins!r}")
-    data = L.pair(probs, labels, output_mode, ignore_index, "probs")
+    data = L.pairs(probs, labels, output_mode, ignore_index, "probs")
     edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
-    count, conf, hit = L.block_sums(_bin_stats, data, edges, data.spec)
+    count, conf, hit = L.block_sums(_bin_stats, data, edges, data[0].spec)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {"edges": edges, "count": count, "confidence": conf / count, "accuracy": hit / count}
 

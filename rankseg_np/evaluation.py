@@ -223,6 +223,40 @@ def _scores(inter, pred, truth, metric: str, smooth: float, empty: str) -> np.nd
     return out
 
 
+def _count_parts(data: L.Labelled, names: tuple[str, ...], kwargs: dict) -> list[dict]:
+    """Per decision rule, ``(|P & T|, |P|, |T|)`` per (image, class), for blocks of whole images in order."""
+    s, y, mode = data.scores, data.labels, data.output_mode
+    c = int(s.shape[1])
+    xp = np if data.kind == "dask" else L.xp_of(s)
+    classes = xp.arange(c).reshape((1, c) + (1,) * (s.ndim - 2))
+    axes = tuple(range(2, s.ndim))
+
+    def block(sb, yb):
+        if data.kind == "dask":
+            valid = yb.map_blocks(L.valid_labels, c, mode, data.ignore_index, dtype=bool)
+        else:
+            L.scores_values(sb, "probs", True)
+            valid = L.valid_labels(yb, c, mode, data.ignore_index)
+        if mode == "multiclass":
+            truth, valid = yb[:, None] == classes, valid[:, None]
+            baseline = sb.argmax(axis=1)[:, None] == classes
+        else:
+            truth, baseline = (yb != 0) & valid, sb > 0.5
+        out = {BASELINE: _counts(baseline, truth, valid, axes)}
+        for name in names:
+            dec = rankseg(sb, solver=name, **kwargs)
+            out[name] = _counts(dec[:, None] == classes if mode == "multiclass" else dec, truth, valid, axes)
+        return out
+
+    if data.kind == "dask":
+        import dask
+
+        return list(dask.compute(block(s, y)))  # one pass over the chunks for every rule
+    # RankSEG decides each image on its own, so blocks of whole images give the same masks.
+    step = max(1, (L.BLOCK_ELEMENTS * 8) // int(np.prod(s.shape[1:])))
+    return [block(s[i:i + step], y[i:i + step]) for i in range(0, int(s.shape[0]), step)]
+
+
 def evaluate(
     probs: Any,
     labels: Any,
@@ -241,12 +275,13 @@ def evaluate(
 
     Parameters
     ----------
-    probs : array, shape (B, C, \*spatial)
+    probs : array, shape (B, C, \*spatial), or a list of such arrays
         Probabilities (calibrate logits first, see
         :class:`rankseg_np.calibration.TemperatureScaling`).  Any array type
         :func:`rankseg_np.rankseg` accepts; a Dask array stays lazy until one
-        final ``compute`` of all the scores.
-    labels : array
+        final ``compute`` of all the scores.  A list (same ``C``, any spatial
+        sizes) is scored as one set of images, in order.
+    labels : array, or a list of arrays (one per array of ``probs``)
         Ground truth: integer class ids ``(B, *spatial)`` (multiclass), or
         boolean / 0-1 masks ``(B, C, *spatial)`` (multilabel).
     metric : {'dice', 'iou'}, default 'dice'
@@ -291,11 +326,11 @@ def evaluate(
     if not isinstance(include_background, (bool, np.bool_)):
         raise TypeError(f"include_background must be True or False; got {type(include_background).__name__}")
     names = _solver_names(solvers)
-    data = L.pair(probs, labels, output_mode, ignore_index, "probs")
-    mode = data.output_mode
-    s, y = data.scores, data.labels
-    check_probs_structure(s)
-    c = int(s.shape[1])
+    items = L.pairs(probs, labels, output_mode, ignore_index, "probs")
+    mode = items[0].output_mode
+    for item in items:
+        check_probs_structure(item.scores)
+    c = int(items[0].scores.shape[1])
     if not include_background and c == 1:
         raise ValueError("include_background=False needs at least two channels (channel 0 is the background)")
     kwargs = dict(metric=metric_key, smooth=smooth, output_mode=mode, pruning_prob=pruning_prob, **solver_params)
@@ -303,42 +338,14 @@ def evaluate(
         check_config(c, solver=name, **kwargs)
     smooth = float(smooth)
 
-    xp = np if data.kind == "dask" else L.xp_of(s)
-    spatial = (1,) * (s.ndim - 2)
-    classes = xp.arange(c).reshape((1, c) + spatial)
-    axes = tuple(range(2, s.ndim))
-
-    def block(sb, yb):
-        """Counts per decision rule for a block of whole images."""
-        if data.kind == "dask":
-            valid = yb.map_blocks(L.valid_labels, c, mode, data.ignore_index, dtype=bool)
-        else:
-            L.scores_values(sb, "probs", True)
-            valid = L.valid_labels(yb, c, mode, data.ignore_index)
-        if mode == "multiclass":
-            truth, valid = yb[:, None] == classes, valid[:, None]
-            baseline = sb.argmax(axis=1)[:, None] == classes
-        else:
-            truth, baseline = (yb != 0) & valid, sb > 0.5
-        out = {BASELINE: _counts(baseline, truth, valid, axes)}
-        for name in names:
-            dec = rankseg(sb, solver=name, **kwargs)
-            out[name] = _counts(dec[:, None] == classes if mode == "multiclass" else dec, truth, valid, axes)
-        return out
-
-    if data.kind == "dask":
-        import dask
-
-        (counts,) = dask.compute(block(s, y))
-    else:
-        step = max(1, (L.BLOCK_ELEMENTS * 8) // int(np.prod(s.shape[1:])))
-        parts = [block(s[i:i + step], y[i:i + step]) for i in range(0, int(s.shape[0]), step)]
-        counts = {k: tuple(np.concatenate([L.host(p[k][j]) for p in parts]) for j in range(3)) for k in parts[0]}
+    parts = [part for item in items for part in _count_parts(item, names, kwargs)]
+    counts = {k: tuple(np.concatenate([np.asarray(L.host(p[k][j]), dtype=np.float64) for p in parts])
+                       for j in range(3)) for k in parts[0]}
 
     first = 0 if include_background else 1
     per_class, per_image = {}, {}
     for name in (BASELINE,) + names:
-        inter, pred, truth = (np.asarray(L.host(x), dtype=np.float64)[:, first:] for x in counts[name])
+        inter, pred, truth = (x[:, first:] for x in counts[name])
         scores = _scores(inter, pred, truth, metric_key, smooth, empty)
         per_class[name] = scores
         with np.errstate(invalid="ignore"):

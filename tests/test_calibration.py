@@ -267,6 +267,8 @@ def test_optimum_beyond_the_bounds_warns():
         (lambda s, y: (s.astype(np.int64), y), TypeError, "scores must have dtype float"),
         (lambda s, y: (s[:, :, 0, 0], y), ValueError, "scores must have shape"),
         (lambda s, y: (s.tolist(), y), TypeError, "scores must be an array"),
+        (lambda s, y: ([s, s], [y]), ValueError, "labels must be a list of 2 arrays"),
+        (lambda s, y: ([s, s[:, :2]], [y, y]), ValueError, "same number of classes"),
         (lambda s, y: (s, y.tolist()), TypeError, "labels must be an array"),
     ],
 )
@@ -380,3 +382,30 @@ def test_reliability_diagram_without_matplotlib(monkeypatch, multiclass):
     true_logits, truth = multiclass
     with pytest.raises(ImportError, match=r"pip install 'rankseg-np\[plot\]'"):
         reliability_diagram(softmax(true_logits), truth)
+
+
+def test_lists_of_arrays_of_different_sizes(multiclass):
+    """Validation volumes of different shapes: a list fits as one data set (same as concatenating)."""
+    true_logits, truth = multiclass
+    model = true_logits / 2.5
+    a, b = model[:6, :, :30, :40], model[6:, :, 10:, :]
+    ya, yb = truth[:6, :30, :40], truth[6:, 10:, :]
+    got = TemperatureScaling().fit([a, b], [ya, yb])
+    ref = TemperatureScaling().fit(_concat_pixels(a, b), _concat_labels(ya, yb))
+    assert got.temperature_ == pytest.approx(ref.temperature_, rel=1e-10)
+    out = got.transform([a, b])
+    assert isinstance(out, list) and out[1].shape == b.shape
+    assert expected_calibration_error(out, [ya, yb]) == pytest.approx(
+        expected_calibration_error(_concat_pixels(*out), _concat_labels(ya, yb)), rel=1e-12)
+    report = evaluate(out, [ya, yb])
+    assert report.per_image["RMA"].shape == (16,)
+
+
+def _concat_pixels(a, b):
+    """Every pixel of a and b as one image (order does not matter for NLL / ECE sums)."""
+    flat = lambda x: np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])  # noqa: E731
+    return np.concatenate([flat(a), flat(b)]).T[None, :, :]
+
+
+def _concat_labels(ya, yb):
+    return np.concatenate([ya.ravel(), yb.ravel()])[None, :]
