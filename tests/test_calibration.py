@@ -409,3 +409,24 @@ def _concat_pixels(a, b):
 
 def _concat_labels(ya, yb):
     return np.concatenate([ya.ravel(), yb.ravel()])[None, :]
+
+
+def test_dask_fit_reads_each_chunk_once_per_pass(multiclass):
+    """Streaming: every chunk is computed n_passes_ times, never held as a whole array."""
+    da = pytest.importorskip("dask.array")
+    import threading
+
+    true_logits, truth = multiclass
+    lock, reads = threading.Lock(), []
+
+    def load(block, block_info=None):
+        with lock:
+            reads.append(block_info[0]["chunk-location"])
+        return block
+
+    lazy = da.from_array(true_logits / 2.5, chunks=(4, 4, 48, 48)).map_blocks(load, dtype=np.float64)
+    ts = TemperatureScaling().fit(lazy, truth)
+    n_chunks = 4
+    assert len(reads) == ts.n_passes_ * n_chunks
+    assert all(reads.count(loc) == ts.n_passes_ for loc in set(reads))
+    assert ts.n_passes_ <= 10  # one at T = 1, a few Newton steps, one for nll_
