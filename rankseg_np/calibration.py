@@ -45,9 +45,9 @@ def _clip_bounds(dtype: Any) -> tuple[float, float]:
     """Where exact 0 and 1 are moved before taking logs: the nearest values the input dtype holds.
 
     ``tiny`` (the smallest positive normal) and ``1 - epsneg`` (the largest
-    value below 1) are the most extreme probabilities the input could state,
-    so only exact 0 and 1 (a saturated softmax/sigmoid) change; any value the
-    model wrote otherwise keeps its exact logit.  float32: logits in about
+    value below 1) are the most extreme probabilities the input states at full
+    precision, so only exact 0 and 1 (a saturated softmax/sigmoid) and the
+    rare subnormals change; any other value keeps its exact logit.  float32: logits in about
     [-87.3, 16.6] for a sigmoid, log-probabilities >= -87.3 for a softmax.
     """
     info = np.finfo(np.dtype(str(dtype)))
@@ -187,10 +187,11 @@ class TemperatureScaling:
         What the scores are.  Probabilities (models exported with a final
         softmax/sigmoid) are turned into logits first: ``log p`` for
         multiclass (a softmax of ``log p / T`` is ``p**(1/T)`` renormalised),
-        ``log(p / (1 - p))`` for multilabel; exact 0 and 1 are first moved to
-        the nearest value the input dtype holds (``tiny`` and ``1 - epsneg``,
-        e.g. logits within about [-87, 17] for float32), so no other value
-        changes.  Named ``inputs`` because it describes what ``fit`` and
+        ``log(p / (1 - p))`` for multilabel; values are first clipped to
+        ``[tiny, 1 - epsneg]`` of the input dtype (its smallest normal number
+        and largest number below 1: logits within about [-87, 17] for
+        float32), which moves only exact 0 and 1 (a saturated softmax or
+        sigmoid) and subnormals, so the NLL stays finite.  Named ``inputs`` because it describes what ``fit`` and
         ``transform`` receive, not what they return.
     ignore_index : int or None, default None
         Label value of unlabelled pixels (e.g. 255), left out of the fit.
@@ -437,9 +438,9 @@ class TemperatureScaling:
             **{k: v for k, v in self.get_params().items() if k != "bounds"},
             "bounds": list(self.bounds),
             "n_classes": self.n_classes_,
-            "nll": self.nll_,
-            "nll_initial": self.nll_initial_,
-            "n_pixels": self.n_pixels_,
+            "nll": getattr(self, "nll_", None),
+            "nll_initial": getattr(self, "nll_initial_", None),
+            "n_pixels": getattr(self, "n_pixels_", None),
         }
 
     @classmethod
@@ -470,7 +471,7 @@ class TemperatureScaling:
         ts.temperature_ = t if t.ndim == 1 else float(t)
         ts.n_classes_ = c
         for key in ("nll", "nll_initial", "n_pixels"):
-            if key in data:
+            if data.get(key) is not None:
                 setattr(ts, key + "_", data[key])
         ts._fitted_mode = (mode, inputs)
         return ts
