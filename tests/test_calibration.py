@@ -430,3 +430,17 @@ def test_dask_fit_reads_each_chunk_once_per_pass(multiclass):
     assert len(reads) == ts.n_passes_ * n_chunks
     assert all(reads.count(loc) == ts.n_passes_ for loc in set(reads))
     assert ts.n_passes_ <= 10  # one at T = 1, a few Newton steps, one for nll_
+
+
+@pytest.mark.parametrize("framework", ["jax", "array_api_strict"])
+def test_transform_returns_the_callers_type_dlpack(framework, multilabel):
+    mod = pytest.importorskip(framework)
+    true_logits, truth = multilabel
+    x = true_logits[:2].astype(np.float32)
+    ref = TemperatureScaling("multilabel", per_class=True).fit(x, truth[:2])
+    arr = mod.numpy.asarray(x) if framework == "jax" else mod.asarray(x)
+    ts = TemperatureScaling("multilabel", per_class=True).fit(arr, truth[:2])
+    np.testing.assert_array_equal(ts.temperature_, ref.temperature_)
+    out = ts.transform(arr)
+    assert type(out).__module__.split(".")[0] == type(arr).__module__.split(".")[0]
+    np.testing.assert_allclose(np.asarray(out), ref.transform(x), rtol=1e-6)
