@@ -29,7 +29,7 @@ _METRICS = ("dice", "iou")
 
 def _as_masks(masks: Any, probs: np.ndarray) -> np.ndarray:
     """Boolean ``(B, C, *spatial)`` masks from masks of that shape or labels ``(B, *spatial)``."""
-    masks = np.asarray(masks)
+    masks = _host_array(masks)
     if masks.dtype == np.bool_:
         kind = "b"
     elif masks.dtype.kind in "iu":
@@ -54,6 +54,25 @@ def _as_masks(masks: Any, probs: np.ndarray) -> np.ndarray:
     )
 
 
+def _host_array(x: Any) -> np.ndarray:
+    """Any array :func:`rankseg` accepts (NumPy, CuPy, torch, JAX, TensorFlow, Dask, DLPack),
+    as a NumPy array on the host; the caller's array is never modified."""
+    if isinstance(x, np.ndarray):
+        return x
+    from ._dispatch import backend_of, prepare
+
+    try:
+        backend_of(x)
+    except TypeError:  # lists and other array-likes: NumPy's own conversion
+        return np.asarray(x)
+    native = prepare(x)[0]  # the array in its backend's type (bfloat16 upcast, detached)
+    if hasattr(native, "compute"):  # Dask
+        native = native.compute()
+    if hasattr(native, "get") and not isinstance(native, np.ndarray):  # CuPy: to the host
+        native = native.get()
+    return np.asarray(native)
+
+
 def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float = 0.0) -> np.ndarray:
     r"""Exact expected Dice or IoU of given masks, per image and class.
 
@@ -64,8 +83,10 @@ def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float 
 
     Parameters
     ----------
-    probs : ndarray, shape (B, C, \*spatial)
-        Probabilities in [0, 1], float16/float32/float64.  Not modified.
+    probs : array, shape (B, C, \*spatial)
+        Probabilities in [0, 1], float16/float32/float64 in either byte
+        order: any array :func:`rankseg` accepts (NumPy, CuPy, PyTorch, JAX,
+        TensorFlow, Dask, DLPack arrays), evaluated on the CPU.  Not modified.
     masks : ndarray
         Boolean masks of the same shape as ``probs`` (integer 0/1 accepted),
         or an integer label map ``(B, *spatial)`` as returned by multiclass
@@ -103,8 +124,7 @@ def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float 
     >>> expected_metric(probs, probs > 0.5, metric="iou").shape
     (1, 1)
     """
-    if not isinstance(probs, np.ndarray):
-        probs = np.asarray(probs)
+    probs = _host_array(probs)
     check_probs_structure(probs)
     if not isinstance(metric, str):
         raise TypeError(f"metric must be a string, 'dice' or 'iou'; got {type(metric).__name__}")
@@ -118,8 +138,9 @@ def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float 
 
     b, c = probs.shape[:2]
     d = int(np.prod(probs.shape[2:]))
-    p = probs.astype(np.float32) if probs.dtype == np.float16 else probs
-    p2 = np.ascontiguousarray(p.reshape(b * c, d))
+    from .cpu import as_rows  # float16 -> float32, native byte order, C-contiguous rows
+
+    p2 = as_rows(probs).reshape(b * c, d)
     m2 = np.ascontiguousarray(m.reshape(b * c, d))
     out = np.empty(b * c)
     bad = np.zeros(b * c, dtype=np.bool_)

@@ -68,6 +68,7 @@ from .._quadrature import (  # noqa: F401  (re-exported: tests and benchmarks re
 )
 from .._validate import Config
 from ._kernels import decide_rows
+from ._threads import parallel_kernel
 
 # CPU-only refinement of the power sums: fewer terms for smaller pixels
 # (remainder p^(M+1)/((M+1)(1-p)) <= 1e-18 for p < 2^-20 with 2 terms,
@@ -537,7 +538,7 @@ def _rate(metric, tau, smooth, mu, s_tau):
     return tau + smooth + mu - s_tau
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def _exact_rows(p2, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw, threshold, tie_end, active, mu, bad):
     for r in prange(p2.shape[0]):
         th, te, ac, m, bd = _exact_row(p2[r], metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw)
@@ -661,7 +662,7 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
     return acc, False
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def expected_rows(p2, m2, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw, out, bad):
     for r in prange(p2.shape[0]):
         out[r], bad[r] = expected_row(p2[r], m2[r], metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw)

@@ -21,13 +21,14 @@ from numba import njit, prange
 from .._decision import DELTA_TIE_RTOL, RowDecision
 from .._solvers import METRIC_CODES
 from .._validate import Config
+from ._threads import parallel_kernel
 
 TILE = 4096
 NONE = -2
 MANY = -1
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
@@ -64,17 +65,24 @@ def claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
 def _increment(p, metric, smooth, tau, mu, m):
     """Exact change of class c's RMA objective when pixel p joins U_c (MATH 5, factored)."""
     if metric == 0:  # Dice
+        # 2(p d - m)/(d(d+1)) - g/((d-1)d) with no product d*d, which overflows
+        # float64 once g > ~1.3e154; every quotient below is <= 1 in size.  For
+        # g > 1 the score is multiplied by g (the same positive factor for every
+        # class of the pixel: no comparison or relative tie changes), so that
+        # it stays far from underflow too, up to g = the largest float64.
         d = tau + mu + smooth + 1.0
-        inc = 2.0 * (p * d - m) / (d * (d + 1.0))
+        if smooth > 1.0:
+            return 2.0 * (p - m / d) * (smooth / (d + 1.0)) - (smooth / d) * (smooth / (d - 1.0))
+        inc = 2.0 * (p - m / d) / (d + 1.0)
         if smooth > 0.0:
-            inc -= smooth / ((d - 1.0) * d)
+            inc -= (smooth / d) / (d - 1.0)
         return inc
     e = tau + mu - m + smooth
     a = (m + smooth) / e if e > 0.0 else 0.0  # 0/0 := 0
     return (p - a * (1.0 - p)) / (e + 1.0 - p)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE

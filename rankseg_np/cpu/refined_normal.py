@@ -108,6 +108,7 @@ from scipy.optimize import brentq
 from .._decision import RowDecision
 from .._validate import Config, raise_bad_values
 from ._kernels import first_pass
+from ._threads import parallel_kernel
 
 BA = 0
 TRNA = 1
@@ -456,7 +457,7 @@ def _cdf_table(k_first: np.ndarray, m: int, loc, scale, skew, vm: NumpyMath) -> 
     return x.reshape(shape + (m,))
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@parallel_kernel(cache=True, error_model="numpy")
 def _cdf_arguments(k0, loc, scale, f32, x, to_erf, to_exp):
     """x = (k + 1/2 - loc) / scale, and the arguments x / sqrt 2 and -x^2/2 - log sqrt(2 pi)."""
     c_sqrt2 = _r(SQRT2, f32)
@@ -471,7 +472,7 @@ def _cdf_arguments(k0, loc, scale, f32, x, to_erf, to_exp):
             to_exp[r, i] = _r(-0.5 * _r(v * v, f32) - c_log, f32)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@parallel_kernel(cache=True, error_model="numpy")
 def _cdf_combine(x, erf_v, exp_v, skew, f32):
     """x <- clip(0.5 (1 + erf) + ((skew (1 - x^2)) exp) / 6, 0, 1), in place."""
     for r in prange(x.shape[0]):
@@ -505,7 +506,7 @@ def _law_from_cdf(cdf, n, f32, out, buf, part):
 # --------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def _row_peaks(p2, mu, peak, bad):
     """Per row: float64 sum, maximum, and whether any value is NaN/inf/outside [0, 1]."""
     for r in prange(p2.shape[0]):
@@ -738,7 +739,7 @@ def _trna_score(w, full, n, lq, tau, smooth, s_r, scaled, f32, prod, buf, part):
     return score
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@parallel_kernel(cache=True, error_model="numpy")
 def _trna_chunk(qbuf, exacts, rows, cdf, tau0, lq, uq, up, fulls, w, best, tau, done, smooth, f32, lanes):
     """Scores volumes ``tau0[a] ..`` of the TRNA row ``rows[a]``, one per row of ``cdf[a]``.
 
@@ -783,7 +784,7 @@ def _trna_chunk(qbuf, exacts, rows, cdf, tau0, lq, uq, up, fulls, w, best, tau, 
                 tau[i] = t
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@parallel_kernel(cache=True, error_model="numpy")
 def _solve_rows(qbuf, kinds, cdf, lq, uq, smooth, f32, lanes, exacts, up, fulls, best, tau):
     """Per sorted row: prefix sums, Lemma 3's bound, the law of Gamma and the empty mask's score.
 
@@ -826,7 +827,7 @@ def _solve_rows(qbuf, kinds, cdf, lq, uq, smooth, f32, lanes, exacts, up, fulls,
             tau[i] = _ba(q, exact, prefix, up[i], lq[i], n, full, smooth, f32, rtol, prod, buf, part)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def _tie_groups(qbuf, tau, need, group):
     """For each sorted row and volume: the top-tau set is ``{p > v}`` plus the first ``need``
     pixels equal to ``v = q_tau``, out of the ``group`` pixels equal to ``v`` (contiguous in
