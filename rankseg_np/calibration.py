@@ -468,7 +468,8 @@ class TemperatureScaling:
             raise ValueError(f"n_classes must be a positive int; got {c!r}")
         t = np.asarray(data["temperature"], dtype=np.float64)
         if t.ndim > 1 or (t.ndim == 1 and t.shape != (c,)) or not np.all(np.isfinite(t) & (t > 0)):
-            raise ValueError(f"temperature must be a positive number or {c} positive numbers; got {data['temperature']!r}")
+            raise ValueError(f"temperature must be a positive number or {c} positive numbers; "
+                             f"got {data['temperature']!r}")
         ts.per_class = t.ndim == 1
         ts.temperature_ = t if t.ndim == 1 else float(t)
         ts.n_classes_ = c

@@ -7,7 +7,6 @@ recomputed directly in the test with SciPy / explicit loops over bins.
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest

@@ -72,7 +72,8 @@ def _npz_label_key(path: str, key: str | None) -> str | None:
         return names[0]
     if "labels" in names:
         return "labels"
-    raise InputError(f"holds several arrays ({', '.join(names)}) and none is named 'labels'; choose one with --labels-key")
+    raise InputError(f"holds several arrays ({', '.join(names)}) and none is named 'labels'; "
+                     "choose one with --labels-key")
 
 
 def load_labels(path: str, key: str | None = None) -> np.ndarray:

@@ -8,14 +8,14 @@ plus who wrote it; ``rankseg-np predict --temperature FILE`` and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, InputError, _one_line
-from ._io import _atomic_path, check_replaceable
+from ._io import check_replaceable
 from ._labels import load_pairs, pair_by_stem
+from ._temperature import write_json
 
 WRITER = "rankseg-np calibrate"
 
@@ -74,34 +74,6 @@ def expand(specs: list[str]) -> list[str]:
     if errors:
         raise ValueError("; ".join(errors))
     return [path for path, _why in found]
-
-
-def load_temperature(path: str) -> Any:
-    """A fitted :class:`TemperatureScaling` from a file ``calibrate`` wrote; ValueError naming the problem."""
-    from ..calibration import TemperatureScaling
-
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read(1 << 20))
-    except FileNotFoundError:
-        raise ValueError(f"temperature file {path!r}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"temperature file {path!r}: not readable JSON ({_one_line(exc)})") from None
-    try:
-        return TemperatureScaling.from_dict(data)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"temperature file {path!r}: {_one_line(exc)}") from None
-
-
-def write_json(path: str, data: dict) -> None:
-    """Write ``data`` as JSON, atomically (a temporary file in the same directory, then os.replace)."""
-    check_replaceable(path, "json")
-    with _atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

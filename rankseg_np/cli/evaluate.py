@@ -10,7 +10,8 @@ from typing import Any
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line
 from ._io import _atomic_path, check_replaceable
 from ._labels import load_pairs, pair_by_stem
-from .calibrate import add_label_arguments, expand, load_temperature, parse_chunks
+from ._temperature import load_temperature
+from .calibrate import add_label_arguments, expand, parse_chunks
 
 
 def add_parser(sub: Any) -> None:

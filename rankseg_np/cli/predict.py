@@ -286,7 +286,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     args.calibration = None
     if getattr(args, "temperature", None) is not None:
-        from .calibrate import load_temperature
+        from ._temperature import load_temperature
 
         try:
             args.calibration = load_temperature(args.temperature)
