@@ -6,6 +6,7 @@ import argparse
 
 from .._solvers import solver_help
 from ._common import PROG
+from . import calibrate, evaluate
 from ._io import NIFTI, NPY, NPZ, ZARR
 from .demo import cmd_bench, cmd_demo
 from .predict import DTYPE_CHOICES, _parse_chunks, cmd_predict
@@ -71,7 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--keep-going", action=argparse.BooleanOptionalAction, default=None,
                     help="after a failed input, go on with the others (default: on)")
     io.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
+    io.add_argument("--temperature", default=None, metavar="FILE.json",
+                    help="calibrate inputs first with this temperature file (from 'rankseg-np calibrate'); "
+                         "inputs are then what it was fitted on (logits or probabilities)")
     p.set_defaults(func=cmd_predict)
+
+    calibrate.add_parser(sub)
+    evaluate.add_parser(sub)
 
     d = sub.add_parser("demo", help="argmax vs RankSEG on calibrated synthetic data (Dice, IoU, timings)",
                        description="Generate a calibrated synthetic batch (truth drawn from the probabilities) "

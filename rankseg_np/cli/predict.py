@@ -304,6 +304,8 @@ def _process(job: Job, args: argparse.Namespace, kw: dict[str, Any]) -> None:
         _check_nifti_input(probs, kw)
     dtype = _output_dtype(args.dtype or ("auto" if job.fmt == NIFTI else None), int(probs.shape[1]), kw)
     try:
+        if getattr(args, "calibration", None) is not None:  # --temperature: logits/probs -> calibrated probs
+            probs = args.calibration.transform(probs)
         result = rankseg(probs, **kw)
     except (ValueError, TypeError) as exc:
         raise InputError(_one_line(exc)) from None
@@ -339,6 +341,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         err.write(f"{PROG} predict: error: {_one_line(exc)}\n")
         return EXIT_USAGE
+    args.calibration = None
+    if getattr(args, "temperature", None) is not None:
+        from ._temperature import load_temperature
+
+        try:
+            args.calibration = load_temperature(args.temperature)
+            if args.calibration.output_mode != str(args.output_mode).strip().lower():
+                raise ValueError(f"the temperature file was fitted for output_mode={args.calibration.output_mode!r}; "
+                                 f"got --output-mode {args.output_mode}")
+        except ValueError as exc:
+            err.write(f"{PROG} predict: error: {_one_line(exc)}\n")
+            return EXIT_USAGE
     if args.chunks is not None and not _has("dask"):
         err.write(f"{PROG} predict: error: --chunks needs dask (pip install 'dask[array]' distributed zarr)\n")
         return EXIT_USAGE
