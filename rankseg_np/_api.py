@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _dispatch
-from ._validate import check_config, check_probs_structure
+from ._validate import Config, check_options, check_probs_structure, for_classes
 
 
 def rankseg(
@@ -13,7 +13,7 @@ def rankseg(
     metric: str = "dice",
     smooth: float = 0.0,
     output_mode: str = "multiclass",
-    solver: str = "RMA",
+    solver: str | None = None,
     pruning_prob: float = 0.5,
     **solver_params: Any,
 ) -> Any:
@@ -33,21 +33,21 @@ def rankseg(
     output_mode : {'multiclass', 'multilabel'}, default 'multiclass'
         ``'multiclass'``: one label per pixel, int64 array ``(B, *spatial)``.
         ``'multilabel'``: one boolean mask per class, ``(B, C, *spatial)``.
-    solver : str, default 'RMA'
+    solver : str or None, default None
         ``'RMA'`` (reciprocal moment approximation) or ``'exact'`` for Dice and
         IoU; ``'BA'``, ``'TRNA'``, ``'BA+TRNA'`` for Dice multilabel;
-        ``'argmax'`` (multiclass) or ``'TR'`` (threshold at 1/2) for accuracy.
+        ``'argmax'`` or ``'TR'`` (threshold at 1/2) for accuracy.  ``None``
+        picks ``'RMA'`` for Dice/IoU, ``'argmax'`` (multiclass) or ``'TR'``
+        (multilabel) for accuracy.  The README's support table (generated from
+        ``rankseg_np._solvers``) says which solver runs where.
     pruning_prob : float in [0, 1], default 0.5
         A class whose largest probability in an image is ``<= pruning_prob``
         gets an empty mask and takes no part in multiclass resolution.
     **solver_params
         ``unassigned_policy`` ({'max_score', 'void'}) and ``void_index`` (int
         outside ``[0, C)``, only with ``'void'``) for RMA/exact multiclass;
-        ``eps`` in (0, 1) and ``law_math`` ({'auto', 'torch', 'numpy'}: whose
-        ``sqrt``/``erf``/``exp`` evaluate the refined normal law; ``'auto'``
-        takes PyTorch's when it is importable, which makes the masks
-        ``rankseg``'s bit for bit) for BA/TRNA; ``safe_screening`` is accepted
-        for compatibility with ``rankseg`` and has no effect.
+        ``eps`` in (0, 1) for BA/TRNA; ``safe_screening`` is accepted for
+        compatibility with ``rankseg`` and has no effect.
 
     Returns
     -------
@@ -74,12 +74,14 @@ def rankseg(
     >>> (probs > 0.5).astype(int)                            # thresholding keeps two
     array([[[1, 1, 0, 0]]])
     """
+    cfg = check_options(metric, smooth, output_mode, solver, pruning_prob, **solver_params)
+    return _run(probs, cfg)
+
+
+def _run(probs: Any, options: Config) -> Any:
     native, solve, restore = _dispatch.prepare(probs)
-    check_probs_structure(native)
-    cfg = check_config(
-        int(native.shape[1]), metric, smooth, output_mode, solver, pruning_prob, **solver_params
-    )
-    return restore(solve(native, cfg))
+    check_probs_structure(native, _dispatch.backend_of(probs))
+    return restore(solve(native, for_classes(options, int(native.shape[1]))))
 
 
 class RankSEG:
@@ -88,8 +90,9 @@ class RankSEG:
     ``RankSEG(...).predict(probs)`` is ``rankseg(probs, ...)``: the arguments
     have the same names and meanings (see :func:`rankseg`), which follow the
     PyTorch package ``rankseg`` so that switching is a change of import.
-    Arguments are checked when :meth:`predict` is called, when the number of
-    classes is known.
+    Arguments are checked at construction; the few checks that need the number
+    of classes (e.g. ``void_index`` outside ``[0, C)``) when :meth:`predict`
+    sees the array.
 
     Examples
     --------
@@ -108,10 +111,11 @@ class RankSEG:
         metric: str = "dice",
         smooth: float = 0.0,
         output_mode: str = "multiclass",
-        solver: str = "RMA",
+        solver: str | None = None,
         pruning_prob: float = 0.5,
         **solver_params: Any,
     ) -> None:
+        check_options(metric, smooth, output_mode, solver, pruning_prob, **solver_params)  # fail early
         self.metric = metric
         self.smooth = smooth
         self.output_mode = output_mode
@@ -121,15 +125,10 @@ class RankSEG:
 
     def predict(self, probs: Any) -> Any:
         """Masks or labels for ``probs`` ``(B, C, *spatial)``; see :func:`rankseg`."""
-        return rankseg(
-            probs,
-            metric=self.metric,
-            smooth=self.smooth,
-            output_mode=self.output_mode,
-            solver=self.solver,
-            pruning_prob=self.pruning_prob,
-            **self.solver_params,
+        options = check_options(
+            self.metric, self.smooth, self.output_mode, self.solver, self.pruning_prob, **self.solver_params
         )
+        return _run(probs, options)
 
     __call__ = predict
 

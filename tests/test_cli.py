@@ -756,9 +756,9 @@ def test_zarr_in_and_out(tmp_path, capsys):
 
 
 def test_chunks_without_dask_is_a_usage_error(tmp_path, capsys, monkeypatch):
-    import rankseg_np.cli as cli
+    import rankseg_np.cli.predict as predict
 
-    monkeypatch.setattr(cli, "_has", lambda module: module != "dask")
+    monkeypatch.setattr(predict, "_has", lambda module: module != "dask")
     np.save(tmp_path / "p.npy", probs_for(0))
     rc, _, err = run(["predict", tmp_path / "p.npy", "-o", tmp_path / "o.npy", "--chunks", "auto"], capsys)
     assert rc == 2 and "dask" in err and len(err.strip().splitlines()) == 1

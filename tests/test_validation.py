@@ -54,10 +54,10 @@ BAD_ARGS = [
     (dict(output_mode="overlap"), ValueError, "output_mode must be one of"),
     (dict(output_mode=None), TypeError, "output_mode"),
     (dict(solver="fast"), ValueError, "solver 'fast' is not supported.*supported solvers: 'RMA', 'exact'"),
-    (dict(solver=None), TypeError, "solver must be a string"),
+    (dict(solver=3), TypeError, "solver must be a string or None"),
     (dict(metric="iou", solver="BA", output_mode="multilabel"), ValueError, "not supported"),
     (dict(solver="BA"), ValueError, "not supported for metric='dice' with output_mode='multiclass'"),
-    (dict(metric="acc"), ValueError, "supported solvers: 'argmax'"),
+    (dict(metric="acc", solver="RMA"), ValueError, "supported solvers: 'argmax'; omit solver"),
     (dict(smooth=-1.0), ValueError, "smooth must be >= 0"),
     (dict(smooth=np.inf), ValueError, "smooth must be finite"),
     (dict(smooth=np.nan), ValueError, "smooth must be finite"),
@@ -76,7 +76,8 @@ BAD_ARGS = [
     (dict(unassigned_policy="void", void_index=2**70), ValueError, "int64"),
     (dict(output_mode="multilabel", unassigned_policy="void"), TypeError, "does not accept parameter"),
     (dict(foo=1), TypeError, "does not accept parameter.*foo.*allowed parameters"),
-    (dict(eps=0.1), TypeError, "does not accept parameter.*eps"),
+    (dict(eps=0.1), TypeError, r"does not accept parameter.*'eps' is a parameter of solver 'BA', 'TRNA', 'BA\+TRNA'"),
+    (dict(unassigned_policy="void", void_idx=3), TypeError, "did you mean 'void_index'"),
     (dict(output_mode="multilabel", solver="BA", eps=0.0), ValueError, "eps must lie strictly between 0 and 1"),
     (dict(output_mode="multilabel", solver="BA", eps=np.nan), ValueError, "eps must be finite"),
     (dict(safe_screening="sometimes"), TypeError, "safe_screening"),
@@ -118,3 +119,37 @@ def test_unknown_axis_sizes_get_a_clear_message():
     x = x[x[:, 0, 0, 0] > 0]  # boolean indexing: the batch size is unknown until computed
     with pytest.raises(ValueError, match="compute_chunk_sizes"):
         rankseg(x)
+
+
+# Arguments that need no array are checked when RankSEG is built, not at predict.
+CONSTRUCTION_ERRORS = [e for e in BAD_ARGS if "class range" not in e[2]]
+
+
+@pytest.mark.parametrize("kwargs, error, match", CONSTRUCTION_ERRORS)
+def test_rankseg_object_checks_arguments_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RankSEG(**kwargs)
+
+
+def test_class_dependent_checks_wait_for_the_array():
+    model = RankSEG(unassigned_policy="void", void_index=1)  # fine for 1 class, not for 2
+    with pytest.raises(ValueError, match=r"outside the class range \[0, 2\)"):
+        model.predict(GOOD)
+
+
+@pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])
+def test_accuracy_without_a_solver_takes_the_bayes_rule(output_mode):
+    """MATH 6: argmax (multiclass) and p > 1/2 per class (multilabel) are Bayes-optimal for accuracy."""
+    probs = np.random.default_rng(2).dirichlet(np.ones(3), size=(2, 5, 5)).transpose(0, 3, 1, 2)
+    got = rankseg(probs, metric="acc", output_mode=output_mode)
+    expected = probs.argmax(axis=1) if output_mode == "multiclass" else probs > 0.5
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(RankSEG(metric="accuracy", output_mode=output_mode).predict(probs), expected)
+
+
+def test_dtype_error_names_the_callers_conversion():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"bfloat16.*convert with probs\.float\(\)"):
+        rankseg(torch.ones((1, 2, 3, 3), dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"convert with probs\.astype\(np\.float32\)"):
+        rankseg(np.ones((1, 2, 3, 3), dtype=np.int64))

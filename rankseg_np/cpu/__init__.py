@@ -1,32 +1,28 @@
-"""The CPU backend: NumPy arrays in, Numba kernels, NumPy arrays out.
+"""The CPU executor: NumPy arrays in, Numba kernels, NumPy arrays out.
 
-Each solver family lives in its own module and exposes
-``decide(p3, cfg) -> RowDecision`` on a C-contiguous float32/float64
-``(B, C, d)`` array; this module turns decisions into masks or labels.
+Each solver family lives in its own module (named in the capability table,
+:mod:`rankseg_np._solvers`) and exposes ``decide(p3, cfg) -> RowDecision`` on
+a C-contiguous float32/float64 ``(B, C, d)`` array; the shared pipeline
+(:mod:`rankseg_np._pipeline`) turns decisions into masks or labels with the
+kernels here.  The names in ``__all__`` are the CPU's public kernels, which
+the Dask executor builds on.
 """
 
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
-from importlib import import_module
+from typing import Any
 
 import numba
 import numpy as np
 
+from .. import _pipeline
 from .._decision import RowDecision
 from .._validate import Config, raise_bad_values
 from . import _kernels, multiclass
+from ._kernels import materialize, sum_above
 
-# solver name -> module implementing ``decide`` (imported on first use, so a
-# solver's compile cost is only paid by its users).
-SOLVER_MODULES = {
-    "rma": "rma",
-    "exact": "exact",
-    "ba": "refined_normal",
-    "trna": "refined_normal",
-    "ba+trna": "refined_normal",
-}
+__all__ = ["EXECUTOR", "as_rows", "masks_from", "materialize", "solve", "sum_above"]
 
 
 def as_rows(probs: np.ndarray) -> np.ndarray:
@@ -40,19 +36,50 @@ def as_rows(probs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(probs.reshape(b, c, d))
 
 
-def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
-    module = import_module(f".{SOLVER_MODULES[cfg.solver]}", __name__)
-    return module.decide(p3, cfg)
-
-
 def masks_from(p3: np.ndarray, decision: RowDecision) -> np.ndarray:
+    """Boolean masks ``(B, C, d)`` of a decision (see :mod:`rankseg_np._decision`)."""
     b, c, d = p3.shape
     out = np.empty((b, c, d), dtype=np.bool_)
-    _kernels.materialize(
+    materialize(
         p3.reshape(b * c, d), decision.threshold.reshape(-1), decision.tie_end.reshape(-1), out.reshape(b * c, d)
     )
     return out
 
+
+class _CpuExecutor:
+    """The CPU's operations for :func:`rankseg_np._pipeline.run`."""
+
+    name = "cpu"
+    xp = np
+
+    rows = staticmethod(as_rows)
+    masks = staticmethod(masks_from)
+    labels = staticmethod(multiclass.resolve)
+
+    @staticmethod
+    def check_values(p3: np.ndarray) -> np.ndarray:
+        b, c, d = p3.shape
+        _, _, bad = _kernels.row_stats(p3.reshape(b * c, d))
+        if bad.any():
+            raise_bad_values(p3)
+        return p3
+
+    @staticmethod
+    def decide(module: Any, p3: np.ndarray, cfg: Config) -> RowDecision:
+        return module.decide(p3, cfg)
+
+    @staticmethod
+    def whole_images(p3: np.ndarray, cfg: Config) -> None:
+        return None  # in memory, every image is whole: the solver runs natively
+
+    @staticmethod
+    def reshape(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return out.reshape(shape)
+
+    to_host = from_host = None  # every solver is native on the CPU
+
+
+EXECUTOR = _CpuExecutor()
 
 # Below this many probabilities one thread is faster: a parallel region costs
 # tens of microseconds, and on a busy machine it waits for a descheduled
@@ -75,41 +102,6 @@ def _threads_for(size: int):
 
 
 def solve(probs: np.ndarray, cfg: Config) -> np.ndarray:
-    """Run ``cfg`` on a validated-structure NumPy array; return masks or labels."""
+    """Masks or labels for a validated-structure NumPy array ``(B, C, *spatial)``."""
     with _threads_for(probs.size):
-        return _solve(probs, cfg)
-
-
-def _solve(probs: np.ndarray, cfg: Config) -> np.ndarray:
-    batch, n_cls = probs.shape[:2]
-    spatial = probs.shape[2:]
-    p3 = as_rows(probs)
-    labels_shape = (batch,) + spatial
-    if batch == 0:
-        if cfg.output_mode == "multilabel":
-            return np.zeros(probs.shape, dtype=np.bool_)
-        return np.zeros(labels_shape, dtype=np.int64)
-    if cfg.metric == "accuracy":
-        return _accuracy(p3, cfg).reshape(probs.shape if cfg.output_mode == "multilabel" else labels_shape)
-    decision = decide(p3, cfg)
-    if cfg.output_mode == "multilabel":
-        return masks_from(p3, decision).reshape(probs.shape)
-    return multiclass.resolve(p3, decision, cfg).reshape(labels_shape)
-
-
-def _accuracy(p3: np.ndarray, cfg: Config) -> np.ndarray:
-    b, c, d = p3.shape
-    _, _, bad = _kernels.row_stats(p3.reshape(b * c, d))
-    if bad.any():
-        raise_bad_values(p3)
-    if cfg.solver == "tr":
-        return p3 > 0.5
-    labels = np.argmax(p3, axis=1).astype(np.int64, copy=False)
-    if cfg.output_mode == "multiclass":
-        return labels
-    warnings.warn(
-        "solver='argmax' with output_mode='multilabel' returns non-overlapping one-hot masks; "
-        "use solver='TR' to threshold each class independently.",
-        stacklevel=4,
-    )
-    return labels[:, None, :] == np.arange(c)[None, :, None]
+        return _pipeline.run(EXECUTOR, probs, cfg)

@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._decision import DELTA_TIE_RTOL, RowDecision
+from .._solvers import METRIC_CODES
 from .._validate import Config
 
 TILE = 4096
@@ -27,7 +28,7 @@ MANY = -1
 
 
 @njit(parallel=True, cache=True)
-def _claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
+def claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
     for task in prange(n_img * n_tiles):
@@ -74,7 +75,7 @@ def _increment(p, metric, smooth, tau, mu, m):
 
 
 @njit(parallel=True, cache=True)
-def _conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index):
+def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
     for task in prange(n_img * n_tiles):
@@ -126,12 +127,11 @@ def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config) -> np.ndarray:
     tau_part = np.zeros((n_tasks, n_cls))
     m_part = np.zeros((n_tasks, n_cls))
     threshold, tie_end, active, mu = decision
-    _claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
+    claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
     tau = tau_part.reshape(n_img, -1, n_cls).sum(axis=1)
     m = m_part.reshape(n_img, -1, n_cls).sum(axis=1)
-    metric = 1 if cfg.metric == "iou" else 0
-    _conflicts(
-        p3, threshold, tie_end, active, labels, tau, mu, m, metric, cfg.smooth,
+    conflicts(
+        p3, threshold, tie_end, active, labels, tau, mu, m, METRIC_CODES[cfg.metric], cfg.smooth,
         cfg.unassigned_policy == "void", cfg.void_index,
     )
     return labels

@@ -25,9 +25,7 @@ from numba import njit, prange
 from .._decision import RowDecision
 from .._validate import Config
 from ._kernels import decide_rows, scan, sum_above
-
-DICE = 0
-IOU = 1
+from .._solvers import DICE, IOU
 # Dinkelbach's lam increases strictly at every step and there are finitely
 # many threshold masks; in practice it stops after 2-6 steps.  The cap only
 # guards against a float64 cycle that exact arithmetic cannot produce.
@@ -45,7 +43,7 @@ TIE_SLACK = 1e-12
 
 
 @njit(cache=True, nogil=True)
-def _dinkelbach_dice(row, alpha, beta, s0, n0, t0):
+def dinkelbach_dice(row, alpha, beta, s0, n0, t0):
     """Maximise (2 S + alpha) / (beta + n) over threshold masks, from the mask {p > t0}.
 
     Returns (lam*, t*) with the optimum attained by the smallest mask {p > t*}.
@@ -67,7 +65,7 @@ def _dinkelbach_dice(row, alpha, beta, s0, n0, t0):
 
 
 @njit(cache=True, nogil=True)
-def _dinkelbach_iou(row, smooth, mu, s0, n0, t0):
+def dinkelbach_iou(row, smooth, mu, s0, n0, t0):
     """Maximise (S + g) / (mu + g + n - S): keep p > lam/(1+lam) (Dinkelbach)."""
     lam = (s0 + smooth) / (mu + smooth + n0 - s0)
     t_best = t0
@@ -86,7 +84,7 @@ def _dinkelbach_iou(row, smooth, mu, s0, n0, t0):
 
 
 @njit(cache=True, nogil=True)
-def _dice_smooth_value(s, tau, a, smooth):
+def dice_smooth_value(s, tau, a, smooth):
     return 2.0 * s / (a + tau + 1.0) + smooth / (a + tau)
 
 
@@ -122,9 +120,9 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
     with whole tie groups only: the mask is ``{p > hi}`` or ``{p >= v}``.
     """
     a = mu + smooth
-    lam1, _ = _dinkelbach_dice(row, 0.0, a + 1.0, s0, n0, 0.5)
+    lam1, _ = dinkelbach_dice(row, 0.0, a + 1.0, s0, n0, 0.5)
     c = 0.5 * smooth * (1.0 + 2.0 / a)
-    lamc, _ = _dinkelbach_dice(row, 2.0 * c, a + 1.0, s0, n0, 0.5)
+    lamc, _ = dinkelbach_dice(row, 2.0 * c, a + 1.0, s0, n0, 0.5)
     lo = 0.5 * lam1 * (1.0 - BAND_SLACK)
     hi = 0.5 * lamc * (1.0 + BAND_SLACK)
 
@@ -147,7 +145,7 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
             j += 1
     band.sort()  # ascending: the k-th largest is band[n_band - k]
 
-    best = _dice_smooth_value(s_top, n_top, a, smooth)
+    best = dice_smooth_value(s_top, n_top, a, smooth)
     best_k = 0
     s = s_top
     for k in range(1, n_band + 1):
@@ -155,7 +153,7 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
         s += v
         if k < n_band and band[n_band - k - 1] == v:
             continue  # inside a tie group: not a candidate (see above)
-        val = _dice_smooth_value(s, n_top + k, a, smooth)
+        val = dice_smooth_value(s, n_top + k, a, smooth)
         if val > best:
             best = val
             best_k = k
@@ -177,9 +175,9 @@ def _rma_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, 
         if not active[r]:
             continue
         if metric == IOU:
-            _, threshold[r] = _dinkelbach_iou(row, smooth, total, s_half, n_half, 0.5)
+            _, threshold[r] = dinkelbach_iou(row, smooth, total, s_half, n_half, 0.5)
         elif smooth == 0.0:
-            _, threshold[r] = _dinkelbach_dice(row, 0.0, total + 1.0, s_half, n_half, 0.5)
+            _, threshold[r] = dinkelbach_dice(row, 0.0, total + 1.0, s_half, n_half, 0.5)
         else:
             threshold[r], tie_end[r] = _dice_smooth_row(row, total, smooth, s_half, n_half)
 

@@ -6,12 +6,12 @@ a GPU it runs with ``xp = cupy`` and fused CuPy kernels; in CI the same code
 runs with ``xp = numpy`` (see :func:`solve_with`) and is compared with the
 Numba CPU backend.
 
-RMA (Dice and IoU, multiclass and multilabel, every parameter) and the exact
-solver (:mod:`rankseg_np.gpu._exact`) run on the device.  Solvers without a
-device version (``'BA'``, ``'TRNA'``, ``'BA+TRNA'``) copy the probabilities
+RMA (:mod:`rankseg_np.gpu._rma`) and the exact solver
+(:mod:`rankseg_np.gpu._exact`) run on the device.  Solvers without a device
+version (``'BA'``, ``'TRNA'``, ``'BA+TRNA'``; the capability table
+:mod:`rankseg_np._solvers` marks them "host fallback") copy the probabilities
 to the host once, take the CPU solver's per-row decision (O(B*C) numbers)
-back, and materialise masks or labels on the device; if the CPU module for
-the solver is not installed, they raise ``NotImplementedError``.
+back, and materialise masks or labels on the device.
 """
 
 from __future__ import annotations

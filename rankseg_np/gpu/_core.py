@@ -1,60 +1,30 @@
-"""The GPU algorithm, written once against an array namespace ``xp``.
+"""The GPU executor, written once against an array namespace ``xp``.
 
-Every function here takes ``xp`` (``cupy`` on a GPU, ``numpy`` in CI) and a
-kernels object (:mod:`rankseg_np.gpu._kernels`): the fused CuPy kernels, or
-the plain array-code fallback.  Nothing here imports a framework, so the very
-code that runs on the GPU is exercised by the default test suite on NumPy and
-compared with the Numba CPU path.
+:class:`XpExecutor` gives the shared pipeline (:mod:`rankseg_np._pipeline`)
+its array operations: ``xp`` is ``cupy`` on a GPU and ``numpy`` in CI, and
+the primitives come from a kernels object (:mod:`rankseg_np.gpu._kernels`):
+the fused CuPy kernels, or the plain array-code fallback.  Nothing here
+imports a framework, so the very code that runs on the GPU is exercised by
+the default test suite on NumPy and compared with the Numba CPU path.
 
-RMA (MATH section 4) is solved for **all rows at once**: the Dinkelbach
-iteration of ``rankseg_np.cpu.rma`` is vectorised over the ``B*C`` rows (a
-per-row ``lam``, threshold and "done" flag), each step is one fused
-masked-sum-and-count pass over the probabilities, rows that have converged
-keep their answer, and the loop stops when every row has.  No sort, no index
-array.  Dice with ``smooth > 0`` uses the band argument proved in
-``rankseg_np.cpu.rma._dice_smooth_row``: only the pixels between the two
-Dinkelbach bounds are gathered, ordered and scanned, all rows of a block in
-one padded ``(rows, band)`` matrix.
-
-The answer is a :class:`~rankseg_np._decision.RowDecision` (threshold and tie
-cut per row), turned into masks or, for multiclass output, into labels by the
-MATH section 5 resolution (claims, sole-claimant sums, conflicts).
+The solvers' decisions live in their own modules (``_rma``, ``_exact``; the
+capability table names them); masks come from one ``materialize`` pass and
+labels from the MATH section 5 resolution (claims, sole-claimant sums,
+conflicts).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
-from importlib import import_module
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from .. import _pipeline
 from .._decision import RowDecision
-from .._validate import Config, raise_bad_values
-from ._kernels import METRIC_CODES
-
-# Same constants as rankseg_np.cpu.rma (tests assert they agree); repeated
-# here so that the GPU package does not import Numba.
-MAX_STEPS = 200
-BAND_SLACK = 1e-9
-TIE_SLACK = 1e-12
-# Elements of the padded band matrix per block of rows (float64): bounds the
-# smooth > 0 path's scratch memory whatever the band widths are.
-BAND_BLOCK_ELEMENTS = 1 << 24
-
-
-def _errstate(xp: Any):
-    """Silence NumPy's division warnings on rows that are masked out anyway."""
-    errstate = getattr(xp, "errstate", None)
-    return errstate(divide="ignore", invalid="ignore") if errstate is not None else contextlib.nullcontext()
-
-
-def to_host(x: Any) -> np.ndarray:
-    """A NumPy copy of ``x`` (CuPy arrays through ``.get()``)."""
-    get = getattr(x, "get", None)
-    return np.asarray(get() if callable(get) and not isinstance(x, np.ndarray) else x)
+from .._solvers import METRIC_CODES
+from .._validate import Config
+from ._rows import checked_first_pass, to_host
 
 
 def as_rows(probs: Any, xp: Any) -> Any:
@@ -66,316 +36,55 @@ def as_rows(probs: Any, xp: Any) -> Any:
     return xp.ascontiguousarray(probs.reshape(b, c, d))
 
 
-# --------------------------------------------------------------------------- #
-# RMA decision
-# --------------------------------------------------------------------------- #
+class XpExecutor:
+    """The GPU's operations for :func:`rankseg_np._pipeline.run`, in namespace ``xp``."""
 
-def dinkelbach(
-    p2: Any,
-    kern: Any,
-    xp: Any,
-    todo: Any,
-    value: Callable[[Any, Any], Any],
-    cut: Callable[[Any], Any],
-    s0: Any,
-    n0: Any,
-    t0: float = 0.5,
-) -> tuple[Any, Any]:
-    """Vectorised Dinkelbach iteration over the rows flagged in ``todo``.
+    name = "gpu"
 
-    ``value(s, n)`` is the ratio for the mask with masked sum ``s`` and count
-    ``n``; ``cut(lam)`` is the threshold that maximises ``(a - lam b).x``.
-    Row by row this is exactly ``cpu.rma._dinkelbach_*``: start from the mask
-    ``{p > t0}``; while the new ratio is larger, move; on an equal ratio take
-    the new (smaller) mask and stop; on a smaller one stop.  Returns
-    ``(lam, threshold)``; rows outside ``todo`` get threshold ``t0``.
-    """
-    with _errstate(xp):
-        lam = value(s0, n0)
-    t_best = xp.full(p2.shape[0], t0, dtype=xp.float64)
-    done = ~todo
-    for _ in range(MAX_STEPS):
-        if bool(xp.all(done)):
-            break
-        # Finished rows get t = +inf: their pass adds nothing and they keep their answer.
-        t = xp.where(done, xp.inf, cut(lam))
-        s, n = kern.masked_sum_count(p2, t)
-        with _errstate(xp):
-            new = value(s, n)
-        live = ~done
-        up = live & (new > lam)
-        same = live & (new == lam)  # same value, smaller mask: prefer it (first-argmax rule)
-        lam = xp.where(up, new, lam)
-        t_best = xp.where(up | same, t, t_best)
-        done = done | ~up
-    # Exact ties of the cut stay out whatever the rounding (see cpu.rma.TIE_SLACK).
-    return lam, xp.where(todo, t_best * (1.0 + TIE_SLACK), t_best)
+    def __init__(self, xp: Any, kern: Any) -> None:
+        self.xp = xp
+        self.kern = kern
 
+    def rows(self, probs: Any) -> Any:
+        return as_rows(probs, self.xp)
 
-def _dice_smooth(p2: Any, kern: Any, xp: Any, active: Any, mu: Any, smooth: float, s0: Any, n0: Any):
-    """RMA Dice with smooth > 0 for all rows: the band method of ``cpu.rma._dice_smooth_row``.
+    def check_values(self, p3: Any) -> Any:
+        checked_first_pass(p3, self.xp, self.kern)
+        return p3
 
-    Bounds ``tau_L <= tau* <= tau_U`` come from two single-ratio Dinkelbach
-    problems (proof in ``cpu.rma._dice_smooth_row``); the pixels in
-    ``[lam1/2, lamc/2]`` (widened by ``BAND_SLACK``) are the only ones whose
-    order matters.  For a block of rows they are gathered into a padded
-    ``(rows, L)`` matrix, sorted descending per row, prefix-summed from the
-    sum of the pixels above the band (sequentially along the row, as the CPU
-    does), and the objective is evaluated at every candidate volume; the first
-    maximum wins.  Ties at the cut value go to the lowest pixel indices.
-    """
-    rows, d = p2.shape
-    a = mu + smooth
-    beta = a + 1.0
-    lam1, _ = dinkelbach(p2, kern, xp, active, lambda s, n: (2.0 * s + 0.0) / (beta + n), lambda lam: 0.5 * lam, s0, n0)
-    c = 0.5 * smooth * (1.0 + 2.0 / a)
-    alpha = 2.0 * c
-    lamc, _ = dinkelbach(p2, kern, xp, active, lambda s, n: (2.0 * s + alpha) / (beta + n), lambda lam: 0.5 * lam, s0, n0)
-    lo = xp.where(active, 0.5 * lam1 * (1.0 - BAND_SLACK), xp.inf)
-    hi = xp.where(active, 0.5 * lamc * (1.0 + BAND_SLACK), xp.inf)
-    s_top, n_top = kern.masked_sum_count(p2, hi)
+    def decide(self, module: Any, p3: Any, cfg: Config) -> RowDecision:
+        return module.decide(p3, cfg, self.xp, self.kern)
 
-    threshold = hi.copy()
-    tie_end = xp.zeros(rows, dtype=xp.int64)
-    step = max(1, BAND_BLOCK_ELEMENTS // d)
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        _band_block(
-            p2[r0:r1], lo[r0:r1], hi[r0:r1], s_top[r0:r1], n_top[r0:r1], a[r0:r1], smooth, xp,
-            threshold[r0:r1], tie_end[r0:r1],
+    to_host = staticmethod(to_host)
+
+    def from_host(self, decision: RowDecision) -> RowDecision:
+        if self.xp is np:
+            return decision
+        return RowDecision(*(self.xp.asarray(np.asarray(f)) for f in decision))
+
+    def whole_images(self, p3: Any, cfg: Config) -> None:
+        return None  # in memory, every image is whole
+
+    def masks(self, p3: Any, decision: RowDecision) -> Any:
+        xp = self.xp
+        return self.kern.materialize(p3, xp.asarray(decision.threshold), xp.asarray(decision.tie_end))
+
+    def labels(self, p3: Any, decision: RowDecision, cfg: Config) -> Any:
+        """Multiclass labels ``(B, d)`` int64 from per-class decisions (MATH section 5)."""
+        kern = self.kern
+        threshold, tie_end, active, mu = (self.xp.asarray(f) for f in decision)
+        state = kern.claims(p3, threshold, tie_end, active)
+        tau, m = kern.sole_sums(p3, state)
+        return kern.conflicts(
+            p3, threshold, tie_end, active, state, tau, mu, m,
+            METRIC_CODES[cfg.metric], cfg.smooth, cfg.unassigned_policy == "void", cfg.void_index,
         )
-    return threshold, tie_end
 
-
-def _band_block(blk, lo, hi, s_top, n_top, a, smooth, xp, threshold, tie_end) -> None:
-    """Solve the band of every row of ``blk``; write into the views ``threshold`` and ``tie_end``."""
-    nrows, d = blk.shape
-    inband = (blk >= lo[:, None]) & (blk <= hi[:, None])
-    counts = xp.sum(inband, axis=1)
-    band_px, band_ix = gather_rows(blk, inband, xp, with_index=True)
-    del inband
-    width = band_px.shape[1]
-    if width == 0:
-        return  # no band anywhere: threshold = hi, tie_end = 0 already
-    cols = xp.arange(width)
-    valid = cols[None, :] < counts[:, None]
-    # Descending per row, -inf padding at the end (sort ascending the negation).
-    band = -xp.sort(xp.where(valid, -band_px, xp.inf), axis=1)
-    # Prefix sums s_top + q_1 + ... + q_k, accumulated left to right like the CPU loop.
-    prefix = xp.cumsum(
-        xp.concatenate([s_top[:, None], xp.where(valid, band, 0.0)], axis=1), axis=1
-    )
-    k = xp.arange(width + 1)
-    tau = n_top[:, None] + k[None, :].astype(xp.float64)
-    obj = 2.0 * prefix / (a[:, None] + tau + 1.0) + smooth / (a[:, None] + tau)
-    obj = xp.where(k[None, :] <= counts[:, None], obj, -xp.inf)
-    best = xp.max(obj, axis=1)
-    # First maximum (lowest volume), explicitly rather than relying on argmax's tie rule.
-    best_k = first_true(obj == best[:, None], xp, width + 1)
-    chosen = best_k > 0
-    v = pick(band, best_k - 1, xp)
-    v = xp.where(chosen, v, 0.0)
-    n_greater = xp.sum(valid & (band > v[:, None]), axis=1)
-    n_equal = xp.sum(valid & (band == v[:, None]), axis=1)
-    need = best_k - n_greater  # how many pixels equal to v the mask takes (1..n_equal)
-    whole = chosen & (need == n_equal)
-    partial = chosen & ~whole
-
-    threshold[...] = xp.where(chosen, v, threshold)
-    tie_end[...] = xp.where(whole, d, tie_end)
-    if bool(xp.any(partial)):
-        tie_end[...] = xp.where(partial, tie_cut(band_px, band_ix, valid, v, need, xp), tie_end)
-
-
-# --------------------------------------------------------------------------- #
-# Row-wise helpers shared by the band searches (RMA smooth > 0, exact)
-# --------------------------------------------------------------------------- #
-
-def first_true(mask: Any, xp: Any, default: Any) -> Any:
-    """Per row, the first column where ``mask`` holds, else ``default`` (no argmax on bools)."""
-    n = mask.shape[1]
-    col = xp.min(xp.where(mask, xp.arange(n)[None, :], n), axis=1)
-    return xp.where(col < n, col, default)
-
-
-def last_true(mask: Any, xp: Any, default: Any) -> Any:
-    """Per row, the last column where ``mask`` holds, else ``default``."""
-    col = xp.max(xp.where(mask, xp.arange(mask.shape[1])[None, :], -1), axis=1)
-    return xp.where(col >= 0, col, default)
-
-
-def pick(a: Any, col: Any, xp: Any) -> Any:
-    """``a[r, col[r]]`` for every row (``col`` clipped into range)."""
-    return pick_cols(a, col[:, None], xp)[:, 0]
-
-
-def pick_cols(a: Any, cols: Any, xp: Any) -> Any:
-    """``a[r, cols[r, j]]`` for every row and j (``cols`` clipped into range; 0 for an empty ``a``)."""
-    if a.shape[1] == 0:
-        return xp.zeros(cols.shape)
-    return xp.take_along_axis(a, xp.clip(cols, 0, a.shape[1] - 1), axis=1)
-
-
-def gather_rows(x: Any, mask: Any, xp: Any, with_index: bool = False) -> Any:
-    """The values of ``x`` where ``mask`` holds, row by row, left-aligned in a 0-padded float64 matrix.
-
-    Values keep their pixel order; ``with_index=True`` also returns their
-    column indices (0-padded).
-    """
-    rows = x.shape[0]
-    counts = xp.sum(mask, axis=1)
-    width = int(xp.max(counts)) if rows else 0
-    out = xp.zeros((rows, width), dtype=xp.float64)
-    index = xp.zeros((rows, width), dtype=xp.int64) if with_index else None
-    if width:
-        rr, cc = xp.nonzero(mask)  # row-major: grouped by row, pixel index ascending
-        pos = xp.arange(rr.shape[0]) - (xp.cumsum(counts) - counts)[rr]
-        out[rr, pos] = x[rr, cc]
-        if with_index:
-            index[rr, pos] = cc
-    return (out, index) if with_index else out
-
-
-def tie_cut(band_px: Any, band_ix: Any, real: Any, v: Any, need: Any, xp: Any) -> Any:
-    """Per row, 1 + the pixel index of the ``need``-th pixel equal to ``v``, in pixel order.
-
-    ``band_px``/``band_ix`` are a gathered band in pixel order (``gather_rows``)
-    holding every pixel equal to ``v``; ``real`` marks its non-padding columns.
-    This is the ``tie_end`` that keeps the lowest-index ties (see ``_decision``).
-    """
-    eq = (band_px == v[:, None]) & real
-    nth = xp.cumsum(eq, axis=1)
-    return pick(band_ix, first_true(eq & (nth == need[:, None]), xp, 0), xp) + 1
-
-
-def checked_first_pass(p3: Any, xp: Any, kern: Any) -> tuple[Any, Any, Any, Any]:
-    """``(mu, peak, s_half, n_half)`` of the ``(B*C, d)`` rows; a ValueError for values outside [0, 1]."""
-    b, c, d = p3.shape
-    mu, peak, bad, s_half, n_half = kern.first_pass(p3.reshape(b * c, d))
-    if bool(xp.any(bad)):
-        raise_bad_values(to_host(p3))
-    return mu, peak, s_half, n_half
-
-
-def rma_decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
-    """RMA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
-    b, c, d = p3.shape
-    p2 = p3.reshape(b * c, d)
-    mu, peak, s_half, n_half = checked_first_pass(p3, xp, kern)
-    active = peak > cfg.pruning_prob
-    smooth = cfg.smooth
-    if not bool(xp.any(active)):
-        threshold = xp.full(b * c, xp.inf)
-        tie_end = xp.zeros(b * c, dtype=xp.int64)
-    elif cfg.metric == "iou":
-        _, t = dinkelbach(
-            p2, kern, xp, active,
-            lambda s, n: (s + smooth) / (mu + smooth + n - s),
-            lambda lam: lam / (1.0 + lam),
-            s_half, n_half,
-        )
-        threshold = xp.where(active, t, xp.inf)
-        tie_end = xp.zeros(b * c, dtype=xp.int64)
-    elif smooth == 0.0:
-        beta = mu + 1.0
-        _, t = dinkelbach(
-            p2, kern, xp, active,
-            lambda s, n: (2.0 * s + 0.0) / (beta + n),
-            lambda lam: 0.5 * lam,
-            s_half, n_half,
-        )
-        threshold = xp.where(active, t, xp.inf)
-        tie_end = xp.zeros(b * c, dtype=xp.int64)
-    else:
-        threshold, tie_end = _dice_smooth(p2, kern, xp, active, mu, smooth, s_half, n_half)
-        threshold = xp.where(active, threshold, xp.inf)
-        tie_end = xp.where(active, tie_end, 0)
-    shape = (b, c)
-    return RowDecision(threshold.reshape(shape), tie_end.reshape(shape), active.reshape(shape), mu.reshape(shape))
-
-
-def host_decide(p3: Any, cfg: Config, xp: Any) -> RowDecision:
-    """Solvers without a GPU version: solve on the host with the CPU module, bring the decision back.
-
-    The decision is O(B*C), so only the probabilities travel (once, to the
-    host); masks and labels are still produced on the device.
-    """
-    from ..cpu import SOLVER_MODULES
-
-    module_name = f"rankseg_np.cpu.{SOLVER_MODULES[cfg.solver]}"
-    try:
-        module = import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise NotImplementedError(
-            f"solver={cfg.solver!r} is not available for GPU (CuPy) input in this version; "
-            "use solver='RMA', or pass a NumPy array (e.g. cupy.asnumpy(probs))"
-        ) from None
-    host = to_host(p3)
-    decision = module.decide(np.ascontiguousarray(host), cfg)
-    if xp is np:
-        return decision
-    return RowDecision(*(xp.asarray(np.asarray(f)) for f in decision))
-
-
-def decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
-    if cfg.solver == "rma":
-        return rma_decide(p3, cfg, xp, kern)
-    if cfg.solver == "exact":
-        from ._exact import exact_decide
-
-        return exact_decide(p3, cfg, xp, kern)
-    return host_decide(p3, cfg, xp)
-
-
-# --------------------------------------------------------------------------- #
-# Masks, labels, accuracy
-# --------------------------------------------------------------------------- #
-
-def resolve(p3: Any, decision: RowDecision, cfg: Config, xp: Any, kern: Any) -> Any:
-    """Multiclass labels ``(B, d)`` int64 from per-class decisions (MATH section 5)."""
-    threshold, tie_end, active, mu = (xp.asarray(f) for f in decision)
-    state = kern.claims(p3, threshold, tie_end, active)
-    tau, m = kern.sole_sums(p3, state)
-    return kern.conflicts(
-        p3, threshold, tie_end, active, state, tau, mu, m,
-        METRIC_CODES[cfg.metric], cfg.smooth, cfg.unassigned_policy == "void", cfg.void_index,
-    )
-
-
-def accuracy(p3: Any, cfg: Config, xp: Any, kern: Any) -> Any:
-    """Accuracy is Bayes-optimal by argmax (multiclass) or p > 1/2 (TR), MATH section 6."""
-    c = p3.shape[1]
-    checked_first_pass(p3, xp, kern)
-    if cfg.solver == "tr":
-        return p3 > 0.5
-    labels = xp.argmax(p3, axis=1).astype(xp.int64)
-    if cfg.output_mode == "multiclass":
-        return labels
-    warnings.warn(
-        "solver='argmax' with output_mode='multilabel' returns non-overlapping one-hot masks; "
-        "use solver='TR' to threshold each class independently.",
-        stacklevel=5,
-    )
-    return labels[:, None, :] == xp.arange(c)[None, :, None]
+    @staticmethod
+    def reshape(out: Any, shape: tuple[int, ...]) -> Any:
+        return out.reshape(shape)
 
 
 def solve(probs: Any, cfg: Config, xp: Any, kern: Any) -> Any:
     """Masks ``(B, C, *spatial)`` bool or labels ``(B, *spatial)`` int64 for a validated-structure array."""
-    batch = probs.shape[0]
-    spatial = tuple(probs.shape[2:])
-    labels_shape = (batch,) + spatial
-    if batch == 0 or math.prod(spatial) == 0:  # nothing to decide (and reductions need a pixel)
-        if cfg.output_mode == "multilabel":
-            return xp.zeros(probs.shape, dtype=xp.bool_)
-        return xp.zeros(labels_shape, dtype=xp.int64)
-    p3 = as_rows(probs, xp)
-    if cfg.metric == "accuracy":
-        out = accuracy(p3, cfg, xp, kern)
-        return out.reshape(probs.shape if cfg.output_mode == "multilabel" else labels_shape)
-    decision = decide(p3, cfg, xp, kern)
-    if cfg.output_mode == "multilabel":
-        threshold, tie_end = xp.asarray(decision.threshold), xp.asarray(decision.tie_end)
-        return kern.materialize(p3, threshold, tie_end).reshape(probs.shape)
-    return resolve(p3, decision, cfg, xp, kern).reshape(labels_shape)
+    return _pipeline.run(XpExecutor(xp, kern), probs, cfg)

@@ -41,7 +41,7 @@ from typing import Any
 from .._decision import RowDecision
 from .._quadrature import DICE, IOU, M_POW, NB, SEG_RATIO, SLACK, SMALL_BIN, SWITCH, rules
 from .._validate import Config
-from ._core import _errstate, checked_first_pass, first_true, gather_rows, last_true, pick, pick_cols, tie_cut
+from ._rows import checked_first_pass, errstate, first_true, gather_rows, last_true, pick, pick_cols, tie_cut
 
 # Elements of the float64 row block (rows x max(pixels, NB)) processed at
 # once; every full-size temporary is a small multiple of it (a row longer than
@@ -169,7 +169,7 @@ def _bracket(x: Any, mu: Any, metric: int, smooth: float, xp: Any):
     suf_s = xp.concatenate([xp.cumsum(sums[:, ::-1], axis=1)[:, ::-1], zero_col], axis=1)
 
     mu_c = mu[:, None]
-    with _errstate(xp):
+    with errstate(xp):
         edge = _rma_value(metric, suf_s[:, :NB], suf_n[:, :NB], mu_c, smooth, xp)
     lam = xp.max(xp.where(counts > 0, edge, -xp.inf), axis=1)
     if smooth > 0.0:
@@ -257,7 +257,7 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     top_v = gather_rows(x, top & (x < 1.0), xp) if need_top else None
     del bins, top
 
-    with _errstate(xp):
+    with errstate(xp):
         scores = _volume_scores(metric, g, theta, quad, mu, n_top, n_one, band, cum, tau, c0, c1, pows, mid, top_v, xp)
         score0 = xp.full(rows, -xp.inf)
         if bool(xp.any(zero_cand)):
@@ -382,7 +382,7 @@ def _empty_score(g, theta, quad, mu, n_one, pows, parts, xp):
 # Entry
 # --------------------------------------------------------------------------- #
 
-def exact_decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
+def decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
     """Exact decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array of ``xp``."""
     b, c, d = p3.shape
     p2 = p3.reshape(b * c, d)

@@ -29,14 +29,13 @@ index of the sole claimant.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from .._decision import DELTA_TIE_RTOL
+from ._rows import errstate
 
 NONE = -2
 MANY = -1
-METRIC_CODES = {"dice": 0, "iou": 1}
 
 # Upper bound on the elements of any full-size temporary of the fallback
 # (a few MB): rows are processed in blocks this large.
@@ -164,7 +163,7 @@ class XpKernels:
             # one the active classes compete (all classes if none is active).
             unclaimed_ok = active[:, cls] | ~any_active
             eligible = (many & claimed) | (none & unclaimed_ok[:, None])
-            with _errstate(xp):
+            with errstate(xp):
                 inc = self.increment(v, metric, smooth, tau[:, cls, None], mu[:, cls, None], m[:, cls, None])
             return xp.where(eligible, inc, -xp.inf)
 
@@ -180,12 +179,6 @@ class XpKernels:
         if void:
             labels = xp.where(none, xp.asarray(void_index, dtype=xp.int64), labels)
         return labels
-
-
-def _errstate(xp: Any):
-    """Silence NumPy's division warnings on entries that are masked out anyway."""
-    errstate = getattr(xp, "errstate", None)
-    return errstate(divide="ignore", invalid="ignore") if errstate is not None else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- #

@@ -1,0 +1,122 @@
+"""The one pipeline every executor runs: empty input -> rows -> decide -> masks | labels.
+
+An executor (``rankseg_np.cpu``, ``rankseg_np.gpu``, ``rankseg_np.dask``)
+supplies a handful of array operations (:class:`Executor`); this module owns
+the order of the steps, the output shapes and dtypes, the choice between a
+native decision, a host fallback and whole-image processing (read from the
+capability table, :mod:`rankseg_np._solvers`), and the accuracy rules of
+MATH section 6.  Nothing here depends on the array library.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from importlib import import_module
+from typing import Any, Protocol
+
+import numpy as np
+
+from ._decision import RowDecision
+from ._solvers import HOST_FALLBACK, NATIVE, SOLVERS, WHOLE_IMAGES
+from ._validate import Config
+
+
+class Executor(Protocol):
+    """What an executor provides to :func:`run`."""
+
+    name: str  # its column of the capability table: 'cpu', 'gpu' or 'dask'
+    xp: Any  # its array namespace (numpy, cupy, dask.array)
+
+    def rows(self, probs: Any) -> Any:
+        """The probabilities as the rows the executor decides on (``(B, C, d)`` in memory)."""
+
+    def check_values(self, rows: Any) -> Any:
+        """Raise (or arrange to raise) the value error for NaN, inf or values outside [0, 1]; return rows."""
+
+    def decide(self, module: Any, rows: Any, cfg: Config) -> Any:
+        """The per-row decision of the solver implemented in ``module`` (a ``RowDecision``)."""
+
+    def to_host(self, rows: Any) -> np.ndarray:
+        """A NumPy copy of ``rows`` (host fallback)."""
+
+    def from_host(self, decision: RowDecision) -> Any:
+        """A host decision moved to the executor's device."""
+
+    def whole_images(self, rows: Any, cfg: Config) -> Any:
+        """The answer computed image by image in memory, or ``None`` if the rows split images."""
+
+    def masks(self, rows: Any, decision: Any) -> Any:
+        """Boolean masks ``(B, C, d)`` of a decision."""
+
+    def labels(self, rows: Any, decision: Any, cfg: Config) -> Any:
+        """Labels ``(B, d)`` from the per-class decisions (MATH section 5)."""
+
+    def reshape(self, out: Any, shape: tuple[int, ...]) -> Any:
+        """``out`` in the caller's spatial shape."""
+
+
+def output_shape(shape: tuple[int, ...], cfg: Config) -> tuple[tuple[int, ...], type]:
+    """Shape and dtype of the answer for probabilities of shape ``shape``."""
+    if cfg.output_mode == "multilabel":
+        return tuple(shape), np.bool_
+    return (shape[0],) + tuple(shape[2:]), np.int64
+
+
+def run(ex: Executor, probs: Any, cfg: Config) -> Any:
+    """Masks ``(B, C, *spatial)`` bool or labels ``(B, *spatial)`` int64 for a validated-structure array."""
+    shape = tuple(int(s) for s in probs.shape)
+    out_shape, dtype = output_shape(shape, cfg)
+    if math.prod(shape) == 0:  # nothing to decide (and reductions need a pixel)
+        return ex.xp.zeros(out_shape, dtype=dtype)
+    rows = ex.rows(probs)
+    if cfg.metric == "accuracy":
+        return ex.reshape(accuracy(ex, rows, cfg), out_shape)
+    how = SOLVERS[cfg.solver].executors[ex.name]
+    whole = ex.whole_images(rows, cfg)
+    if whole is not None:
+        return ex.reshape(whole, out_shape)
+    if how == WHOLE_IMAGES:  # the executor declined: its whole_images says how to rechunk
+        raise AssertionError(f"executor {ex.name!r} must handle solver {cfg.solver!r} on whole images")
+    decision = decide(ex, rows, cfg)
+    out = ex.masks(rows, decision) if cfg.output_mode == "multilabel" else ex.labels(rows, decision, cfg)
+    return ex.reshape(out, out_shape)
+
+
+def decide(ex: Executor, rows: Any, cfg: Config) -> Any:
+    """The solver's per-row decision, natively or through the host, as the capability table says."""
+    solver = SOLVERS[cfg.solver]
+    how = solver.executors[ex.name]
+    module = import_module(solver.modules[ex.name])
+    if how == NATIVE:
+        return ex.decide(module, rows, cfg)
+    if how == HOST_FALLBACK:
+        # The decision is O(B*C): only the probabilities travel, once.
+        return ex.from_host(module.decide(np.ascontiguousarray(ex.to_host(rows)), cfg))
+    raise AssertionError(f"unknown support {how!r} of solver {cfg.solver!r} on {ex.name!r}")
+
+
+def accuracy(ex: Executor, rows: Any, cfg: Config) -> Any:
+    """Accuracy is Bayes-optimal by argmax (multiclass) or p > 1/2 (TR), MATH section 6."""
+    xp = ex.xp
+    rows = ex.check_values(rows)
+    if cfg.solver == "tr":
+        return rows > 0.5
+    labels = xp.argmax(rows, axis=1).astype(xp.int64)
+    if cfg.output_mode == "multiclass":
+        return labels
+    warn_user(
+        "solver='argmax' with output_mode='multilabel' returns non-overlapping one-hot masks; "
+        "use solver='TR' to threshold each class independently."
+    )
+    classes = xp.arange(rows.shape[1]).reshape((1, -1) + (1,) * (rows.ndim - 2))
+    return xp.expand_dims(labels, 1) == classes
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` pointing at the first frame outside rankseg_np (the user's call)."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("rankseg_np"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
