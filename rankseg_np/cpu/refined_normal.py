@@ -161,9 +161,8 @@ def _trna(q, prefix, up, lq, pmf, mean, var, m3, smooth):
 
     ``W_tau(k) = sum_{j<=tau} q_j pmf_j(k)`` is kept as a running float64
     sum.  Equal ``q_j`` share one law.  A law of ``Gamma_{-j}`` without mass
-    leaves ``pi(tau)`` and every later score undefined; that volume is then
-    returned (the first undefined score is the argmax, as for a NaN in
-    ``numpy.argmax``).
+    leaves ``W_tau``, hence ``pi(tau)`` and every later score, undefined: no
+    candidates, so the search ends there (MATH section 6).
     """
     n = pmf.size
     scaled = smooth >= SCALED_SMOOTH
@@ -181,7 +180,7 @@ def _trna(q, prefix, up, lq, pmf, mean, var, m3, smooth):
             scale_j, skew_j = parameters(var - share, m3 - share * (1.0 - 2.0 * qj))
             mass = normalised_pmf(lq, mean - qj, scale_j, skew_j, law_j)
         if not mass > 0.0:
-            return tau
+            break
         overlap = 0.0
         empty = 0.0
         for i in range(n):
@@ -223,9 +222,8 @@ def _volumes(qbuf, prefix, moments, scale, skew, lq, uq, up, kinds, smooth, tau)
         pmf = np.empty(uq[i] - lq[i] + 1)
         mass = normalised_pmf(lq[i], moments[i, 0], scale[i], skew[i], pmf)
         if not mass > 0.0:
-            # No law: every score but pi(0) = 0 (g = 0) is undefined; the
-            # first undefined one is the argmax, as in _trna.
-            tau[i] = 1 if smooth == 0.0 else 0
+            # No law, no defined score but pi(0) = 0 (g = 0): the empty mask.
+            tau[i] = 0
         elif kinds[i] == BA:
             tau[i] = _ba(qbuf[i], prefix[i], up[i], lq[i], pmf, smooth)
         else:
