@@ -71,7 +71,9 @@ def standard_quantile(prob: float, skew: float) -> float:
     return brentq(excess, left, right, xtol=XTOL)
 
 
-def supports(mean: np.ndarray, scale: np.ndarray, skew: np.ndarray, d: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+def supports(
+    mean: np.ndarray, scale: np.ndarray, skew: np.ndarray, d: int, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Integer support ``[lq, uq]`` of each row's law: its central ``1 - eps``, widened outwards.
 
     With ``z_lo, z_hi`` the standardised quantiles of ``eps/2`` and

@@ -42,8 +42,8 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._validate import Config, raise_bad_values
-from ._refined_law import normalised_pmf, parameters, supports
 from ._kernels import first_pass
+from ._refined_law import normalised_pmf, parameters, supports
 
 BA = 0
 TRNA = 1
