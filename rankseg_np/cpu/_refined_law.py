@@ -9,8 +9,8 @@ refined normal law
 
 restricted to the integers ``[lq, uq]`` that hold its central ``1 - eps``
 mass and renormalised there.  Everything is computed in float64 from the
-values given; the rules MATH section 6 spells out (variance floor, quantile
-root, ends of the support, a law without mass) are stated where they apply.
+values given; the rules of MATH section 6.1 (variance floor, quantile root,
+ends of the support, a law without mass) are restated where they apply.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""BA, TRNA and BA+TRNA (MATH section 6) on the CPU, in float64 Numba kernels.
+"""BA, TRNA and BA+TRNA (MATH section 6.1) on the CPU, in float64 Numba kernels.
 
 The refined-normal approximations of Dai & Li (JMLR 2023), for users who
 call them by name; the exact solver supersedes both.  Dice only, one row =
