@@ -181,7 +181,10 @@ def refined_normal_curve(p, solver, smooth, eps):
         laws = np.vstack([_pmf(k, loc_j[i, 0], math.sqrt(var_j[i, 0]), m3_j[i, 0] / var_j[i, 0] ** 1.5) for i in range(up)])
         weights = np.cumsum(qj * laws, axis=0)  # W_tau(k) = sum_{j <= tau} q_j pmf_j(k)
         overlap = np.sum(weights * a, axis=1)
-    return np.concatenate([[empty], 2.0 * overlap + nu])
+    curve = np.concatenate([[empty], 2.0 * overlap + nu])
+    # A law without mass on the support leaves scores undefined (NaN here; in
+    # TRNA every later one too, through W_tau): they are not candidates.
+    return np.where(np.isnan(curve), -np.inf, curve)
 
 
 def palette_row(d: int, rng: np.random.Generator, k: int = 24, low: float = 0.0):
