@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _dispatch
-from ._layout import check_class_sums, collect_class_sums, from_channels_first, normalize_channel_axis, to_channels_first
+from ._layout import from_channels_first, normalize_channel_axis, to_channels_first
 from ._validate import Config, check_options, check_probs_structure, for_classes
 
 
@@ -89,16 +89,13 @@ def rankseg(
     return _run(probs, cfg, channel_axis)
 
 
-def _run(probs: Any, options: Config, channel_axis: Any = 1) -> Any:
+def _run(probs: Any, options: Config, channel_axis: Any) -> Any:
     native, solve, restore = _dispatch.prepare(probs)
     axis = normalize_channel_axis(channel_axis, len(native.shape))
-    native = to_channels_first(native, axis)  # a view
+    native = to_channels_first(native, axis)
     check_probs_structure(native, _dispatch.backend_of(probs))
     cfg = for_classes(options, int(native.shape[1]))
-    with collect_class_sums() as class_sums:  # filled by the multiclass pass of in-memory executors
-        out = solve(native, cfg)
-    if class_sums:
-        check_class_sums(*class_sums, native)
+    out = solve(native, cfg)
     if cfg.output_mode == "multilabel":
         out = from_channels_first(out, axis)
     return restore(out)
@@ -137,13 +134,12 @@ class RankSEG:
         **solver_params: Any,
     ) -> None:
         check_options(metric, smooth, output_mode, solver, pruning_prob, **solver_params)  # fail early
-        normalize_channel_axis(channel_axis, None)
-        self.channel_axis = channel_axis
         self.metric = metric
         self.smooth = smooth
         self.output_mode = output_mode
         self.solver = solver
         self.pruning_prob = pruning_prob
+        self.channel_axis = channel_axis
         self.solver_params = dict(solver_params)
 
     def predict(self, probs: Any) -> Any:

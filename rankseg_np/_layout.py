@@ -12,19 +12,14 @@ arrays in the wrong layout giving labels of the wrong shape with exit 0:
   kernels count, in a pass they already make, the pixels whose sum is off by
   more than :data:`SUM_TOL`; :func:`check_class_sums` turns the count into a
   ``ValueError`` when the array is recognisably channels-last, else a
-  ``UserWarning`` that names the likely causes.  The executors report the
-  counts through :func:`record_class_sums` to the caller's
-  :func:`collect_class_sums` (a context variable, so concurrent calls in
-  threads do not mix), which keeps the executors' signatures unchanged.
+  ``UserWarning`` that names the likely causes.
 """
 
 from __future__ import annotations
 
-import contextvars
 import os
 import sys
 import warnings
-from contextlib import contextmanager
 from numbers import Integral
 from typing import Any
 
@@ -45,7 +40,7 @@ _SAMPLE = 4096
 _RECOGNISE_FROM = 64
 
 
-def normalize_channel_axis(channel_axis: Any, ndim: int | None) -> int:
+def normalize_channel_axis(channel_axis: Any, ndim: int) -> int:
     """``channel_axis`` as an index in ``[0, ndim)``; one error naming the allowed values.
 
     Examples
@@ -56,10 +51,6 @@ def normalize_channel_axis(channel_axis: Any, ndim: int | None) -> int:
     if isinstance(channel_axis, bool) or not isinstance(channel_axis, Integral):
         raise TypeError(f"channel_axis must be an integer; got {type(channel_axis).__name__}")
     axis = int(channel_axis)
-    if ndim is None:  # no array yet (RankSEG(...)): the type check only
-        return axis
-    if ndim < 3:
-        return 1  # too few axes for (batch, classes, *spatial): the shape check says so
     if not -ndim <= axis < ndim:
         raise ValueError(
             f"channel_axis must lie in [{-ndim}, {ndim}) for probs with {ndim} axes; got {channel_axis}"
@@ -100,37 +91,6 @@ def _caller_stacklevel() -> int:
         frame = frame.f_back
         level += 1
     return level
-
-
-_CLASS_SUMS: contextvars.ContextVar[list | None] = contextvars.ContextVar("rankseg_np_class_sums", default=None)
-
-
-@contextmanager
-def collect_class_sums():
-    """Collect what :func:`record_class_sums` reports inside the block: ``[]`` or
-    ``[pixels, pixels off, smallest sum, largest sum]``."""
-    box: list = []
-    token = _CLASS_SUMS.set(box)
-    try:
-        yield box
-    finally:
-        _CLASS_SUMS.reset(token)
-
-
-def wants_class_sums() -> bool:
-    """True inside :func:`collect_class_sums`: an executor should count the class sums."""
-    return _CLASS_SUMS.get() is not None
-
-
-def record_class_sums(n_pixels: int, n_off: int, lo: float, hi: float) -> None:
-    """Add one pass's counts to the active collector (no-op outside one)."""
-    box = _CLASS_SUMS.get()
-    if box is None:
-        return
-    if box:
-        box[:] = [box[0] + n_pixels, box[1] + n_off, min(box[2], lo), max(box[3], hi)]
-    else:
-        box[:] = [n_pixels, n_off, lo, hi]
 
 
 def _host(x: Any) -> np.ndarray:

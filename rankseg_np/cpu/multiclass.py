@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._decision import DELTA_TIE_RTOL, RowDecision
-from .._layout import SUM_TOL, record_class_sums, wants_class_sums
+from .._layout import SUM_TOL
 from .._solvers import METRIC_CODES
 from .._validate import Config
 from ._threads import parallel_kernel
@@ -170,11 +170,12 @@ def _first_within(inc, best):
     return 0
 
 
-def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config) -> np.ndarray:
+def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config, class_sums: np.ndarray | None = None) -> np.ndarray:
     """Labels ``(B, d)`` int64 from per-class decisions on a C-contiguous ``(B, C, d)`` array.
 
-    Inside :func:`rankseg_np._layout.collect_class_sums` the claims pass also
-    counts the pixels whose class sum is off 1 and reports them there.
+    With ``class_sums`` (a float64 array of 4) the claims pass also checks every
+    pixel's class sum and stores (pixels checked, pixels off 1 by more than
+    ``SUM_TOL``, smallest sum, largest sum) there; see :mod:`rankseg_np._layout`.
     """
     n_img, n_cls, d = p3.shape
     labels = np.empty((n_img, d), dtype=np.int64)
@@ -182,12 +183,13 @@ def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config) -> np.ndarray:
     tau_part = np.zeros((n_tasks, n_cls))
     m_part = np.zeros((n_tasks, n_cls))
     threshold, tie_end, active, mu = decision
-    if wants_class_sums():  # the caller checks the class sums (rankseg_np._layout): count them here
+    if class_sums is None:
+        claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
+    else:
         stats = np.zeros((n_tasks, 3))
         _claims_checked(p3, threshold, tie_end, active, labels, tau_part, m_part, stats)
-        record_class_sums(n_img * d, int(stats[:, 0].sum()), float(stats[:, 1].min()), float(stats[:, 2].max()))
-    else:
-        claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
+        class_sums[:] = (n_img * d, stats[:, 0].sum(), stats[:, 1].min(initial=np.inf),
+                         stats[:, 2].max(initial=-np.inf))
     tau = tau_part.reshape(n_img, -1, n_cls).sum(axis=1)
     m = m_part.reshape(n_img, -1, n_cls).sum(axis=1)
     conflicts(

@@ -403,10 +403,10 @@ def decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
     tie_end = xp.zeros(b * c, dtype=xp.int64)
     if cfg.smooth == 0.0 and bool(xp.any(active & (mu < TINY_MU))):
         # Rows of expected size below TINY_MU: exact = RMA to below float64 resolution.
-        from ._rma import decide as rma_decide
+        from . import _rma
 
         tiny = active & (mu < TINY_MU)
-        rma = rma_decide(p3, cfg, xp, kern)
+        rma = _rma.decide(p3, cfg, xp, kern)
         threshold = xp.where(tiny, rma.threshold.reshape(-1), threshold)
         tie_end = xp.where(tiny, rma.tie_end.reshape(-1), tie_end)
         active_big = active & ~tiny
