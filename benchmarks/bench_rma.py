@@ -107,11 +107,12 @@ def sum_check_cost(shape, repeat):
     """
     from rankseg_np import cpu
     from rankseg_np._validate import check_config
+    from rankseg_np.cpu import rma
 
     probs = softmax_probs(shape)
     p3 = cpu.as_rows(probs)
     cfg = check_config(shape[1])
-    decision = cpu.decide(p3, cfg)
+    decision = rma.decide(p3, cfg)
     sums = np.zeros(4)
     whole = best_time(lambda: rankseg(probs), repeat)
     plain = best_time(lambda: cpu.multiclass.resolve(p3, decision, cfg), repeat)
