@@ -99,11 +99,12 @@ def run(shape, repeat):
 
 
 def sum_check_cost(shape, repeat):
-    """Time of the multiclass claims pass with and without the class-sum check, against full RMA.
+    """CPU time of the multiclass claims pass with and without the class-sum check, against full RMA.
 
     The check rides in the claims pass (``cpu.multiclass.resolve(..., class_sums)``);
     its cost is the difference of the two resolve timings, as a share of the
-    whole ``rankseg(probs)`` call (which includes it).
+    whole ``rankseg(probs)`` call (which includes it).  CPU time on one Numba
+    thread, best of interleaved runs: on a shared machine wall time is noise.
     """
     from rankseg_np import cpu
     from rankseg_np._validate import check_config
