@@ -75,14 +75,18 @@ def binary_masks(probs: np.ndarray, cfg: Config, row_solver=rma_row) -> tuple[np
 
 
 def increments(p3: np.ndarray, tau: np.ndarray, m: np.ndarray, mu: np.ndarray, metric: str, smooth: float):
-    """Increment scores Delta_c(i) of MATH section 5, shape (B, C, d), float64."""
+    """Increment scores Delta_c(i) of MATH section 5 (times max(1, smooth)), shape (B, C, d), float64."""
     tau, m, mu = (x[:, :, None] for x in (tau, m, mu))
     with np.errstate(divide="ignore", invalid="ignore"):
         if metric == "dice":
             d = tau + mu + smooth + 1.0
-            inc = 2.0 * (p3 * d - m) / (d * (d + 1.0))
+            # No product d*d (it overflows for smooth > ~1.3e154); times max(1, smooth),
+            # a positive constant that changes no comparison (MATH section 5).
+            if smooth > 1.0:
+                return 2.0 * (p3 - m / d) * (smooth / (d + 1.0)) - (smooth / d) * (smooth / (d - 1.0))
+            inc = 2.0 * (p3 - m / d) / (d + 1.0)
             if smooth > 0:
-                inc = inc - smooth / ((d - 1.0) * d)
+                inc = inc - (smooth / d) / (d - 1.0)
             return inc
         e = tau + mu - m + smooth
         a = np.where(e > 0, (m + smooth) / e, 0.0)

@@ -10,7 +10,7 @@ expected score of any mask ``delta`` with ``tau = |delta|`` pixels is
 
 with ``G(t) = prod_j (1 - p_j(1-t))`` and ``0/0 := 0``.  The integrals are
 evaluated with the quadrature of the exact solver (kernels in :mod:`rankseg_np.cpu.exact`,
-``docs/exact.md``): about 1e-13 absolute error, one pass over each row plus a
+``docs/exact.md``): about 1e-13 absolute error whatever the row length, one pass over each row plus a
 few dozen nodes per pixel that is not small.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._layout import normalize_channel_axis, to_channels_first
 from ._validate import check_probs_structure, finite_real, raise_bad_values
 
 __all__ = ["expected_metric"]
@@ -29,7 +30,7 @@ _METRICS = ("dice", "iou")
 
 def _as_masks(masks: Any, probs: np.ndarray) -> np.ndarray:
     """Boolean ``(B, C, *spatial)`` masks from masks of that shape or labels ``(B, *spatial)``."""
-    masks = np.asarray(masks)
+    masks = _host_array(masks)
     if masks.dtype == np.bool_:
         kind = "b"
     elif masks.dtype.kind in "iu":
@@ -54,7 +55,28 @@ def _as_masks(masks: Any, probs: np.ndarray) -> np.ndarray:
     )
 
 
-def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float = 0.0) -> np.ndarray:
+def _host_array(x: Any) -> np.ndarray:
+    """Any array :func:`rankseg` accepts (NumPy, CuPy, torch, JAX, TensorFlow, Dask, DLPack),
+    as a NumPy array on the host; the caller's array is never modified."""
+    if isinstance(x, np.ndarray):
+        return x
+    from ._dispatch import backend_of, prepare
+
+    try:
+        backend_of(x)
+    except TypeError:  # lists and other array-likes: NumPy's own conversion
+        return np.asarray(x)
+    native = prepare(x)[0]  # the array in its backend's type (bfloat16 upcast, detached)
+    if hasattr(native, "compute"):  # Dask
+        native = native.compute()
+    if hasattr(native, "get") and not isinstance(native, np.ndarray):  # CuPy: to the host
+        native = native.get()
+    return np.asarray(native)
+
+
+def expected_metric(
+    probs: Any, masks: Any, metric: str = "dice", smooth: float = 0.0, channel_axis: int = 1
+) -> np.ndarray:
     r"""Exact expected Dice or IoU of given masks, per image and class.
 
     The score each mask is expected to get when the ground truth is drawn
@@ -64,8 +86,10 @@ def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float 
 
     Parameters
     ----------
-    probs : ndarray, shape (B, C, \*spatial)
-        Probabilities in [0, 1], float16/float32/float64.  Not modified.
+    probs : array, shape (B, C, \*spatial)
+        Probabilities in [0, 1], float16/float32/float64 in either byte
+        order: any array :func:`rankseg` accepts (NumPy, CuPy, PyTorch, JAX,
+        TensorFlow, Dask, DLPack arrays), evaluated on the CPU.  Not modified.
     masks : ndarray
         Boolean masks of the same shape as ``probs`` (integer 0/1 accepted),
         or an integer label map ``(B, *spatial)`` as returned by multiclass
@@ -75,6 +99,9 @@ def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float 
         Case-insensitive.
     smooth : float, default 0.0
         Smoothing ``gamma >= 0`` added to numerator and denominator.
+    channel_axis : int, default 1
+        The class axis of ``probs`` (and of per-class ``masks``), as in
+        :func:`rankseg`: ``-1`` for channels-last arrays.
 
     Returns
     -------
@@ -103,8 +130,13 @@ def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float 
     >>> expected_metric(probs, probs > 0.5, metric="iou").shape
     (1, 1)
     """
-    if not isinstance(probs, np.ndarray):
-        probs = np.asarray(probs)
+    probs = _host_array(probs)
+    axis = normalize_channel_axis(channel_axis, probs.ndim)
+    if axis != 1:
+        masks = _host_array(masks)
+        if masks.shape == probs.shape:  # per-class masks, in the layout of probs
+            masks = to_channels_first(masks, axis)
+        probs = to_channels_first(probs, axis)
     check_probs_structure(probs)
     if not isinstance(metric, str):
         raise TypeError(f"metric must be a string, 'dice' or 'iou'; got {type(metric).__name__}")
@@ -118,8 +150,9 @@ def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float 
 
     b, c = probs.shape[:2]
     d = int(np.prod(probs.shape[2:]))
-    p = probs.astype(np.float32) if probs.dtype == np.float16 else probs
-    p2 = np.ascontiguousarray(p.reshape(b * c, d))
+    from .cpu import as_rows  # float16 -> float32, native byte order, C-contiguous rows
+
+    p2 = as_rows(probs).reshape(b * c, d)
     m2 = np.ascontiguousarray(m.reshape(b * c, d))
     out = np.empty(b * c)
     bad = np.zeros(b * c, dtype=np.bool_)

@@ -12,6 +12,7 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._validate import raise_bad_values
+from ._threads import parallel_kernel
 
 # Pixels per parallel task when a kernel splits rows into blocks: large enough
 # to amortise scheduling, small enough to balance a handful of huge rows.
@@ -82,7 +83,7 @@ def sum_above(row, t):
     return s, n
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def row_stats(p2):
     """Per row: sum (float64), maximum, and whether any value is NaN/inf/outside [0, 1]."""
     rows = p2.shape[0]
@@ -97,21 +98,7 @@ def row_stats(p2):
     return mu, peak, bad
 
 
-@njit(cache=True, nogil=True)
-def tie_cut(row, value, count):
-    """Index just past the ``count``-th entry equal to ``value`` (0 when count == 0)."""
-    if count <= 0:
-        return 0
-    seen = 0
-    for i in range(row.size):
-        if row[i] == value:
-            seen += 1
-            if seen == count:
-                return i + 1
-    return row.size
-
-
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def materialize(p2, threshold, tie_end, out):
     """out[r, i] = p2[r, i] > t_r or (p2[r, i] == t_r and i < k_r), in (row, block) tasks."""
     rows, d = p2.shape

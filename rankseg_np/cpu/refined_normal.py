@@ -44,6 +44,7 @@ from .._decision import RowDecision
 from .._validate import Config, raise_bad_values
 from ._kernels import first_pass
 from ._refined_law import normalised_pmf, parameters, supports
+from ._threads import parallel_kernel
 
 BA = 0
 TRNA = 1
@@ -204,7 +205,7 @@ def _trna(q, prefix, up, lq, pmf, mean, var, m3, smooth):
     return best_tau
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def _row_statistics(qbuf, prefix, moments, up, smooth):
     """Per sorted row: prefix sums, the count's mean / variance / third moment, and ``up_tau``."""
     for i in prange(qbuf.shape[0]):
@@ -224,7 +225,7 @@ def _row_statistics(qbuf, prefix, moments, up, smooth):
         up[i] = _search_bound(q, prefix[i], smooth)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def _volumes(qbuf, prefix, moments, scale, skew, lq, uq, up, kinds, smooth, tau):
     """The chosen volume of every sorted row (BA or TRNA by ``kinds``)."""
     for i in prange(qbuf.shape[0]):
@@ -239,7 +240,7 @@ def _volumes(qbuf, prefix, moments, scale, skew, lq, uq, up, kinds, smooth, tau)
             tau[i] = _trna(qbuf[i], prefix[i], up[i], lq[i], pmf, moments[i, 0], moments[i, 1], moments[i, 2], smooth)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def _tie_groups(qbuf, tau, need, group):
     """The top-tau set of a sorted row is ``{p > v}`` plus the first ``need`` of the
     ``group`` pixels equal to ``v = q_tau`` (contiguous in the sorted row)."""
@@ -259,7 +260,7 @@ def _tie_groups(qbuf, tau, need, group):
         group[i] = last - first
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def _row_peaks(p2, mu, peak, bad):
     """Per row: float64 sum, maximum, and whether any value is NaN/inf/outside [0, 1]."""
     for r in prange(p2.shape[0]):

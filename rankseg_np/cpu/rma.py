@@ -26,6 +26,8 @@ from .._decision import RowDecision
 from .._validate import Config
 from ._kernels import decide_rows, scan, sum_above
 from .._solvers import DICE, IOU
+from ._threads import parallel_kernel
+
 # Dinkelbach's lam increases strictly at every step and there are finitely
 # many threshold masks; in practice it stops after 2-6 steps.  The cap only
 # guards against a float64 cycle that exact arithmetic cannot produce.
@@ -162,7 +164,7 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
     return band[n_band - best_k], row.size  # {p > v} and every p == v
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel(cache=True)
 def _rma_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
     for r in prange(p2.shape[0]):
         row = p2[r]

@@ -9,8 +9,7 @@ kernels on a chunk with the global decisions translated to it.
 from __future__ import annotations
 
 import math
-import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 from numba import njit
@@ -199,11 +198,6 @@ def band_best(band, s_top, n_top, a, smooth):
     return best_k
 
 
-# Numba's 'workqueue' threading layer must not be entered from two threads at
-# once; the CPU kernels are parallel, and Dask calls them from its threads.
-WORKQUEUE_LOCK = threading.Lock()
-
-
 @contextmanager
 def cpu_threads(n_tasks: int):
     """Run the CPU path's parallel kernels inside a Dask task with a fair share of the cores.
@@ -212,21 +206,16 @@ def cpu_threads(n_tasks: int):
     ``cores // n_tasks`` Numba threads (at least one; the setting is local to
     the calling thread).  Without this every task would wake a full Numba
     pool, which costs milliseconds per call on a busy machine and
-    oversubscribes the cores.
+    oversubscribes the cores.  The kernels themselves are safe to launch from
+    several threads and in forked workers (``rankseg_np.cpu._threads``).
     """
     import numba
 
     share = max(1, int(numba.config.NUMBA_NUM_THREADS) // max(1, int(n_tasks)))
     previous = numba.get_num_threads()
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet in this process
-        layer = "unknown"
-    lock = WORKQUEUE_LOCK if layer in ("workqueue", "unknown") else nullcontext()
     numba.set_num_threads(min(share, previous))
     try:
-        with lock:
-            yield
+        yield
     finally:
         numba.set_num_threads(previous)
 

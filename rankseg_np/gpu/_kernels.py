@@ -130,9 +130,12 @@ class XpKernels:
         p = p.astype(xp.float64)
         if metric == 0:
             dd = tau + mu + smooth + 1.0
-            inc = 2.0 * (p * dd - m) / (dd * (dd + 1.0))
+            # No product dd*dd (overflow for smooth > ~1.3e154); times max(1, smooth): see cpu.multiclass.
+            if smooth > 1.0:
+                return 2.0 * (p - m / dd) * (smooth / (dd + 1.0)) - (smooth / dd) * (smooth / (dd - 1.0))
+            inc = 2.0 * (p - m / dd) / (dd + 1.0)
             if smooth > 0.0:
-                inc = inc - smooth / ((dd - 1.0) * dd)
+                inc = inc - (smooth / dd) / (dd - 1.0)
             return inc
         e = tau + mu - m + smooth
         pos = e > 0.0
@@ -220,8 +223,10 @@ __device__ __forceinline__ double rs_increment(double p, int metric, double smoo
                                                double tau, double mu, double m) {
     if (metric == 0) {  // Dice
         const double d = tau + mu + smooth + 1.0;
-        double inc = 2.0 * (p * d - m) / (d * (d + 1.0));
-        if (smooth > 0.0) inc -= smooth / ((d - 1.0) * d);
+        // No product d*d (overflow for smooth > ~1.3e154); times max(1, smooth): see cpu.multiclass.
+        if (smooth > 1.0) return 2.0 * (p - m / d) * (smooth / (d + 1.0)) - (smooth / d) * (smooth / (d - 1.0));
+        double inc = 2.0 * (p - m / d) / (d + 1.0);
+        if (smooth > 0.0) inc -= (smooth / d) / (d - 1.0);
         return inc;
     }
     const double e = tau + mu - m + smooth;

@@ -1,0 +1,81 @@
+"""Multiclass Dice with a huge ``smooth`` (issue 12, item 8).
+
+The increment score of MATH section 5 once computed ``D*(D+1)`` with
+``D ~ smooth``: above ~1.3e154 it overflowed, every score became 0 and every
+contested pixel went to class 0.  The oracle here resolves the labels with
+the increment scores in exact rational arithmetic (``fractions.Fraction``),
+from the per-class masks of the multilabel decision (which involve no
+increment), and every executor must agree with it.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from rankseg_np import _reference as ref
+from rankseg_np import gpu, rankseg
+from rankseg_np._validate import check_config
+from strategies import make_probs
+
+SMOOTHS = [0.5, 3.0, 1e100, 1.3e154, 1e200, 1e300, 1.7e308]
+# Scores of two classes closer than this (relative) may be resolved either way:
+# the executors treat them as tied (DELTA_TIE_RTOL = 1e-12, plus sum-order noise).
+TIE_RTOL = 1e-11
+
+
+def exact_labels(p3, masks, active, smooth):
+    """Labels (B, d) from MATH section 5 with exact rational increment scores; also the scores."""
+    b, c, d = p3.shape
+    g = Fraction(smooth)
+    labels = np.empty((b, d), dtype=np.int64)
+    scores = np.full((b, c, d), -np.inf)
+    for i in range(b):
+        count = masks[i].sum(axis=0)
+        sole = masks[i] & (count == 1)
+        for k in range(c):
+            tau = int(sole[k].sum())
+            m = sum((Fraction(float(x)) for x in p3[i, k][sole[k]]), Fraction(0))
+            mu = sum((Fraction(float(x)) for x in p3[i, k]), Fraction(0))
+            big_d = tau + mu + g + 1
+            for j in range(d):
+                eligible = masks[i, k, j] if count[j] else (active[i, k] or not active[i].any())
+                if not eligible:
+                    continue
+                pk = Fraction(float(p3[i, k, j]))
+                inc = 2 * (pk * big_d - m) / (big_d * (big_d + 1)) - g / ((big_d - 1) * big_d)
+                scores[i, k, j] = float(inc * max(1, g))  # the executors' scale; no comparison changes
+        for j in range(d):
+            if count[j] == 1:
+                labels[i, j] = int(np.argmax(masks[i, :, j]))
+            else:
+                labels[i, j] = int(np.argmax(scores[i, :, j] == scores[i, :, j].max()))
+    return labels, scores
+
+
+def assert_labels_match(got, want, scores, where):
+    for i, j in zip(*np.nonzero(got != want)):
+        s = scores[i, :, j]
+        a, b = s[want[i, j]], s[got[i, j]]
+        assert abs(a - b) <= TIE_RTOL * abs(a), f"{where}: pixel {(i, j)} got {got[i, j]}, want {want[i, j]} ({s})"
+
+
+@pytest.mark.parametrize("smooth", SMOOTHS)
+@pytest.mark.parametrize("kind", ["sigmoid", "uniform", "softmax"])
+def test_multiclass_dice_huge_smooth_matches_exact_rational_oracle(smooth, kind):
+    p = make_probs((2, 3, 6, 5), np.float64, kind, 7)
+    p3 = p.reshape(2, 3, -1)
+    masks = rankseg(p, smooth=smooth, output_mode="multilabel").reshape(p3.shape)
+    active = p3.max(axis=2) > 0.5
+    want, scores = exact_labels(p3, masks, active, smooth)
+    cfg = check_config(3, smooth=smooth)
+    executors = {
+        "cpu": rankseg(p, smooth=smooth),
+        "gpu-code-on-numpy": gpu.solve_with(p, cfg, np),
+        "reference": ref.rankseg_reference(p, cfg),
+    }
+    for name, got in executors.items():
+        assert_labels_match(np.asarray(got).reshape(want.shape), want, scores, name)
+
