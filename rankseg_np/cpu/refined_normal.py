@@ -75,6 +75,17 @@ def _weights(m, smooth, scaled):
 
 
 @njit(cache=True, nogil=True)
+def _weight_tables(lq, n, up, smooth, scaled):
+    """``a`` and ``e`` at every count m = k + tau a search can meet, m = lq + 1 .. lq + n - 1 + up
+    (at index m - lq - 1)."""
+    xa = np.empty(n + up - 1)
+    xe = np.empty(n + up - 1)
+    for i in range(xa.size):
+        xa[i], xe[i] = _weights(lq + 1.0 + i, smooth, scaled)
+    return xa, xe
+
+
+@njit(cache=True, nogil=True)
 def _search_bound(q, prefix, smooth):
     """Lemma 3's ``up_tau``: the first tau in 1..d-1 with S_tau >= (tau + g + d) q_{tau+1}, else d."""
     d = q.size
@@ -125,11 +136,7 @@ def _ba(q, prefix, up, lq, pmf, smooth):
     """
     n = pmf.size
     scaled = smooth >= SCALED_SMOOTH
-    # Weights at the counts m = lq + 1 .. lq + n - 1 + up (index m - lq - 1).
-    xa = np.empty(n + up - 1)
-    xe = np.empty(n + up - 1)
-    for i in range(xa.size):
-        xa[i], xe[i] = _weights(lq + 1.0 + i, smooth, scaled)
+    xa, xe = _weight_tables(lq, n, up, smooth, scaled)
     best = _empty_part(pmf, lq, 0, smooth, scaled)
     best_tau = 0
     overlap = np.empty(CHUNK)
@@ -167,6 +174,7 @@ def _trna(q, prefix, up, lq, pmf, mean, var, m3, smooth):
     """
     n = pmf.size
     scaled = smooth >= SCALED_SMOOTH
+    xa, xe = _weight_tables(lq, n, up, smooth, scaled)
     w = np.zeros(n)
     law_j = np.empty(n)
     mass = 0.0
@@ -183,12 +191,13 @@ def _trna(q, prefix, up, lq, pmf, mean, var, m3, smooth):
         if not mass > 0.0:
             break
         overlap = 0.0
-        empty = 0.0
         for i in range(n):
             w[i] += qj * law_j[i]
-            a, e = _weights(float(lq + i + tau), smooth, scaled)
-            overlap += a * w[i]
-            empty += e * pmf[i]
+            overlap += xa[i + tau - 1] * w[i]  # count lq + i + tau
+        empty = 0.0
+        if smooth > 0.0:
+            for i in range(n):
+                empty += xe[i + tau - 1] * pmf[i]
         score = 2.0 * overlap + empty
         if score > best:
             best = score
