@@ -108,9 +108,10 @@ def check_class_sums(n_pixels: int, n_off: int, lo: float, hi: float, probs: Any
     ``n_off`` of ``n_pixels`` pixels had a class sum outside ``1 +- SUM_TOL``;
     ``lo``/``hi`` are the smallest and largest sums seen.  Nothing happens when
     ``n_off == 0``.  Otherwise a small sample of ``probs`` is read to test the
-    last axis (and axis 0) as the class axis: a last axis whose entries sum to
-    1 is a channels-last array (``ValueError``); anything else gets a
-    ``UserWarning`` naming the likely causes.
+    last axis and axis 0 as the class axis: a last axis whose entries sum to
+    1 is a channels-last array, an axis 0 whose entries sum to 1 is one image
+    without its batch axis (both a ``ValueError``, from ``_RECOGNISE_FROM``
+    pixels on); anything else gets a ``UserWarning`` naming the likely causes.
 
     Examples
     --------
@@ -136,14 +137,17 @@ def check_class_sums(n_pixels: int, n_off: int, lo: float, hi: float, probs: Any
                 f"The class axis is axis 1 by default; pass channel_axis=-1 (e.g. rankseg(probs, channel_axis=-1)) "
                 f"or move the classes to axis 1 first (np.moveaxis(probs, -1, 1))"
             )
-    hint = ""
-    if shape[0] >= 2 and _sums_to_one(_host(probs.reshape(shape[0], -1)[:, :_SAMPLE]), 0):
-        hint = (
-            f" Here axis 0 (size {shape[0]}) sums to 1: this looks like one image of shape (C, *spatial) "
-            "without its batch axis; pass probs[None]."
-        )
+    if shape[0] >= 2:
+        sample = _host(probs.reshape(shape[0], -1)[:, :_SAMPLE])
+        if sample.shape[1] >= _RECOGNISE_FROM and _sums_to_one(sample, 0):
+            # As sure as the channels-last case: labels of the wrong shape would follow.
+            raise ValueError(
+                f"probs looks like one image without its batch axis: {found}, but along axis 0 "
+                f"(size {shape[0]}) they sum to 1, as the classes of one image (C, *spatial) do. "
+                "probs must be (batch, classes, *spatial); pass probs[None]"
+            )
     warnings.warn(
-        f"output_mode='multiclass' expects class probabilities that sum to 1 at every pixel; {found}.{hint} "
+        f"output_mode='multiclass' expects class probabilities that sum to 1 at every pixel; {found}. "
         "Likely causes: a missing batch axis (one image (C, H, W): pass probs[None]); logits (apply a softmax "
         "over the class axis first); independent per-class sigmoid outputs (use output_mode='multilabel'); "
         "or the class axis elsewhere (channel_axis=...).",

@@ -75,9 +75,12 @@ def _unknown_parameters(unknown: list[str], solver: str, output_mode: str, allow
     """Name where each unknown parameter belongs, or the closest spelling."""
     hints = []
     for name in unknown:
-        owners = [s.name for s in SOLVERS.values() if name in s.accepts("multiclass")]
+        owners = [s for s in SOLVERS.values() if name in s.accepts("multiclass") + s.accepts("multilabel")]
         if owners:
-            hints.append(f"{name!r} is a parameter of solver {', '.join(map(repr, owners))}: {PARAMETERS[name]}")
+            where = "; ".join(
+                f"{s.name!r} ({'/'.join(s.metrics)}, output_mode={'/'.join(s.output_modes)})" for s in owners
+            )
+            hints.append(f"{name!r} is a parameter of solver {where}: {PARAMETERS[name]}")
         else:
             guess = difflib.get_close_matches(name, _ARGUMENTS + tuple(PARAMETERS), n=1)
             if guess:
@@ -132,6 +135,9 @@ def check_options(
     allowed_keys = supported(metric, output_mode)
     if key not in allowed_keys:
         hint = f"; omit solver to get {SOLVERS[allowed_keys[0]].name!r}" if metric == "accuracy" else ""
+        if key in SOLVERS and metric in SOLVERS[key].metrics:  # right metric, other output mode
+            modes = " or ".join(repr(m) for m in SOLVERS[key].output_modes)
+            hint += f"; {SOLVERS[key].name!r} needs output_mode={modes}"
         raise ValueError(
             f"solver {solver!r} is not supported for metric={metric!r} with output_mode={output_mode!r}; "
             f"supported solvers: {_solver_names(allowed_keys)}{hint}"

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import _labelled as L
+from ._pipeline import warn_user
 
 __all__ = ["TemperatureScaling", "NotFittedError", "expected_calibration_error", "reliability_diagram"]
 
@@ -72,9 +73,26 @@ def _logits64(s: Any, inputs: str, output_mode: str) -> Any:
     return xp.log(z) - xp.log1p(-z)
 
 
+def _looks_like_probabilities(s: Any, output_mode: str) -> bool:
+    """Scores in [0, 1] (whose classes sum to 1, multiclass): probabilities, not logits."""
+    xp = L.xp_of(s)
+    if not (bool(xp.min(s) >= 0) and bool(xp.max(s) <= 1)):
+        return False
+    if output_mode == "multilabel":
+        return True
+    return bool(xp.max(xp.abs(xp.sum(s, axis=1, dtype=xp.float64) - 1.0)) <= 1e-2)  # _layout.SUM_TOL
+
+
 def _check_block(s: Any, y: Any, inputs: str, data: L.Spec, check: bool) -> Any:
     if check:
         L.scores_values(s, "scores", inputs == "probabilities")
+        if inputs == "logits" and s.size and _looks_like_probabilities(s, data.output_mode):
+            warn_user(
+                "scores look like probabilities (every value in [0, 1]"
+                + (", classes summing to 1" if data.output_mode == "multiclass" else "")
+                + "), but inputs='logits' (the default) reads them as logits: pass inputs='probabilities' "
+                "(rankseg-np calibrate: --inputs-are probabilities)"
+            )
     xp = L.xp_of(y)
     if check:
         return L.valid_labels(y, s.shape[1], data.output_mode, data.ignore_index)

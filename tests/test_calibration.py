@@ -7,6 +7,7 @@ recomputed directly in the test with SciPy / explicit loops over bins.
 
 from __future__ import annotations
 
+import warnings
 
 import numpy as np
 import pytest
@@ -443,3 +444,17 @@ def test_transform_returns_the_callers_type_dlpack(framework, multilabel):
     out = ts.transform(arr)
     assert type(out).__module__.split(".")[0] == type(arr).__module__.split(".")[0]
     np.testing.assert_allclose(np.asarray(out), ref.transform(x), rtol=1e-6)
+
+
+def test_probabilities_passed_as_logits_get_a_warning():
+    """The default inputs='logits' on softmax outputs fits a wrong temperature silently otherwise."""
+    rng = np.random.default_rng(11)
+    z = rng.normal(size=(2, 3, 16, 16))
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    y = p.argmax(axis=1)
+    with pytest.warns(UserWarning, match="look like probabilities.*inputs='probabilities'"):
+        TemperatureScaling().fit(p, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        TemperatureScaling(inputs="probabilities").fit(p, y)
+        TemperatureScaling().fit(z, y)  # real logits: no warning

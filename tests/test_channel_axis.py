@@ -152,7 +152,7 @@ def test_channels_last_multiclass_raises_naming_channel_axis(run, solver):
     [
         ("logits", lambda x: x, "logits"),
         ("sigmoid outputs", lambda x: 1 / (1 + np.exp(-x)), "multilabel"),
-        ("one image without batch axis", lambda x: softmax(x, axis=1)[0], r"probs\[None\]"),
+        ("one image, few pixels", lambda x: softmax(x, axis=1)[0, :, :4, :4], r"probs\[None\]"),
     ],
 )
 def test_off_class_sums_warn_with_likely_causes(run, name, make, cause):
@@ -160,6 +160,14 @@ def test_off_class_sums_warn_with_likely_causes(run, name, make, cause):
     p = make(x)
     p = np.clip(p, 0, 1)  # logits clipped into [0, 1]: still not probabilities
     with pytest.warns(UserWarning, match=cause):
+        RUNNERS[run](p)
+
+
+@pytest.mark.parametrize("run", list(RUNNERS))
+def test_one_image_without_batch_axis_raises_naming_the_fix(run):
+    """(C, H, W) read as (B, C', W): labels of the wrong shape; recognisable because axis 0 sums to 1."""
+    p = softmax(np.random.default_rng(4).normal(size=(1, 4, 12, 10)), axis=1)[0]
+    with pytest.raises(ValueError, match=r"without its batch axis.*probs\[None\]"):
         RUNNERS[run](p)
 
 

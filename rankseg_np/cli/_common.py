@@ -13,9 +13,25 @@ class InputError(Exception):
 
 
 
+# The library's messages name Python fixes; on the command line the same fix is an option.
+_CLI_FIXES = (
+    ("channel_axis=", "--channel-axis -1 (or the class axis)"),
+    ("probs[None]", "--no-batch-axis"),
+    ("output_mode='multilabel'", "--output-mode multilabel"),
+)
+
+
+def for_cli(text: str) -> str:
+    """``text`` plus the command-line spelling of the fixes it names."""
+    if "[on the command line:" in text:
+        return text
+    fixes = [cli for py, cli in _CLI_FIXES if py in text]
+    return f"{text} [on the command line: {'; '.join(fixes)}]" if fixes else text
+
+
 def _one_line(exc: BaseException) -> str:
     """An exception as a single line (messages of nested libraries may span several)."""
-    text = " ".join(str(exc).split())
+    text = for_cli(" ".join(str(exc).split()))
     if isinstance(exc, (InputError, ValueError, TypeError)) and text:
         return text
     name = type(exc).__name__

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence, TextIO
 import numpy as np
 
 from .._layout import from_channels_first, to_channels_first
-from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line
+from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line, for_cli
 from ._io import (
     EXTENSION,
     NIFTI,
@@ -79,7 +79,7 @@ def _one_line_warnings(stream: TextIO) -> Iterator[None]:
     """Print warnings as ``rankseg-np: warning: ...`` lines instead of source excerpts."""
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        stream.write(f"{PROG}: warning: {' '.join(str(message).split())}\n")
+        stream.write(f"{PROG}: warning: {for_cli(' '.join(str(message).split()))}\n")
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")
