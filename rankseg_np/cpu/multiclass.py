@@ -28,6 +28,51 @@ NONE = -2
 MANY = -1
 
 
+@njit(cache=True, nogil=True)
+def _count_claims(p3, b, i0, i1, threshold, tie_end, active, count, owner):
+    """For the pixels [i0, i1) of image b: how many active classes claim each, and the last claimant.
+
+    The loops index slices from 0 (Numba then knows the indices are not
+    negative and LLVM vectorises them, which it does not for
+    ``range(i0, i1)``); a class whose tie cut lies before the tile tests only
+    ``p > t``.
+    """
+    n = i1 - i0
+    for j in range(n):
+        count[j] = 0
+        owner[j] = 0
+    for c in range(p3.shape[1]):
+        if not active[b, c]:
+            continue
+        t = threshold[b, c]
+        k = tie_end[b, c]
+        row = p3[b, c, i0:i1]
+        if k <= i0:
+            for j in range(n):
+                claimed = row[j] > t
+                count[j] += claimed
+                owner[j] = c if claimed else owner[j]
+        else:
+            for j in range(n):
+                v = row[j]
+                claimed = v > t or (v == t and i0 + j < k)
+                count[j] += claimed
+                owner[j] = c if claimed else owner[j]
+
+
+@njit(cache=True, nogil=True)
+def _sole_claims(p3, b, i0, count, owner, lab, tau_part, m_part):
+    """Labels of a tile from its claim counts; sole claims add to ``tau_part``, ``m_part`` in pixel order."""
+    for j in range(count.size):
+        if count[j] == 1:
+            o = owner[j]
+            lab[i0 + j] = o
+            tau_part[o] += 1.0
+            m_part[o] += p3[b, o, i0 + j]
+        else:
+            lab[i0 + j] = NONE if count[j] == 0 else MANY
+
+
 @parallel_kernel(cache=True)
 def claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
     n_img, n_cls, d = p3.shape
@@ -37,33 +82,27 @@ def claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
         i0 = (task % n_tiles) * TILE
         i1 = min(d, i0 + TILE)
         # Branch-free per-tile counters (they vectorise): claims and last claimant.
-        count = np.zeros(i1 - i0, dtype=np.int32)
-        owner = np.zeros(i1 - i0, dtype=np.int32)
-        for c in range(n_cls):
-            if not active[b, c]:
-                continue
-            t = threshold[b, c]
-            k = tie_end[b, c]
-            row = p3[b, c, i0:i1]
-            for j in range(i1 - i0):
-                v = row[j]
-                claimed = v > t or (v == t and i0 + j < k)
-                count[j] += claimed
-                owner[j] = c if claimed else owner[j]
-        lab = labels[b]
-        for j in range(i1 - i0):
-            if count[j] == 1:
-                o = owner[j]
-                lab[i0 + j] = o
-                tau_part[task, o] += 1.0
-                m_part[task, o] += p3[b, o, i0 + j]
-            else:
-                lab[i0 + j] = NONE if count[j] == 0 else MANY
+        count = np.empty(i1 - i0, dtype=np.int32)
+        owner = np.empty(i1 - i0, dtype=np.int32)
+        _count_claims(p3, b, i0, i1, threshold, tie_end, active, count, owner)
+        _sole_claims(p3, b, i0, count, owner, labels[b], tau_part[task], m_part[task])
 
 
 @njit(cache=True, nogil=True)
 def _increment(p, metric, smooth, tau, mu, m):
-    """Exact change of class c's RMA objective when pixel p joins U_c (MATH 5, factored)."""
+    """Exact change of class c's RMA objective when pixel p joins U_c (MATH 5, factored).
+
+    Computed as per-class terms (:func:`_increment_terms`) and a per-pixel part
+    (:func:`_increment_from`); the conflicts kernel computes the terms once per
+    class, with the same operations in the same order, so the same bits.
+    """
+    k1, k2, k3 = _increment_terms(metric, smooth, tau, mu, m)
+    return _increment_from(p, metric, smooth, k1, k2, k3)
+
+
+@njit(cache=True, nogil=True)
+def _increment_terms(metric, smooth, tau, mu, m):
+    """The per-class terms (k1, k2, k3) of the increment (see :func:`_increment_from`)."""
     if metric == 0:  # Dice
         # 2(p d - m)/(d(d+1)) - g/((d-1)d) with no product d*d, which overflows
         # float64 once g > ~1.3e154; every quotient below is <= 1 in size.  For
@@ -72,20 +111,38 @@ def _increment(p, metric, smooth, tau, mu, m):
         # it stays far from underflow too, up to g = the largest float64.
         d = tau + mu + smooth + 1.0
         if smooth > 1.0:
-            return 2.0 * (p - m / d) * (smooth / (d + 1.0)) - (smooth / d) * (smooth / (d - 1.0))
-        inc = 2.0 * (p - m / d) / (d + 1.0)
-        if smooth > 0.0:
-            inc -= (smooth / d) / (d - 1.0)
-        return inc
+            return m / d, smooth / (d + 1.0), (smooth / d) * (smooth / (d - 1.0))
+        return m / d, d + 1.0, (smooth / d) / (d - 1.0) if smooth > 0.0 else 0.0
     e = tau + mu - m + smooth
     a = (m + smooth) / e if e > 0.0 else 0.0  # 0/0 := 0
-    return (p - a * (1.0 - p)) / (e + 1.0 - p)
+    return a, e, 0.0
+
+
+@njit(cache=True, nogil=True)
+def _increment_from(p, metric, smooth, k1, k2, k3):
+    """The increment of a pixel of value p from its class's terms: one division at most.
+
+    Dice: ``2(p - m/d)/(d+1) - (g/d)/(d-1)`` (``x - 0.0`` is ``x`` bit for bit
+    when g = 0), or ``2(p - m/d)(g/(d+1)) - (g/d)(g/(d-1))`` for g > 1; IoU:
+    ``(p - a(1-p))/(e+1-p)``.
+    """
+    if metric == 0:
+        if smooth > 1.0:
+            return 2.0 * (p - k1) * k2 - k3
+        return 2.0 * (p - k1) / k2 - k3
+    return (p - k1 * (1.0 - p)) / (k2 + 1.0 - p)
 
 
 @parallel_kernel(cache=True)
 def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
+    terms = np.empty((n_img, n_cls, 3))  # per class: computed once, not once per pixel
+    for b in range(n_img):
+        for c in range(n_cls):
+            terms[b, c, 0], terms[b, c, 1], terms[b, c, 2] = _increment_terms(
+                metric, smooth, tau[b, c], mu[b, c], m[b, c]
+            )
     for task in prange(n_img * n_tiles):
         b = task // n_tiles
         i0 = (task % n_tiles) * TILE
@@ -102,19 +159,32 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
             if state == NONE and void:
                 lab[i] = void_index
                 continue
-            best = -np.inf
-            for c in range(n_cls):
-                inc[c] = -np.inf
+            for c in range(n_cls):  # branch-free: the claims are unpredictable
                 v = p3[b, c, i]
                 if state == MANY:  # only claimants compete
                     t = threshold[b, c]
-                    if not (active[b, c] and (v > t or (v == t and i < tie_end[b, c]))):
-                        continue
-                elif any_active and not active[b, c]:  # unclaimed: active classes compete
-                    continue
-                inc[c] = _increment(v, metric, smooth, tau[b, c], mu[b, c], m[b, c])
-                best = max(best, inc[c])
+                    ok = active[b, c] & ((v > t) | ((v == t) & (i < tie_end[b, c])))
+                else:  # unclaimed: the active classes compete (all of them if none is active)
+                    ok = active[b, c] | (not any_active)
+                x = _increment_from(v, metric, smooth, terms[b, c, 0], terms[b, c, 1], terms[b, c, 2])
+                inc[c] = x if ok else -np.inf
+            best = _max_of(inc)
             lab[i] = _first_within(inc, best)
+
+
+@njit(cache=True, nogil=True)
+def _max_of(x):
+    """max(x) in four independent chains (x is never NaN, so the order does not matter)."""
+    m0 = m1 = m2 = m3 = -np.inf
+    n4 = x.size - x.size % 4
+    for c in range(0, n4, 4):
+        m0 = max(m0, x[c])
+        m1 = max(m1, x[c + 1])
+        m2 = max(m2, x[c + 2])
+        m3 = max(m3, x[c + 3])
+    for c in range(n4, x.size):
+        m0 = max(m0, x[c])
+    return max(max(m0, m1), max(m2, m3))
 
 
 @njit(cache=True, nogil=True)
