@@ -29,3 +29,23 @@ def _has(module: str) -> bool:
     except (ImportError, ValueError):  # a parent package missing, or a broken install
         return False
 
+
+
+def compile_notice(err) -> None:
+    """One line on ``err`` when the first solve will compile Numba's kernels (their disk cache is empty).
+
+    Looks for the on-disk cache index of the RMA row kernel (in ``__pycache__``
+    or ``NUMBA_CACHE_DIR``); any problem reading it means no notice, never an error.
+    """
+    try:
+        import os
+
+        from ..cpu import rma
+
+        index = rma._rma_rows.parallel._cache._cache_file._index_path
+        if os.path.exists(index):
+            return
+    except Exception:  # Numba internals moved: stay quiet
+        return
+    err.write(f"{PROG}: compiling the Numba kernels for the first call (once: they are then cached on disk) ...\n")
+    err.flush()
