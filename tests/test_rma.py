@@ -133,8 +133,11 @@ def test_images_are_independent(probs, params):
 
 
 @pytest.mark.parametrize("params", [dict(), dict(metric="iou", smooth=1.0), dict(smooth=2.0, output_mode="multilabel")])
-def test_deterministic_across_runs_and_thread_counts(params):
-    probs = make_probs((3, 5, 300, 300), np.float32, "softmax", 7)  # above cpu.SERIAL_BELOW: really parallel
+def test_deterministic_across_runs_and_thread_counts(params, monkeypatch):
+    from rankseg_np import cpu
+
+    probs = make_probs((3, 5, 300, 300), np.float32, "softmax", 7)
+    monkeypatch.setattr(cpu, "SERIAL_BELOW", probs.size)  # really parallel (one thread: the serial kernels)
     first = rankseg(probs, **params)
     threads = numba.get_num_threads()
     try:

@@ -34,16 +34,17 @@ def _has(module: str) -> bool:
 def compile_notice(err) -> None:
     """One line on ``err`` when the first solve will compile Numba's kernels (their disk cache is empty).
 
-    Looks for the on-disk cache index of the RMA row kernel (in ``__pycache__``
-    or ``NUMBA_CACHE_DIR``); any problem reading it means no notice, never an error.
+    Looks for the on-disk cache index of the RMA row kernel, parallel or
+    serial (in ``__pycache__`` or ``NUMBA_CACHE_DIR``): when neither exists the
+    environment is fresh.  Any problem reading it means no notice, never an error.
     """
     try:
         import os
 
         from ..cpu import rma
 
-        index = rma._rma_rows.parallel._cache._cache_file._index_path
-        if os.path.exists(index):
+        kernel = rma._rma_rows
+        if any(os.path.exists(k._cache._cache_file._index_path) for k in (kernel.parallel, kernel.serial)):
             return
     except Exception:  # Numba internals moved: stay quiet
         return

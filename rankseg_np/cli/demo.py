@@ -79,17 +79,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
 
     spatial = "x".join(map(str, shape))
+    import numba
+
+    from ..cpu import SERIAL_BELOW
+
+    if probs.size < SERIAL_BELOW or numba.get_num_threads() == 1:
+        threads = f"on one thread (RankSEG runs serially below {SERIAL_BELOW:,} probabilities; argmax is NumPy's)"
+    else:
+        threads = f"RankSEG on {numba.get_num_threads()} Numba threads, argmax (NumPy's) on one"
     out.write(
         f"{PROG} demo: {args.batch} images x {args.classes} classes, {spatial} pixels, "
         f"scenario {args.scenario!r}, {args.output_mode}, seed {args.seed} (data generated in {t_gen:.2f} s)\n"
         "  calibrated synthetic data: the ground truth is drawn from the probabilities themselves\n"
         "  scores: Dice and IoU per (image, class) against that truth, then the mean over all images\n"
         "  and classes (background included; 0/0 counts as 0); times: best of "
-        f"{args.repeat} after one warm-up call (Numba compile excluded)\n\n"
+        f"{args.repeat} after one warm-up call (Numba compile excluded), {threads}\n\n"
     )
     rows = []
     base_time = None
     warmup = 0.0
+    compile_notice(err)
     for name, fn in methods:
         try:
             t0 = time.perf_counter()

@@ -14,7 +14,9 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line
+from ._common import (
+    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line, compile_notice,
+)
 from ._io import NPY, SUFFIXES, _describe, _is_zarr_store, check_replaceable, load_probs, write_output
 
 # Integer label dtypes offered by --dtype, smallest first (the order 'auto' tries).
@@ -262,6 +264,9 @@ def _process(job: Job, args: argparse.Namespace, kw: dict[str, Any]) -> None:
     if probs.ndim < 2:
         raise InputError(f"holds an array of shape {tuple(probs.shape)}; expected (batch, classes, *spatial)")
     dtype = _output_dtype(args.dtype, int(probs.shape[1]), kw)
+    if not args.quiet and not getattr(args, "_compile_noticed", False):
+        args._compile_noticed = True
+        compile_notice(sys.stderr)
     try:
         result = rankseg(probs, **kw)
     except (ValueError, TypeError) as exc:

@@ -83,6 +83,36 @@ def sum_above(row, t):
     return s, n
 
 
+@njit(cache=True, nogil=True)
+def sorted_values(v):
+    """A sorted (ascending) copy of a 1-D float array: bottom-up merge sort.
+
+    Hand-written because Numba's ``np.sort`` / ``ndarray.sort`` (quicksort)
+    adds about 5 s to a kernel's first compilation; sorted values are the
+    same whatever the algorithm.
+    """
+    n = v.size
+    src = v.copy()
+    dst = np.empty_like(src)
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            a = lo
+            b = mid
+            for k in range(lo, hi):
+                if b < hi and (a >= mid or src[b] < src[a]):
+                    dst[k] = src[b]
+                    b += 1
+                else:
+                    dst[k] = src[a]
+                    a += 1
+        src, dst = dst, src
+        width *= 2
+    return src
+
+
 @parallel_kernel(cache=True)
 def row_stats(p2):
     """Per row: sum (float64), maximum, and whether any value is NaN/inf/outside [0, 1]."""

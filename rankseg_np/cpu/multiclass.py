@@ -159,6 +159,7 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
             if state == NONE and void:
                 lab[i] = void_index
                 continue
+            best = -np.inf
             for c in range(n_cls):  # branch-free: the claims are unpredictable
                 v = p3[b, c, i]
                 if state == MANY:  # only claimants compete
@@ -167,24 +168,11 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
                 else:  # unclaimed: the active classes compete (all of them if none is active)
                     ok = active[b, c] | (not any_active)
                 x = _increment_from(v, metric, smooth, terms[b, c, 0], terms[b, c, 1], terms[b, c, 2])
+                # Increments are never NaN (p in [0, 1], positive denominators),
+                # so max(best, -inf) == best: the same maximum as skipping the class.
                 inc[c] = x if ok else -np.inf
-            best = _max_of(inc)
+                best = max(best, inc[c])
             lab[i] = _first_within(inc, best)
-
-
-@njit(cache=True, nogil=True)
-def _max_of(x):
-    """max(x) in four independent chains (x is never NaN, so the order does not matter)."""
-    m0 = m1 = m2 = m3 = -np.inf
-    n4 = x.size - x.size % 4
-    for c in range(0, n4, 4):
-        m0 = max(m0, x[c])
-        m1 = max(m1, x[c + 1])
-        m2 = max(m2, x[c + 2])
-        m3 = max(m3, x[c + 3])
-    for c in range(n4, x.size):
-        m0 = max(m0, x[c])
-    return max(max(m0, m1), max(m2, m3))
 
 
 @njit(cache=True, nogil=True)
