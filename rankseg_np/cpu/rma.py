@@ -164,18 +164,6 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
     return band[n_band - best_k], row.size  # {p > v} and every p == v
 
 
-@njit(cache=True, nogil=True)
-def _first_read(row, pruning_prob, r, threshold, tie_end, active, mu, bad):
-    """The row's scan: fills mu, bad, the empty decision and active; returns (s_half, n_half)."""
-    total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
-    mu[r] = total
-    bad[r] = is_bad
-    threshold[r] = np.inf
-    tie_end[r] = 0
-    active[r] = (not is_bad) and any_above
-    return s_half, n_half
-
-
 # Two kernels, so that the common case (Dice with smooth = 0, or IoU) never
 # compiles the band search of Dice with smooth > 0 (a first call in a fresh
 # environment pays for every line a kernel could run).
@@ -184,13 +172,18 @@ def _rma_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, 
     """Dice with smooth = 0 and IoU: Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
         row = p2[r]
-        s_half, n_half = _first_read(row, pruning_prob, r, threshold, tie_end, active, mu, bad)
+        total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
+        mu[r] = total
+        bad[r] = is_bad
+        threshold[r] = np.inf
+        tie_end[r] = 0
+        active[r] = (not is_bad) and any_above
         if not active[r]:
             continue
         if metric == IOU:
-            _, threshold[r] = dinkelbach_iou(row, smooth, mu[r], s_half, n_half, 0.5)
+            _, threshold[r] = dinkelbach_iou(row, smooth, total, s_half, n_half, 0.5)
         else:
-            _, threshold[r] = dinkelbach_dice(row, 0.0, mu[r] + 1.0, s_half, n_half, 0.5)
+            _, threshold[r] = dinkelbach_dice(row, 0.0, total + 1.0, s_half, n_half, 0.5)
 
 
 @parallel_kernel(cache=True)
@@ -198,9 +191,14 @@ def _rma_smooth_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, activ
     """Dice with smooth > 0: the band search of :func:`_dice_smooth_row`."""
     for r in prange(p2.shape[0]):
         row = p2[r]
-        s_half, n_half = _first_read(row, pruning_prob, r, threshold, tie_end, active, mu, bad)
+        total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
+        mu[r] = total
+        bad[r] = is_bad
+        threshold[r] = np.inf
+        tie_end[r] = 0
+        active[r] = (not is_bad) and any_above
         if active[r]:
-            threshold[r], tie_end[r] = _dice_smooth_row(row, mu[r], smooth, s_half, n_half)
+            threshold[r], tie_end[r] = _dice_smooth_row(row, total, smooth, s_half, n_half)
 
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
