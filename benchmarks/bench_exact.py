@@ -3,6 +3,7 @@
     python benchmarks/bench_exact.py            # (4, 21, 256, 256) and (4, 21, 512, 512)
     python benchmarks/bench_exact.py --quick    # small shapes, a smoke test
     python benchmarks/bench_exact.py --accuracy # quadrature error against the oracles only
+                                                # (and against mpmath for d = 1e4, 1e5, 1e6)
 
 Speed: best of ``--repeat`` runs after a warm-up (Numba compiles there), all in
 one process on the same float32 softmax array; ``rankseg`` BA runs once (it
@@ -187,6 +188,57 @@ def accuracy(rows_per_family, seed=0):
     print(f"| **all** | {overall[0]:.1e} | {overall[1]:.1e} | {overall[2]:.1e} |")
 
 
+def accuracy_by_length(rows_per_length, lengths=(10_000, 100_000, 1_000_000), seed=0):
+    """Max |expected_metric - mpmath| per row length d, and adjacent volumes near the optimum.
+
+    Rows of d pixels drawn from 24 distinct values (``tests/oracles.palette_row``),
+    shuffled, with random masks; the reference is ``expected_score_mp`` (mpmath,
+    30 digits, adaptive quadrature).  Then, on one row per d, the top-tau sets
+    around the exact solver's volume: how many adjacent pairs
+    ``expected_metric`` orders differently from the reference.
+    """
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from oracles import expected_score_mp, palette_row
+
+    import mpmath
+
+    rng = np.random.default_rng(seed)
+    print("\n## expected_metric against mpmath (30 digits) by row length\n")
+    print(f"{rows_per_length} rows per length (24 distinct values, shuffled, random masks), "
+          "dice and iou, smooth in (0, 1)\n")
+    print("| d | max abs error | adjacent top-tau pairs mis-ranked (near the optimum) | smallest reference gap |")
+    print("|---:|---:|---:|---:|")
+    for d in lengths:
+        worst = 0.0
+        for _ in range(rows_per_length):
+            values, n_in, n_out, p, mask = palette_row(d, rng)
+            for metric in ("dice", "iou"):
+                for smooth in (0.0, 1.0):
+                    ref = expected_score_mp(values, n_in, n_out, metric, smooth)
+                    got = expected_metric(p[None, None], mask[None, None], metric, smooth)[0, 0]
+                    worst = max(worst, abs(float(mpmath.mpf(float(got)) - ref)))
+        # Adjacent volumes around the optimum of one row (Dice, smooth 0).
+        values, _, _, p, _ = palette_row(d, rng)
+        counts = np.array([(p == v).sum() for v in values])
+        best = rankseg(p[None, None], solver="exact", output_mode="multilabel", pruning_prob=0.0)[0, 0]
+        tau_star = int(best.sum())
+        order = np.argsort(-p, kind="stable")
+        refs, ours = [], []
+        for tau in range(max(1, tau_star - 3), min(d, tau_star + 3) + 1):
+            mask = np.zeros(d, dtype=bool)
+            mask[order[:tau]] = True
+            n_in = np.array([int(mask[p == v].sum()) for v in values])
+            refs.append(expected_score_mp(values, n_in, counts - n_in, "dice", 0.0))
+            ours.append(float(expected_metric(p[None, None], mask[None, None])[0, 0]))
+        gaps = [refs[i + 1] - refs[i] for i in range(len(refs) - 1)]
+        wrong = sum((ours[i + 1] - ours[i] > 0) != (gap > 0) for i, gap in enumerate(gaps) if gap != 0)
+        smallest = min(abs(float(gap)) for gap in gaps)
+        print(f"| {d:.0e} | {worst:.1e} | {wrong} of {len(gaps)} | {smallest:.1e} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
@@ -194,9 +246,11 @@ def main(argv=None):
     parser.add_argument("--no-ba", action="store_true", help="skip rankseg 0.0.8's BA (slow)")
     parser.add_argument("--accuracy", action="store_true", help="only the quadrature error study")
     parser.add_argument("--rows", type=int, default=20, help="rows per family in the accuracy study")
+    parser.add_argument("--length-rows", type=int, default=2, help="rows per length in the d = 1e4..1e6 study")
     args = parser.parse_args(argv)
     if args.accuracy:
         accuracy(args.rows)
+        accuracy_by_length(args.length_rows)
         return
     import numba
 

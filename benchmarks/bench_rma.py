@@ -3,6 +3,7 @@
     python benchmarks/bench_rma.py            # (4, 21, 512, 512) float32/64/16 and (1, 3, 128, 256, 256)
                                               # -> also benchmarks/results/bench_rma.md
     python benchmarks/bench_rma.py --quick    # small shapes, a smoke test (prints only)
+    python benchmarks/bench_rma.py --sum-check  # cost of the multiclass class-sum check only
 
 Every method runs in one process on the same array; times are the best of
 ``--repeat`` wall-clock runs after a warm-up call (Numba compiles there).
@@ -157,6 +158,27 @@ def run(shape, dtype, repeat, full=True, exact=False, compat=False):
     return results
 
 
+def sum_check_cost(shape, repeat):
+    """Time of the multiclass claims pass with and without the class-sum check, against full RMA.
+
+    The check rides in the claims pass (``cpu.multiclass.resolve(..., class_sums)``);
+    its cost is the difference of the two resolve timings, as a share of the
+    whole ``rankseg(probs)`` call (which includes it).
+    """
+    from rankseg_np import cpu
+    from rankseg_np._validate import check_config
+
+    probs = softmax_probs(shape)
+    p3 = cpu.as_rows(probs)
+    cfg = check_config(shape[1])
+    decision = cpu.decide(p3, cfg)
+    sums = np.zeros(4)
+    whole = best_time(lambda: rankseg(probs), repeat)
+    plain = best_time(lambda: cpu.multiclass.resolve(p3, decision, cfg), repeat)
+    checked = best_time(lambda: cpu.multiclass.resolve(p3, decision, cfg, sums), repeat)
+    print(f"| {shape} | {whole:.4f} | {plain:.4f} | {checked:.4f} | {(checked - plain) / whole:+.1%} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke test, prints only)")
@@ -165,10 +187,20 @@ def main(argv=None):
     parser.add_argument("--no-rankseg", action="store_true", help="skip rankseg 0.0.8 (slow)")
     parser.add_argument("--clock", choices=tuple(CLOCK), default="wall",
                         help="wall-clock time (default) or the process's CPU time (shared machines)")
+    parser.add_argument("--sum-check", action="store_true", help="only the class-sum check's cost")
     args = parser.parse_args(argv)
     global clock
     clock = CLOCK[args.clock]
     import numba
+
+    if args.sum_check:
+        print(f"numba threads {numba.get_num_threads()}; best of {args.repeat}\n")
+        print("| probs (float32 softmax) | rankseg RMA dice multiclass (s) | claims pass (s) | "
+              "claims pass + sum check (s) | check / RMA |")
+        print("|---|---:|---:|---:|---:|")
+        for shape in [(2, 21, 128, 128)] if args.quick else [(4, 21, 512, 512), (1, 3, 128, 256, 256)]:
+            sum_check_cost(shape, args.repeat)
+        return
 
     emit(f"# bench_rma ({datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
          f"numba {numba.__version__}, {numba.get_num_threads()} threads, "

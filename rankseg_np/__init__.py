@@ -6,12 +6,17 @@ with the masks that maximise the expected Dice (or IoU) of each image.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._api import RankSEG, rankseg
-from .expected import expected_metric
+from . import _numba_cache
+
+_numba_cache.configure()  # before any kernel is defined: a read-only install still needs a cache
+
+from ._api import RankSEG, rankseg  # noqa: E402
+from .evaluation import evaluate  # noqa: E402
+from .expected import expected_metric  # noqa: E402
 
 try:
     __version__ = version("rankseg-np")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["RankSEG", "rankseg", "expected_metric", "__version__"]
+__all__ = ["RankSEG", "rankseg", "evaluate", "expected_metric", "__version__"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _dispatch
+from ._layout import from_channels_first, normalize_channel_axis, to_channels_first
 from ._validate import Config, check_options, check_probs_structure, for_classes
 
 
@@ -15,6 +16,7 @@ def rankseg(
     output_mode: str = "multiclass",
     solver: str | None = None,
     pruning_prob: float = 0.5,
+    channel_axis: int = 1,
     **solver_params: Any,
 ) -> Any:
     r"""Turn probability maps into the masks that maximise the expected Dice or IoU.
@@ -43,6 +45,14 @@ def rankseg(
     pruning_prob : float in [0, 1], default 0.5
         A class whose largest probability in an image is ``<= pruning_prob``
         gets an empty mask and takes no part in multiclass resolution.
+    channel_axis : int, default 1
+        The axis of ``probs`` that holds the classes (scikit-image's name):
+        ``-1`` for channels-last arrays such as Keras/TensorFlow ``(B, H, W, C)``.
+        ``rankseg(y, channel_axis=-1)`` equals ``rankseg(np.moveaxis(y, -1, 1))``;
+        multilabel masks come back in the layout of ``probs``.  In multiclass
+        mode a ``probs`` whose class sums are not 1 but whose last axis sums
+        to 1 raises ``ValueError`` (pass ``channel_axis=-1``); other class sums
+        off 1 by more than 1e-2 give a ``UserWarning`` naming likely causes.
     **solver_params
         ``unassigned_policy`` ({'max_score', 'void'}) and ``void_index`` (int
         outside ``[0, C)``, only with ``'void'``) for RMA/exact multiclass;
@@ -53,7 +63,8 @@ def rankseg(
     -------
     array
         Labels ``(B, *spatial)`` int64 (multiclass) or masks
-        ``(B, C, *spatial)`` bool (multilabel), of the caller's array type.
+        ``(B, C, *spatial)`` bool (multilabel; the class axis at
+        ``channel_axis``), of the caller's array type.
 
     Raises
     ------
@@ -75,13 +86,19 @@ def rankseg(
     array([[[1, 1, 0, 0]]])
     """
     cfg = check_options(metric, smooth, output_mode, solver, pruning_prob, **solver_params)
-    return _run(probs, cfg)
+    return _run(probs, cfg, channel_axis)
 
 
-def _run(probs: Any, options: Config) -> Any:
+def _run(probs: Any, options: Config, channel_axis: Any) -> Any:
     native, solve, restore = _dispatch.prepare(probs)
+    axis = normalize_channel_axis(channel_axis, len(native.shape))
+    native = to_channels_first(native, axis)
     check_probs_structure(native, _dispatch.backend_of(probs))
-    return restore(solve(native, for_classes(options, int(native.shape[1]))))
+    cfg = for_classes(options, int(native.shape[1]))
+    out = solve(native, cfg)
+    if cfg.output_mode == "multilabel":
+        out = from_channels_first(out, axis)
+    return restore(out)
 
 
 class RankSEG:
@@ -113,6 +130,7 @@ class RankSEG:
         output_mode: str = "multiclass",
         solver: str | None = None,
         pruning_prob: float = 0.5,
+        channel_axis: int = 1,
         **solver_params: Any,
     ) -> None:
         check_options(metric, smooth, output_mode, solver, pruning_prob, **solver_params)  # fail early
@@ -121,14 +139,15 @@ class RankSEG:
         self.output_mode = output_mode
         self.solver = solver
         self.pruning_prob = pruning_prob
+        self.channel_axis = channel_axis
         self.solver_params = dict(solver_params)
 
     def predict(self, probs: Any) -> Any:
-        """Masks or labels for ``probs`` ``(B, C, *spatial)``; see :func:`rankseg`."""
+        """Masks or labels for ``probs`` (classes on ``channel_axis``); see :func:`rankseg`."""
         options = check_options(
             self.metric, self.smooth, self.output_mode, self.solver, self.pruning_prob, **self.solver_params
         )
-        return _run(probs, options)
+        return _run(probs, options, self.channel_axis)
 
     __call__ = predict
 
@@ -136,5 +155,7 @@ class RankSEG:
         params = "".join(f", {k}={v!r}" for k, v in self.solver_params.items())
         return (
             f"RankSEG(metric={self.metric!r}, smooth={self.smooth!r}, output_mode={self.output_mode!r}, "
-            f"solver={self.solver!r}, pruning_prob={self.pruning_prob!r}{params})"
+            f"solver={self.solver!r}, pruning_prob={self.pruning_prob!r}"
+            + (f", channel_axis={self.channel_axis!r}" if self.channel_axis != 1 else "")
+            + f"{params})"
         )

@@ -354,3 +354,23 @@ def prepare(probs: Any) -> tuple[Any, Solve, Restore]:
     if route == "dlpack":
         return _prepare_dlpack(probs)
     return _BY_MODULE[_module_root(probs)](probs)
+
+
+def array_module(native: Any) -> Any:
+    """The namespace of a backend-native array: ``numpy`` for NumPy, ``cupy`` for CuPy.
+
+    Code written once against ``xp`` (calibration, evaluation) uses this to run
+    on the host or on the GPU without importing CuPy itself.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rankseg_np._dispatch import array_module
+    >>> array_module(np.zeros(3)).__name__
+    'numpy'
+    """
+    if isinstance(native, np.ndarray):
+        return np
+    if _module_root(native) == "cupy":
+        return _require_cupy("a CuPy array")
+    raise TypeError(f"expected a NumPy or CuPy array; got {_type_name(native)}")

@@ -14,13 +14,23 @@ import math
 import sys
 import warnings
 from importlib import import_module
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from ._decision import RowDecision
+from ._layout import check_class_sums
 from ._solvers import HOST_FALLBACK, NATIVE, SOLVERS, WHOLE_IMAGES
 from ._validate import Config
+
+
+class ClassSums(NamedTuple):
+    """What a multiclass executor saw of the per-pixel class sums (see :mod:`rankseg_np._layout`)."""
+
+    n_pixels: int
+    n_off: int  # pixels whose class sum is off 1 by more than _layout.SUM_TOL
+    lo: float  # smallest and largest sum seen
+    hi: float
 
 
 class Executor(Protocol):
@@ -50,8 +60,9 @@ class Executor(Protocol):
     def masks(self, rows: Any, decision: Any) -> Any:
         """Boolean masks ``(B, C, d)`` of a decision."""
 
-    def labels(self, rows: Any, decision: Any, cfg: Config) -> Any:
-        """Labels ``(B, d)`` from the per-class decisions (MATH section 5)."""
+    def labels(self, rows: Any, decision: Any, cfg: Config) -> tuple[Any, ClassSums | None]:
+        """Labels ``(B, d)`` from the per-class decisions (MATH section 5), and what it saw of the
+        class sums (``None``: not checked)."""
 
     def reshape(self, out: Any, shape: tuple[int, ...]) -> Any:
         """``out`` in the caller's spatial shape."""
@@ -80,8 +91,12 @@ def run(ex: Executor, probs: Any, cfg: Config) -> Any:
     if how == WHOLE_IMAGES:  # the executor declined: its whole_images says how to rechunk
         raise AssertionError(f"executor {ex.name!r} must handle solver {cfg.solver!r} on whole images")
     decision = decide(ex, rows, cfg)
-    out = ex.masks(rows, decision) if cfg.output_mode == "multilabel" else ex.labels(rows, decision, cfg)
-    return ex.reshape(out, out_shape)
+    if cfg.output_mode == "multilabel":
+        return ex.reshape(ex.masks(rows, decision), out_shape)
+    labels, sums = ex.labels(rows, decision, cfg)
+    if sums is not None:  # multiclass probabilities sum to 1: a wrong layout does not
+        check_class_sums(*sums, probs)
+    return ex.reshape(labels, out_shape)
 
 
 def decide(ex: Executor, rows: Any, cfg: Config) -> Any:

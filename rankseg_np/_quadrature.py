@@ -41,6 +41,19 @@ M_POW = 27
 # sums (<= ~1e-10 relative for rows of 1e6 pixels); slack only adds candidates.
 SLACK = 1e-9
 
+# A row whose expected size mu = sum_j p_j is below this (with smooth = 0) is
+# decided by its RMA objective.  There every exact score equals its leading
+# term to within a factor (1 - theta mu), theta in [0, 1]: Dice
+# sum_{j in delta} p_j E[2/(tau + 1 + |Y_-j|)] lies in 2 S_tau/(tau+1) [1 - mu, 1]
+# (|Y_-j| >= 1 with probability <= mu), IoU likewise in (S_tau/tau) [1 - mu, 1];
+# the RMA objectives 2S/(tau+mu+1) and S/(tau+mu-S) lie in the same ranges.  So
+# the two orders of the volumes agree except between volumes within 2 mu
+# (< 2^-59, below float64's resolution 2^-53) of each other.  Such rows (all
+# values tiny, e.g. subnormal) are where every volume is a candidate and every
+# quadrature node did subnormal arithmetic (10 s for a 2e5-pixel subnormal row);
+# every executor now decides them with one RMA pass.
+TINY_MU = 2.0**-60
+
 
 def theta_of(smooth: float) -> float:
     """theta in [1/2, 3/2) with ``smooth - theta`` an integer (1 for smooth = 0)."""

@@ -10,7 +10,7 @@ expected score of any mask ``delta`` with ``tau = |delta|`` pixels is
 
 with ``G(t) = prod_j (1 - p_j(1-t))`` and ``0/0 := 0``.  The integrals are
 evaluated with the quadrature of the exact solver (kernels in :mod:`rankseg_np.cpu.exact`,
-``docs/exact.md``): about 1e-13 absolute error, one pass over each row plus a
+``docs/exact.md``): about 1e-13 absolute error whatever the row length, one pass over each row plus a
 few dozen nodes per pixel that is not small.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._layout import normalize_channel_axis, to_channels_first
 from ._validate import check_probs_structure, finite_real, raise_bad_values
 
 __all__ = ["expected_metric"]
@@ -73,7 +74,9 @@ def _host_array(x: Any) -> np.ndarray:
     return np.asarray(native)
 
 
-def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float = 0.0) -> np.ndarray:
+def expected_metric(
+    probs: Any, masks: Any, metric: str = "dice", smooth: float = 0.0, channel_axis: int = 1
+) -> np.ndarray:
     r"""Exact expected Dice or IoU of given masks, per image and class.
 
     The score each mask is expected to get when the ground truth is drawn
@@ -96,6 +99,9 @@ def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float 
         Case-insensitive.
     smooth : float, default 0.0
         Smoothing ``gamma >= 0`` added to numerator and denominator.
+    channel_axis : int, default 1
+        The class axis of ``probs`` (and of per-class ``masks``), as in
+        :func:`rankseg`: ``-1`` for channels-last arrays.
 
     Returns
     -------
@@ -125,6 +131,12 @@ def expected_metric(probs: Any, masks: Any, metric: str = "dice", smooth: float 
     (1, 1)
     """
     probs = _host_array(probs)
+    axis = normalize_channel_axis(channel_axis, probs.ndim)
+    if axis != 1:
+        masks = _host_array(masks)
+        if masks.shape == probs.shape:  # per-class masks, in the layout of probs
+            masks = to_channels_first(masks, axis)
+        probs = to_channels_first(probs, axis)
     check_probs_structure(probs)
     if not isinstance(metric, str):
         raise TypeError(f"metric must be a string, 'dice' or 'iou'; got {type(metric).__name__}")

@@ -261,3 +261,49 @@ def test_npy_header_claiming_huge_shape_is_implausible(tmp_path, capsys):
     rc, _, err = run(["predict", src, "-o", tmp_path / "o.npy"], capsys)
     line = one_error_line(err)
     assert rc == 1 and "implausible" in line
+
+
+def test_entry_appearing_during_the_run_is_not_replaced(tmp_path, capsys, probs_file, monkeypatch):
+    """The check is repeated just before the rename: a directory made meanwhile survives."""
+    target = tmp_path / "o.npy"
+    real_save = np.save
+
+    def save_while_someone_makes_a_directory(f, *args, **kwargs):
+        target.mkdir()
+        (target / "notes.txt").write_text("keep")
+        real_save(f, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", save_while_someone_makes_a_directory)
+    rc, _, err = run(["predict", probs_file, "-o", target], capsys)
+    assert rc == 1 and "refusing to replace" in one_error_line(err)
+    assert tree(target) == {"notes.txt": b"keep"}
+    assert not [e for e in os.listdir(tmp_path) if e.endswith((".tmp", ".old"))]
+
+
+def test_zarr_named_dir_appearing_during_the_run_is_not_deleted(tmp_path, capsys, probs_file, monkeypatch):
+    needs_zarr()
+    import dask.array as da
+
+    target = tmp_path / "o.zarr"
+    real_to_zarr = da.Array.to_zarr
+
+    def to_zarr_while_someone_makes_a_directory(self, *args, **kwargs):
+        target.mkdir()
+        (target / "notes.txt").write_text("keep")
+        return real_to_zarr(self, *args, **kwargs)
+
+    monkeypatch.setattr(da.Array, "to_zarr", to_zarr_while_someone_makes_a_directory)
+    rc, _, err = run(["predict", probs_file, "-o", target], capsys)
+    assert rc == 1 and "refusing to replace" in one_error_line(err)
+    assert tree(target) == {"notes.txt": b"keep"}
+    assert not [e for e in os.listdir(tmp_path) if e.endswith((".tmp", ".old"))]
+
+
+def test_zarr_metadata_fifo_is_not_opened(tmp_path, capsys, probs_file):
+    """Deciding whether a store is ours reads its metadata file, but never a FIFO posing as one."""
+    target = tmp_path / "o.zarr"
+    target.mkdir()
+    os.mkfifo(target / "zarr.json")
+    rc, _, err = run(["predict", probs_file, "-o", target], capsys)
+    assert rc == 2 and "refusing to replace" in one_error_line(err)
+    assert stat.S_ISFIFO(os.lstat(target / "zarr.json").st_mode)

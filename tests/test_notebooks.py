@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -68,12 +69,12 @@ def test_every_notebook_is_tested():
     assert names == sorted(NOTEBOOK_NAMES)
 
 
-NOTEBOOK_NAMES = ["quickstart.ipynb", "frameworks.ipynb", "quality.ipynb", "speed.ipynb"]
+NOTEBOOK_NAMES = ["quickstart.ipynb", "frameworks.ipynb", "quality.ipynb", "speed.ipynb", "calibration.ipynb"]
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_NAMES)
 def test_notebook_executes(name, kernel_name):
-    if name == "quality.ipynb" or name == "speed.ipynb":
+    if name in ("quality.ipynb", "speed.ipynb", "calibration.ipynb"):
         pytest.importorskip("matplotlib")
     nb = execute(NOTEBOOKS / name, kernel_name)
     text = outputs_text(nb)
@@ -86,3 +87,8 @@ def test_notebook_executes(name, kernel_name):
         assert "| small objects | dice | RMA |" in text
     if name == "speed.ipynb":
         assert "RMA dice" in text and "ns" in text
+    if name == "calibration.ipynb":
+        # The under-confident model: T = 1/2.5 recovered, and RankSEG's loss turned into a gain.
+        assert "fitted temperature: 0.4" in text
+        match = re.search(r"RMA Dice gain over argmax: ([-+][0-9.]+) before -> ([-+][0-9.]+) after", text)
+        assert match and float(match[1]) < 0 < float(match[2])

@@ -1,123 +1,52 @@
 """BA, TRNA and BA+TRNA (MATH section 6): an independent float64 oracle, and rankseg 0.0.8.
 
-Two oracles:
+* ``oracles.refined_normal_curve``: MATH section 6 transcribed in plain
+  float64 NumPy/SciPy (the support from SciPy's generic ``rv_continuous``
+  quantiles, the law from ``scipy.stats.norm``, every volume's score as a
+  matrix product, each TRNA law of ``Gamma_{-j}`` as one row of a matrix).
+  It needs neither PyTorch nor ``rankseg``, and shares no code with the solver.
+* ``rankseg`` 0.0.8 itself (the ``compat`` extra), run in float64 on the
+  values we were given (float32 input widened exactly): its tests skip
+  without PyTorch.
 
-* ``oracle_tau`` below: MATH section 6 transcribed in plain float64 NumPy/SciPy
-  (the support from SciPy's generic ``rv_continuous.ppf``, the law by
-  ``scipy.stats.norm``, every volume's score as a matrix product; the TRNA law
-  of each ``Gamma_{-j}`` as one row of a matrix).  It needs no ``rankseg``.
-* ``rankseg`` 0.0.8 itself (the ``compat`` extra), on the same inputs.
-
+The solver computes in float64 whatever the input dtype, so a float32 row is
+answered as its float64 widening is.  Two float64 evaluations of the same
+score differ only by rounding, so two answers may differ only where the
+oracle scores their volumes within ``TIE_RTOL`` of each other (a tie).
 "Identical rows" are counted up to the order of pixels with equal
-probability: rankseg's ``torch.sort`` does not keep equal values in index
-order, so a top-tau set is defined only up to permutation within a tie group.
-Two masks of the same row are the same answer when they select the same
-multiset of probabilities.
-
-rankseg evaluates the scores in the input's precision, and on float32 input
-two volumes whose scores differ by less than float32 rounding are decided by
-how each value was rounded.  With PyTorch's vector math for the law (the
-default whenever PyTorch is installed) every row must be identical; with
-NumPy's (``law_math='numpy'``) a row may differ, but only when the float64
-oracle scores the two volumes within float32 noise of each other.
+probability: ``torch.sort`` does not keep equal values in index order, so
+rankseg's top-tau set is defined only up to permutation within a tie group.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oracles import pb_pmf
+from oracles import refined_normal_curve as oracle_curve
 from rankseg_np import rankseg
 from rankseg_np._validate import check_config
-from rankseg_np.cpu import refined_normal
+from rankseg_np.cpu import _refined_law, refined_normal
 from strategies import make_probs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SOLVERS = ("BA", "TRNA", "BA+TRNA")
 SMOOTHS = (0.0, 0.5, 1.0, 10.0)
-# Relative score gap below which two volumes are a tie at the input's precision
-# (float32: rankseg's accumulated float32 rounding; float64: summation order).
-TIE_RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-11}
-
-
-# --------------------------------------------------------------------------
-# The float64 oracle
-# --------------------------------------------------------------------------
-
-
-class _RefinedNormal(scipy.stats.rv_continuous):
-    """Volkova's refined normal law, standardised; SciPy supplies the quantiles."""
-
-    def _argcheck(self, skew):
-        return np.isfinite(skew)
-
-    def _cdf(self, x, skew):
-        f = scipy.stats.norm.cdf(x) + skew * (1.0 - x**2) * scipy.stats.norm.pdf(x) / 6.0
-        return np.clip(f, 0.0, 1.0)
-
-
-_RN = _RefinedNormal(name="refined_normal")
-
-
-def _moments(q):
-    return q.sum(), np.sum(q * (1.0 - q)), np.sum(q * (1.0 - q) * (1.0 - 2.0 * q))
-
-
-def _pmf(k, loc, scale, skew):
-    """Normalised pmf on the integers ``k`` (MATH section 6), float64."""
-
-    def cdf(v):
-        x = (v + 0.5 - loc) / scale
-        return np.clip(scipy.stats.norm.cdf(x) + skew * (1.0 - x**2) * scipy.stats.norm.pdf(x) / 6.0, 0.0, 1.0)
-
-    mass = np.clip(cdf(k) - cdf(k - 1.0), 0.0, 1.0)
-    return mass / mass.sum()
-
-
-def oracle_curve(p, solver, smooth, eps):
-    """Float64 BA/TRNA scores of every searched volume tau = 0..up_tau of one row."""
-    q = np.sort(np.asarray(p, dtype=np.float64))[::-1]
-    d = q.size
-    mu, var, m3 = _moments(q)
-    floor = np.finfo(np.float64).eps
-    scale = math.sqrt(max(var, floor))
-    skew = m3 / max(var, floor) ** 1.5
-    if solver == "BA+TRNA":
-        solver = "BA" if 1.0 / max(scale, 1e-8) < 0.2 else "TRNA"
-    z_lo, z_hi = _RN.interval(1.0 - eps, skew)
-    lq = int(min(max(math.floor(scale * z_lo + mu) - 1, 0), d))
-    uq = int(min(max(math.ceil(scale * z_hi + mu), 0), d))
-    k = np.arange(lq, uq + 1, dtype=np.float64)
-    full = _pmf(k, mu, scale, skew)
-
-    s = np.concatenate([[0.0], np.cumsum(q)])
-    tau_all = np.arange(1, d)
-    hit = s[1:d] >= (tau_all + smooth + d) * q[1:]
-    up = int(tau_all[hit][0]) if hit.any() else d
-    tau = np.arange(1, up + 1, dtype=np.float64)
-
-    a = 1.0 / (k[None, :] + tau[:, None] + smooth + 1.0)  # (up, n)
-    if smooth > 0:
-        nu = (smooth / (k[None, :] + tau[:, None] + smooth)) @ full
-        empty = float(smooth / (k + smooth) @ full)
-    else:
-        nu = np.zeros(up)
-        empty = 0.0
-    if solver == "BA":
-        overlap = s[1 : up + 1] * (a @ full)
-    else:
-        qj = q[:up, None]
-        loc_j = mu - qj
-        var_j = np.maximum(var - qj * (1.0 - qj), floor)
-        m3_j = m3 - qj * (1.0 - qj) * (1.0 - 2.0 * qj)
-        laws = np.vstack([_pmf(k, loc_j[i, 0], math.sqrt(var_j[i, 0]), m3_j[i, 0] / var_j[i, 0] ** 1.5) for i in range(up)])
-        weights = np.cumsum(qj * laws, axis=0)  # W_tau(k) = sum_{j <= tau} q_j pmf_j(k)
-        overlap = np.sum(weights * a, axis=1)
-    return np.concatenate([[empty], 2.0 * overlap + nu])
+# Relative score gap below which two volumes count as tied.  Every score is a
+# float64 sum of at most n + tau terms (n = support width, tau = volume; both
+# below 5000 in these tests), so each evaluation carries a relative rounding
+# error below 5000 * 2^-52 ~ 1e-12, and implementations that sum in different
+# orders can order two volumes within ~2e-12 of each other differently.
+TIE_RTOL = 1e-11
 
 
 def oracle_tau(p, solver, smooth, eps):
@@ -151,13 +80,16 @@ def same_answer(p, a, b):
     return np.array_equal(np.sort(p[a]), np.sort(p[b]))
 
 
-def check_near_tie(p, ours, other, solver, smooth, eps, dtype):
-    """A row where two answers differ must be a tie at the input precision (float64 oracle)."""
+def is_tie(curve, a, b):
+    """Volumes ``a`` and ``b`` score within TIE_RTOL of each other."""
+    return abs(curve[a] - curve[b]) <= TIE_RTOL * max(abs(curve[a]), abs(curve[b]), 1e-300)
+
+
+def assert_oracle_volume(p, tau, solver, smooth, eps):
+    """``tau`` is the oracle's first maximiser, or ties with it."""
     curve = oracle_curve(p.astype(np.float64), solver, smooth, eps)
-    t_ours, t_other = int(ours.sum()), int(other.sum())
-    scale = max(abs(curve[t_ours]), abs(curve[t_other]), 1e-300)
-    gap = abs(curve[t_ours] - curve[t_other]) / scale
-    assert gap <= TIE_RTOL[np.dtype(dtype)], (solver, smooth, eps, t_ours, t_other, gap)
+    best = int(np.argmax(curve))
+    assert tau < curve.size and (tau == best or is_tie(curve, tau, best)), (solver, smooth, eps, tau, best)
 
 
 def softmax_probs(shape, dtype, temperature, seed):
@@ -250,23 +182,73 @@ def test_decision_form():
     st.floats(0.3, 4.0),
     st.integers(0, 2**32 - 1),
     solver_params,
-    st.sampled_from(["auto", "numpy"]),
 )
-def test_agrees_with_float64_oracle(n_class, side, dtype, temperature, seed, params, law_math):
-    """Every active row's volume maximises the oracle's score (up to ties at the input precision),
-    with PyTorch's vector math (when installed) and with NumPy's."""
+def test_softmax_volumes_are_the_oracle_argmax(n_class, side, dtype, temperature, seed, params):
+    """Every active row's volume maximises the oracle's float64 score (ties: TIE_RTOL)."""
     probs = softmax_probs((1, n_class + 1, side, side), dtype, temperature, seed)
-    masks = rankseg(probs, output_mode="multilabel", law_math=law_math, **params)
-    p2, m2 = rows_of(probs, masks)
-    solver, smooth, eps = params["solver"], params["smooth"], params["eps"]
-    for p, m in zip(p2, m2):
-        if p.max() <= params["pruning_prob"]:
-            continue
-        curve = oracle_curve(p.astype(np.float64), solver, smooth, eps)
-        tau = int(m.sum())
-        assert tau < curve.size
-        best = curve.max()
-        assert curve[tau] >= best - TIE_RTOL[np.dtype(dtype)] * max(abs(best), 1e-300), (tau, int(curve.argmax()))
+    masks = rankseg(probs, output_mode="multilabel", **params)
+    for p, m in zip(*rows_of(probs, masks)):
+        if p.max() > params["pruning_prob"]:
+            assert_oracle_volume(p, int(m.sum()), params["solver"], params["smooth"], params["eps"])
+
+
+@settings(max_examples=40)
+@given(
+    st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 9)),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from(["sigmoid", "ties", "zero_one", "uniform"]),
+    st.integers(0, 2**32 - 1),
+    solver_params,
+)
+def test_other_volumes_are_the_oracle_argmax(shape, dtype, kind, seed, params):
+    """Ties, exact 0/1 values, independent sigmoids: degenerate laws included."""
+    probs = make_probs(shape, dtype, kind, seed)
+    masks = rankseg(probs, output_mode="multilabel", **params)
+    for p, m in zip(*rows_of(probs, masks)):
+        if p.max() > params["pruning_prob"]:
+            assert_oracle_volume(p, int(m.sum()), params["solver"], params["smooth"], params["eps"])
+
+
+def test_float32_input_is_answered_as_its_float64_widening():
+    """The computation is float64 from the values given: the dtype of the input changes nothing."""
+    probs = softmax_probs((2, 5, 30, 30), np.float32, 2.0, 11)
+    for solver in SOLVERS:
+        for smooth in (0.0, 2.0):
+            a = rankseg(probs, output_mode="multilabel", solver=solver, smooth=smooth)
+            b = rankseg(probs.astype(np.float64), output_mode="multilabel", solver=solver, smooth=smooth)
+            np.testing.assert_array_equal(a, b)
+
+
+def test_law_approximates_the_poisson_binomial_law():
+    """The refined normal law (the solver's kernel) is close to the exact count law, and its
+    skewness term helps: a check of the formula itself, against the O(d^2) recursion."""
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0.0, 0.3, 600)  # right-skewed count
+    mean, var, m3 = p.sum(), np.sum(p * (1 - p)), np.sum(p * (1 - p) * (1 - 2 * p))
+    scale, skew = _refined_law.parameters(var, m3)
+    k0, n = int(mean - 6 * scale), int(12 * scale)
+    exact = pb_pmf(p)[k0 : k0 + n]
+    refined = np.empty(n)
+    _refined_law.normalised_pmf(k0, mean, scale, skew, refined)
+    plain = np.empty(n)
+    _refined_law.normalised_pmf(k0, mean, scale, 0.0, plain)
+    err_refined = np.abs(refined - exact).max()
+    err_plain = np.abs(plain - exact).max()
+    assert err_refined < 2e-4 and err_refined < err_plain / 3, (err_refined, err_plain)
+
+
+def test_no_framework_is_imported():
+    """BA/TRNA run on NumPy/SciPy/Numba alone: solving imports neither PyTorch nor rankseg."""
+    code = (
+        "import sys, numpy as np\n"
+        "from rankseg_np import rankseg\n"
+        "p = np.random.default_rng(0).random((1, 2, 50))\n"
+        "for s in ('BA', 'TRNA', 'BA+TRNA'):\n"
+        "    rankseg(p, output_mode='multilabel', solver=s)\n"
+        "bad = [m for m in ('torch', 'rankseg') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
 def test_ba_trna_switch_follows_cohens_d():
@@ -281,11 +263,12 @@ def test_ba_trna_switch_follows_cohens_d():
         np.testing.assert_array_equal(both, rankseg(probs, output_mode="multilabel", solver=same_as))
 
 
-def test_float64_volume_is_the_oracle_argmax():
-    """On float64 input the chosen volume is exactly the oracle's first maximiser.
+def test_volume_is_the_oracle_first_maximiser():
+    """On 21-class softmax images the chosen volume is exactly the oracle's first maximiser.
 
     This also covers the early stop of the volume scan (the oracle scores every
-    volume up to Lemma 3's bound).
+    volume up to Lemma 3's bound).  Exact equality: no two volumes of these
+    fixed rows score within TIE_RTOL of each other.
     """
     probs = softmax_probs((2, 5, 20, 20), np.float64, 1.5, 3)
     for solver in SOLVERS:
@@ -298,42 +281,36 @@ def test_float64_volume_is_the_oracle_argmax():
 
 
 # --------------------------------------------------------------------------
-# Against rankseg 0.0.8
+# Against rankseg 0.0.8, on the same values in float64
 # --------------------------------------------------------------------------
 
 
 def theirs(probs, **params):
+    """rankseg's masks for the float64 widening of ``probs``."""
     torch = pytest.importorskip("torch")
     rs = pytest.importorskip("rankseg")
     model = rs.RankSEG(metric="dice", output_mode="multilabel", **params)
-    return model.predict(torch.from_numpy(np.ascontiguousarray(probs))).numpy()
+    return model.predict(torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float64))).numpy()
 
 
 def compare(probs, params):
-    """(identical active rows, active rows), asserting what must hold for each differing row.
+    """(identical active rows, active rows); every differing row must be a tie of the oracle's scores.
 
-    With ``law_math='numpy'`` (NumPy's correctly rounded ``sqrt``/``erf``/``exp``
-    instead of PyTorch's) rows may differ from rankseg's, but only at a tie
-    at the input precision (float64 oracle).  With PyTorch's (the default
-    whenever rankseg, hence torch, is installed) every row must be identical.
     Inactive rows (empty in both) are checked but not counted, so the rate is
     not inflated by pruned classes.
     """
     ours = rankseg(probs, output_mode="multilabel", **params)
-    other = theirs(probs, **{k: v for k, v in params.items() if k != "law_math"})
+    other = theirs(probs, **params)
     assert other.shape == ours.shape
-    exact = refined_normal.law_math(params.get("law_math", "auto")).name == "torch"
-    p2, o2 = rows_of(probs, ours)
-    _, t2 = rows_of(probs, other)
     same = active = 0
-    for p, a, b in zip(p2, o2, t2):
+    for p, a, b in zip(*rows_of(probs, ours), rows_of(probs, other)[1]):
         is_active = p.max() > params["pruning_prob"]
         active += is_active
         if same_answer(p, a, b):
             same += is_active
         else:
-            assert not exact, (params, int(a.sum()), int(b.sum()))
-            check_near_tie(p, a, b, params["solver"], params["smooth"], params["eps"], probs.dtype)
+            curve = oracle_curve(p.astype(np.float64), params["solver"], params["smooth"], params["eps"])
+            assert is_tie(curve, int(a.sum()), int(b.sum())), (params, int(a.sum()), int(b.sum()))
     return same, active
 
 
@@ -351,8 +328,7 @@ softmax_cases = (
 @given(*softmax_cases)
 def test_matches_rankseg_on_softmax(shape, dtype, temperature, seed, params):
     pytest.importorskip("rankseg")
-    probs = softmax_probs(shape, dtype, temperature, seed)
-    compare(probs, params)
+    compare(softmax_probs(shape, dtype, temperature, seed), params)
 
 
 @settings(max_examples=15)
@@ -367,87 +343,6 @@ def test_matches_rankseg_on_other_inputs(shape, dtype, kind, seed, params):
     """Ties, exact 0/1 values and independent sigmoids (degenerate laws included)."""
     pytest.importorskip("rankseg")
     compare(make_probs(shape, dtype, kind, seed), params)
-
-
-@settings(max_examples=15)
-@given(*softmax_cases)
-def test_numpy_law_math_differs_from_rankseg_only_at_ties(shape, dtype, temperature, seed, params):
-    """Without PyTorch's vector math the answer may differ from rankseg's, at float32 ties only."""
-    pytest.importorskip("rankseg")
-    compare(softmax_probs(shape, dtype, temperature, seed), dict(params, law_math="numpy"))
-
-
-def test_law_table_is_rankseg_pmf_bit_for_bit():
-    """The tabulated law (PyTorch's functions) equals rankseg's own ``RefinedNormalPB.pmf``.
-
-    This is what makes the masks identical: the same float32 values of the
-    law, for the whole-row law (a (rows,) batch of parameters, as BA/TRNA
-    build it) and for the law of one Gamma_{-j} (0-d parameters, as TRNA
-    builds it), whatever the position of a value in the table.
-    """
-    torch = pytest.importorskip("torch")
-    rs = pytest.importorskip("rankseg")
-    vm = refined_normal.law_math("torch")
-    rng = np.random.default_rng(0)
-    rows, n = 50, 300
-    loc = rng.uniform(5, 3000, rows).astype(np.float32)
-    scale = vm.sqrt(rng.uniform(1, 800, rows).astype(np.float32))
-    skew = rng.uniform(-0.2, 0.6, rows).astype(np.float32)
-    lq = np.maximum(np.floor(loc - 4 * scale) - 1, 0).astype(np.int64)
-    cdf = refined_normal._cdf_table(lq - 1, n + 1, loc, scale, skew, vm)
-    ours = np.maximum(cdf[:, 1:] - cdf[:, :-1], 0)
-    law = rs.RefinedNormalPB(dim=5000, loc=torch.from_numpy(loc), scale=torch.from_numpy(scale),
-                             skew=torch.from_numpy(skew))
-    support = torch.arange(n) + torch.from_numpy(lq).unsqueeze(-1)
-    np.testing.assert_array_equal(ours, law.pmf(support).numpy())
-    for dtype in (np.float32, np.float64):
-        for i in range(0, rows, 7):
-            p = [np.asarray(v[i], dtype=dtype) for v in (loc, scale, skew)]
-            table = refined_normal._cdf_table(lq[i : i + 1] - 1, n + 1, *(v[None] for v in p), vm)[0]
-            one = rs.RefinedNormalPB(dim=4999, loc=torch.tensor(p[0]), scale=torch.tensor(p[1]),
-                                     skew=torch.tensor(p[2]))
-            theirs = one.pmf(torch.arange(lq[i], lq[i] + n)).numpy()
-            assert theirs.dtype == dtype
-            np.testing.assert_array_equal(np.maximum(table[1:] - table[:-1], 0), theirs)
-
-
-def test_float32_sum_is_atens():
-    """The float32 sums (moments, law normalisation, TRNA scores) round exactly as ``torch.sum``."""
-    torch = pytest.importorskip("torch")
-    lanes = refined_normal.law_math("torch").sum_lanes()
-    part = np.zeros(lanes, np.float32)
-    rng = np.random.default_rng(3)
-    for n in (1, 2, 7, 8, 9, 31, 32, 33, 63, 64, 65, 127, 513, 1000, 4097, 20000, 32767):
-        x = (rng.random(n) ** 4).astype(np.float32)
-        want = torch.from_numpy(x).sum().item()
-        assert float(refined_normal._aten_sum32(x, n, lanes, part)) == want, n
-
-
-@pytest.mark.parametrize("length", [3000, 20000, 25000])
-def test_ba_convolution_is_torchs(length):
-    """BA's scores are rankseg's ``conv1d``: PyTorch's own loop, or oneDNN's fused one above 20480."""
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(length)
-    x = rng.random(length).astype(np.float32) / 7
-    w = (rng.random(300) / 300).astype(np.float32)
-    want = torch.nn.functional.conv1d(torch.from_numpy(x).view(1, 1, -1), torch.from_numpy(w).view(1, 1, -1))
-    want = want.numpy().ravel()
-    out = np.empty(want.size)
-    fused = length > refined_normal.ONEDNN_MIN_LENGTH
-    refined_normal._conv32(w.astype(np.float64), x.astype(np.float64), 0, want.size, fused, out)
-    np.testing.assert_array_equal(out.astype(np.float32), want)
-
-
-def test_law_math_argument():
-    probs = np.full((1, 1, 4), 0.7)
-    with pytest.raises(ValueError, match="law_math"):
-        rankseg(probs, output_mode="multilabel", solver="BA", law_math="mkl")
-    with pytest.raises(TypeError, match="law_math"):
-        rankseg(probs, output_mode="multilabel", solver="BA", law_math=1)
-    with pytest.raises(TypeError, match="law_math"):
-        rankseg(probs, output_mode="multilabel", solver="RMA", law_math="numpy")
-    for kind in ("auto", "numpy", " NumPy "):
-        assert rankseg(probs, output_mode="multilabel", solver="BA", law_math=kind).all()
 
 
 def _rate_cases(shape_ba, shape_trna, seeds):
@@ -474,21 +369,21 @@ def _identical_rate(cases):
 
 def _report_and_assert(totals):
     lines = [f"{s:8s} {d:8s} {a}/{n} = {a / max(n, 1):.3f}" for (s, d), (a, n) in sorted(totals.items())]
-    print("\nidentical active rows vs rankseg 0.0.8:\n" + "\n".join(lines))
+    print("\nidentical active rows vs rankseg 0.0.8 (float64):\n" + "\n".join(lines))
     for (solver, dtype), (a, n) in totals.items():
-        assert n > 0 and a == n, (solver, dtype, a, n)
+        assert n > 0 and a >= 0.99 * n, (solver, dtype, a, n)
 
 
 def test_identical_row_rate_vs_rankseg():
-    """21-class softmax images: every row identical (compare() also asserts it row by row)."""
+    """21-class softmax images: at least 99% of active rows identical (issue 11); compare()
+    asserts that every other row is a tie."""
     pytest.importorskip("rankseg")
-    _report_and_assert(_identical_rate(_rate_cases((2, 21, 64, 64), (1, 21, 24, 24), seeds=range(3))))
+    _report_and_assert(_identical_rate(_rate_cases((1, 21, 32, 32), (1, 21, 12, 12), seeds=range(3))))
 
 
 def test_flat_softmax_matches_rankseg():
     """Softmax of uniform logits (rankseg's own docstring example): every probability near 1/21,
-    thousands of near-ties around the optimal volume, decided in float32 by the last bit of
-    PyTorch's vectorised sqrt/erf/exp (see the module docstring).  Every row must agree."""
+    thousands of near-ties around the optimal volume; rows may differ only at ties."""
     pytest.importorskip("rankseg")
     rng = np.random.default_rng(5)
     x = rng.random((2, 21, 40, 40))
@@ -496,7 +391,7 @@ def test_flat_softmax_matches_rankseg():
     for dtype in (np.float64, np.float32):
         for solver in ("BA", "BA+TRNA"):
             same, n = compare(probs.astype(dtype), dict(solver=solver, smooth=0.0, eps=1e-4, pruning_prob=0.0))
-            assert n == 42 and same == 42, (solver, dtype, same, n)
+            assert n == 42 and same >= 0.99 * n, (solver, dtype, same, n)
 
 
 @pytest.mark.slow

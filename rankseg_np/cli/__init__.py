@@ -1,4 +1,4 @@
-"""The ``rankseg-np`` command line: ``predict``, ``demo`` and ``bench``.
+"""The ``rankseg-np`` command line: ``predict``, ``calibrate``, ``evaluate``, ``demo`` and ``bench``.
 
 ``rankseg-np predict`` runs :func:`rankseg_np.rankseg` over ``.npy`` / ``.npz``
 files (and Zarr stores when ``dask`` and ``zarr`` are installed) and writes one
@@ -15,6 +15,10 @@ output per input.  It is written for unattended pipelines:
 
 Exit status: 0 success, 1 at least one input failed, 2 bad command-line or
 API arguments (for example ``--metric foo``), 130 interrupted.
+
+``rankseg-np calibrate`` fits temperature scaling on labelled validation files
+and writes it to a JSON file (``predict --temperature`` applies it);
+``rankseg-np evaluate`` scores argmax and RankSEG per image against labels.
 
 ``rankseg-np demo`` shows, on calibrated synthetic data, what RankSEG buys over
 ``argmax``; ``rankseg-np bench`` times the RMA solver against ``np.argmax``.

@@ -16,8 +16,13 @@ import numpy as np
 
 from ._common import InputError, _has, _one_line
 
-NPY, NPZ, ZARR = "npy", "npz", "zarr"
-SUFFIXES = {".npy": NPY, ".npz": NPZ, ".zarr": ZARR}
+NPY, NPZ, ZARR, NIFTI = "npy", "npz", "zarr", "nifti"
+SUFFIXES = {".npy": NPY, ".npz": NPZ, ".zarr": ZARR}  # input suffixes
+# Output suffixes: NIfTI is written (labels on a reference grid, --like), never read.
+OUTPUT_SUFFIXES = {**SUFFIXES, ".nii.gz": NIFTI, ".nii": NIFTI}
+EXTENSION = {NPY: ".npy", NPZ: ".npz", ZARR: ".zarr", NIFTI: ".nii.gz"}
+# The member nnU-Net v2 writes with --save_probabilities: one image (C, z, y, x), no batch axis.
+NNUNET_KEY = "probabilities"
 
 
 # The attribute that marks a Zarr store as written by ``rankseg-np predict``
@@ -37,8 +42,9 @@ def _is_zarr_store(path: str) -> bool:
 def _describe(mode: int) -> str:
     """What a directory entry is, for messages: 'a FIFO', 'a character device', ..."""
     for test, name in (
-        (stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
     ):
         if test(mode):
             return name
@@ -46,12 +52,19 @@ def _describe(mode: int) -> str:
 
 
 def _read_small_json(path: str) -> Any:
-    """A metadata file's JSON, or None; special files are never opened (a FIFO would block)."""
+    """A small regular file's JSON, or None.
+
+    Special files are not opened (a FIFO would block); the open itself neither
+    blocks nor follows a link, in case the entry is swapped after the check.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 20:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
             return None
-        with open(path, "rb") as f:
+        with os.fdopen(os.open(path, flags), "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 20:
+                return None
             return json.loads(f.read())
     except (OSError, ValueError):
         return None
@@ -99,7 +112,6 @@ def check_replaceable(path: str, fmt: str) -> None:
     if stat.S_ISREG(mode):
         return
     raise InputError(f"exists and is {_describe(mode)}, not a regular file; refusing to replace it")
-
 
 
 # ----------------------------------------------------------------------------
@@ -169,9 +181,39 @@ def _npz_key(names: Sequence[str], key: str | None) -> str:
         return names[0]
     if "probs" in names:
         return "probs"
+    if NNUNET_KEY in names:
+        return NNUNET_KEY
     if not names:
         raise InputError("holds no arrays")
-    raise InputError(f"holds several arrays ({', '.join(names)}) and none is named 'probs'; choose one with --key")
+    raise InputError(
+        f"holds several arrays ({', '.join(names)}) and none is named 'probs' or {NNUNET_KEY!r}; choose one with --key"
+    )
+
+
+def npz_members(path: str) -> list[str] | None:
+    """The member names of ``path`` if it is a readable ``.npz`` archive, else ``None`` (reads the directory only)."""
+    try:
+        if not os.path.isfile(path) or _file_kind(path) != NPZ:
+            return None
+        with zipfile.ZipFile(path) as archive:
+            return [n[:-4] if n.endswith(".npy") else n for n in archive.namelist()]
+    except (InputError, OSError, zipfile.BadZipFile):
+        return None  # load_probs reports the problem
+
+
+def npz_member(path: str, key: str | None) -> str | None:
+    """The member :func:`load_probs` reads from ``path`` if it is a ``.npz`` archive, else ``None``.
+
+    Used to recognise nnU-Net's ``probabilities`` (one image, no batch axis)
+    before loading it.
+    """
+    names = npz_members(path)
+    if names is None:
+        return None
+    try:
+        return _npz_key(names, key)
+    except InputError:
+        return None
 
 
 def _file_kind(path: str) -> str:
@@ -350,9 +392,25 @@ def _fsync(path: str) -> None:
         os.fsync(f.fileno())
 
 
-def write_output(result: Any, final: str, fmt: str, name: str) -> None:
-    """Write ``result`` (NumPy or Dask array) to ``final`` atomically, in format ``fmt``."""
+def write_output(result: Any, final: str, fmt: str, name: str, like: str | None = None) -> None:
+    """Write ``result`` (NumPy or Dask array) to ``final`` atomically, in format ``fmt``.
+
+    NIfTI: ``result`` is one label map ``(z, y, x)``, placed on the grid of the
+    reference image ``like`` (a file), with its affine and header.
+    """
     lazy = not isinstance(result, np.ndarray)
+    if fmt == NIFTI:
+        from ..integrations import nifti
+
+        compressed = nifti.check_output_path(final, like)
+        labels = np.asarray(result.compute() if lazy else result)  # labels: 1-2 bytes a voxel
+        payload = nifti.image_bytes(nifti.labels_image(labels, like), compressed)
+        with _atomic_path(final) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        return
     if fmt == ZARR:
         if not (_has("zarr") and _has("dask")):
             raise InputError("writing Zarr needs dask and zarr (pip install 'dask[array]' distributed zarr)")

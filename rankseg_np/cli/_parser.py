@@ -6,7 +6,8 @@ import argparse
 
 from .._solvers import solver_help
 from ._common import PROG
-from ._io import NPY, NPZ, ZARR
+from . import calibrate, evaluate
+from ._io import NIFTI, NPY, NPZ, ZARR
 from .demo import cmd_bench, cmd_demo
 from .predict import DTYPE_CHOICES, _parse_chunks, cmd_predict
 
@@ -58,15 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                     help="output dtype (default: int64 labels, bool masks); 'auto' = smallest integer type "
                          "that holds every possible label; refused if the labels cannot fit")
-    io.add_argument("--format", choices=(NPY, NPZ, ZARR), default=None,
-                    help="output format (default: from -o's suffix for one file; the input's format otherwise)")
+    io.add_argument("--format", choices=(NPY, NPZ, ZARR, NIFTI), default=None,
+                    help="output format (default: from -o's suffix for one file; the input's format otherwise); "
+                         "nifti: one label map per input on the grid of --like (needs nibabel)")
+    io.add_argument("--like", default=None, metavar="REF",
+                    help="NIfTI output: the reference image (.nii.gz/.nii) whose grid, affine and header the "
+                         "labels take, or a directory holding <stem>.nii.gz (or nnU-Net's <stem>_0000.nii.gz) "
+                         "for each input")
     io.add_argument("--chunks", type=_parse_chunks, default=None, metavar="SPEC",
                     help="process lazily with Dask in chunks: 'auto', N, or N,N,... per axis (-1 = whole axis)")
     io.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist (resume a run)")
     io.add_argument("--keep-going", action=argparse.BooleanOptionalAction, default=None,
                     help="after a failed input, go on with the others (default: on)")
     io.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
+    io.add_argument("--temperature", default=None, metavar="FILE.json",
+                    help="calibrate inputs first with this temperature file (from 'rankseg-np calibrate'); "
+                         "inputs are then what it was fitted on (logits or probabilities)")
     p.set_defaults(func=cmd_predict)
+
+    calibrate.add_parser(sub)
+    evaluate.add_parser(sub)
 
     d = sub.add_parser("demo", help="argmax vs RankSEG on calibrated synthetic data (Dice, IoU, timings)",
                        description="Generate a calibrated synthetic batch (truth drawn from the probabilities) "

@@ -17,7 +17,21 @@ import numpy as np
 from ._common import (
     EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line, compile_notice,
 )
-from ._io import NPY, SUFFIXES, _describe, _is_zarr_store, check_replaceable, load_probs, write_output
+from ._io import (
+    EXTENSION,
+    NIFTI,
+    NNUNET_KEY,
+    NPY,
+    OUTPUT_SUFFIXES,
+    SUFFIXES,
+    _describe,
+    _is_zarr_store,
+    check_replaceable,
+    load_probs,
+    npz_member,
+    npz_members,
+    write_output,
+)
 
 # Integer label dtypes offered by --dtype, smallest first (the order 'auto' tries).
 UNSIGNED = ("uint8", "uint16", "uint32", "uint64")
@@ -127,8 +141,14 @@ def _expand_inputs(specs: Sequence[str]) -> tuple[list[tuple[str, str | None]], 
     return found, many
 
 
+def _output_suffix(path: str) -> str:
+    """``.npy``, ``.npz``, ``.zarr``, ``.nii.gz``, ``.nii`` (or another suffix, or '') of a path."""
+    name = os.path.basename(path.rstrip("/\\")).lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
+
+
 def _output_format(path: str, default: str) -> str:
-    return SUFFIXES.get(os.path.splitext(path.rstrip("/\\"))[1].lower(), default)
+    return OUTPUT_SUFFIXES.get(_output_suffix(path), default)
 
 
 def _plan(args: argparse.Namespace) -> tuple[list[Job], bool]:
@@ -142,8 +162,8 @@ def _plan(args: argparse.Namespace) -> tuple[list[Job], bool]:
     inputs, many = _expand_inputs(args.inputs)
     out = args.output
     bare = out.rstrip("/" + os.sep) or out
-    suffix = os.path.splitext(bare)[1].lower()
-    if many and suffix in SUFFIXES:
+    suffix = _output_suffix(bare)
+    if many and suffix in OUTPUT_SUFFIXES:
         raise ValueError(
             f"-o {out!r} ends in {suffix}, the name of one output, but there are several inputs "
             f"(a directory or glob counts as several); give a directory, e.g. -o {os.path.splitext(bare)[0]}/"
@@ -155,6 +175,11 @@ def _plan(args: argparse.Namespace) -> tuple[list[Job], bool]:
     if not to_dir:
         (src, err), = inputs
         fmt = args.format or _output_format(bare, NPY)
+        if fmt == NIFTI and _output_format(bare, NPY) != NIFTI:
+            raise ValueError(
+                f"-o {out!r}: a NIfTI output file must end in .nii.gz or .nii "
+                f"(for a directory, end it with a slash: -o {bare}/)"
+            )
         return [Job(src, bare, fmt, err)], False
     if os.path.lexists(bare) and not os.path.isdir(bare):
         raise ValueError(f"-o {out!r} is not a directory (it exists as {_describe(os.lstat(bare).st_mode)})")
@@ -166,7 +191,7 @@ def _plan(args: argparse.Namespace) -> tuple[list[Job], bool]:
         in_fmt = SUFFIXES.get(os.path.splitext(src.rstrip("/\\"))[1].lower(), NPY)
         fmt = args.format or in_fmt
         stem = os.path.splitext(os.path.basename(src.rstrip("/\\")))[0]
-        target = os.path.join(out, f"{stem}.{fmt}")
+        target = os.path.join(out, stem + EXTENSION[fmt])
         key = os.path.normcase(os.path.abspath(target))
         if key in seen:
             raise ValueError(f"inputs {seen[key]!r} and {src!r} would both write {target!r}; rename one")
@@ -258,25 +283,59 @@ def _process(job: Job, args: argparse.Namespace, kw: dict[str, Any]) -> None:
     from .._api import rankseg
 
     chunks = args.chunks
+    # nnU-Net v2's probabilities: one image (C, z, y, x), never a batch.
+    nnunet = npz_member(job.source, args.key) == NNUNET_KEY
+    single = args.no_batch_axis or nnunet
+    like = None
+    if job.fmt == NIFTI:
+        from ..integrations import nifti
+
+        members = npz_members(job.source)
+        if members is not None and args.key is None and not nnunet:
+            raise InputError(
+                f"has no {NNUNET_KEY!r} array, so it is not an nnU-Net probability file "
+                f"(members: {', '.join(members) or 'none'}); name the (batch, C, z, y, x) array with --key"
+            )
+        like = str(nifti.find_reference(args.like, job.source))
     probs = load_probs(job.source, args.key, chunks)
-    if args.no_batch_axis:
+    if single:
         probs = probs[None]
     if probs.ndim < 2:
         raise InputError(f"holds an array of shape {tuple(probs.shape)}; expected (batch, classes, *spatial)")
-    dtype = _output_dtype(args.dtype, int(probs.shape[1]), kw)
+    if job.fmt == NIFTI:
+        _check_nifti_input(probs, kw)
+    dtype = _output_dtype(args.dtype or ("auto" if job.fmt == NIFTI else None), int(probs.shape[1]), kw)
     if not args.quiet and not getattr(args, "_compile_noticed", False):
         args._compile_noticed = True
         compile_notice(sys.stderr)
     try:
+        if getattr(args, "calibration", None) is not None:  # --temperature: logits/probs -> calibrated probs
+            probs = args.calibration.transform(probs)
         result = rankseg(probs, **kw)
     except (ValueError, TypeError) as exc:
         raise InputError(_one_line(exc)) from None
-    if args.no_batch_axis:
+    if single or job.fmt == NIFTI:
         result = result[0]
     if dtype is not None and result.dtype != dtype:
         result = result.astype(dtype)
     name = "masks" if str(kw["output_mode"]).strip().lower() == "multilabel" else "labels"
-    write_output(result, job.output, job.fmt, name)
+    write_output(result, job.output, job.fmt, name, like=like)
+
+
+def _check_nifti_input(probs: Any, kw: dict[str, Any]) -> None:
+    """A NIfTI output is one 3-D label map: one image, three spatial axes, multiclass labels."""
+    if str(kw["output_mode"]).strip().lower() != "multiclass":
+        raise InputError("--format nifti writes a label map: use --output-mode multiclass")
+    if int(probs.shape[0]) != 1:
+        raise InputError(
+            f"holds a batch of {probs.shape[0]} images {tuple(probs.shape)}; --format nifti writes one "
+            "label map per input: give one image (batch 1, or --no-batch-axis)"
+        )
+    if probs.ndim != 5:
+        raise InputError(
+            f"holds probabilities of shape {tuple(probs.shape[1:])} per image; --format nifti needs "
+            "(C, z, y, x) volumes"
+        )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -287,6 +346,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         err.write(f"{PROG} predict: error: {_one_line(exc)}\n")
         return EXIT_USAGE
+    args.calibration = None
+    if getattr(args, "temperature", None) is not None:
+        from ._temperature import load_temperature
+
+        try:
+            args.calibration = load_temperature(args.temperature)
+            if args.calibration.output_mode != str(args.output_mode).strip().lower():
+                raise ValueError(f"the temperature file was fitted for output_mode={args.calibration.output_mode!r}; "
+                                 f"got --output-mode {args.output_mode}")
+        except ValueError as exc:
+            err.write(f"{PROG} predict: error: {_one_line(exc)}\n")
+            return EXIT_USAGE
     if args.chunks is not None and not _has("dask"):
         err.write(f"{PROG} predict: error: --chunks needs dask (pip install 'dask[array]' distributed zarr)\n")
         return EXIT_USAGE
@@ -297,6 +368,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         jobs, to_dir = _plan(args)
     except ValueError as exc:
         err.write(f"{PROG} predict: error: {_one_line(exc)}\n")
+        return EXIT_USAGE
+    nifti_out = any(job.fmt == NIFTI for job in jobs)
+    if nifti_out and args.like is None:
+        err.write(f"{PROG} predict: error: NIfTI output needs --like: the reference image (or a directory "
+                  "of them) whose grid, affine and header the labels take\n")
+        return EXIT_USAGE
+    if args.like is not None and not nifti_out:
+        err.write(f"{PROG} predict: error: --like is only for NIfTI output (--format nifti or -o *.nii.gz)\n")
+        return EXIT_USAGE
+    if nifti_out and not _has("nibabel"):
+        err.write(f"{PROG} predict: error: NIfTI output needs nibabel (pip install nibabel, the nifti extra)\n")
+        return EXIT_USAGE
+    if args.like is not None and not os.path.exists(args.like):
+        err.write(f"{PROG} predict: error: reference image --like {args.like} does not exist\n")
         return EXIT_USAGE
     for job in jobs:
         if job.output is None:

@@ -55,7 +55,13 @@ class _CpuExecutor:
 
     rows = staticmethod(as_rows)
     masks = staticmethod(masks_from)
-    labels = staticmethod(multiclass.resolve)
+
+    @staticmethod
+    def labels(p3: np.ndarray, decision: RowDecision, cfg: Config) -> tuple[np.ndarray, _pipeline.ClassSums]:
+        """Labels (MATH 5); the claims pass also checks every pixel's class sum (it is in cache)."""
+        sums = np.zeros(4)
+        labels = multiclass.resolve(p3, decision, cfg, sums)
+        return labels, _pipeline.ClassSums(int(sums[0]), int(sums[1]), float(sums[2]), float(sums[3]))
 
     @staticmethod
     def check_values(p3: np.ndarray) -> np.ndarray:

@@ -52,6 +52,7 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._quadrature import (  # noqa: F401  (re-exported: tests and benchmarks read them here)
+    TINY_MU,
     DICE,
     IOU,
     M_POW,
@@ -67,7 +68,8 @@ from .._quadrature import (  # noqa: F401  (re-exported: tests and benchmarks re
     theta_of,
 )
 from .._validate import Config
-from ._kernels import decide_rows
+from ._kernels import decide_rows, sum_above
+from .rma import dinkelbach_dice, dinkelbach_iou
 from ._threads import parallel_kernel
 
 # CPU-only refinement of the power sums: fewer terms for smaller pixels
@@ -159,6 +161,39 @@ def class_power_sums(buf, starts, ends, pows):
 
 
 @njit(cache=True, nogil=True)
+def neumaier(total, comp, x):
+    """``total + x`` with the rounding error added to ``comp`` (Neumaier's compensated sum).
+
+    The sum's error stays ~1 ulp of the result, however many terms: the naive
+    running sum's grows like sqrt(d) ulp, which put ``expected_metric`` at 3e-12
+    for rows of 1e6 pixels.  (Not in a fastmath function: reassociation would
+    cancel the correction.)
+    """
+    t = total + x
+    if abs(total) >= abs(x):
+        comp += (total - t) + x
+    else:
+        comp += (x - t) + total
+    return t, comp
+
+
+@njit(cache=True, nogil=True)
+def class_power_sums_compensated(buf, starts, ends, pows):
+    """:func:`class_power_sums` with Neumaier-compensated sums across blocks of POW_BLOCK pixels."""
+    comp = np.zeros(M_POW)
+    blk = np.empty(M_POW)
+    terms = (N_MICRO, N_TINY, N_MIDSMALL, M_POW)
+    for k in range(4):
+        for start in range(starts[k], ends[k], POW_BLOCK):
+            blk[:] = 0.0
+            power_sums(buf[start : min(ends[k], start + POW_BLOCK)], terms[k], blk)
+            for m in range(terms[k]):
+                pows[m], comp[m] = neumaier(pows[m], comp[m], blk[m])
+    for m in range(M_POW):
+        pows[m] += comp[m]
+
+
+@njit(cache=True, nogil=True)
 def series_log(pows, s):
     """sum_j log(1 - p_j s) = -sum_m s^m P_m / m over the power-summed pixels (Horner)."""
     acc = 0.0
@@ -186,8 +221,16 @@ def one_minus(q, t, s):
 
 @njit(cache=True, nogil=True)
 def log_one_minus(q, t, s):
-    if q <= 0.5:
-        return math.log1p(-q * s)
+    """log(1 - q s) to a small *relative* error.
+
+    ``log(one_minus(q, t, s))`` errs by up to ~1 ulp of 1 (1e-16) however small
+    ``q s`` is, and a row adds d such logs: their errors reached 1e-12 in the
+    score at d = 1e6.  ``log1p(-q s)`` errs by ~1 ulp of the result itself;
+    ``t + (1 - q) s`` (no cancellation) takes over where ``q s > 1/2``.
+    """
+    x = q * s
+    if x <= 0.5:
+        return math.log1p(-x)
     return math.log(t + (1.0 - q) * s)
 
 
@@ -290,6 +333,13 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
     if bad or not peak > pruning_prob:
         return np.inf, 0, False, total, bad
     mu = total
+    if smooth == 0.0 and mu < TINY_MU:  # exact = RMA to below float64 resolution (see TINY_MU)
+        s_half, n_half = sum_above(row, 0.5)
+        if metric == DICE:
+            _, th = dinkelbach_dice(row, 0.0, mu + 1.0, s_half, n_half, 0.5)
+        else:
+            _, th = dinkelbach_iou(row, 0.0, mu, s_half, n_half, 0.5)
+        return th, 0, True, mu, False
 
     # ---- lower bound lam: best RMA objective over histogram-edge masks.
     lam = smooth / (smooth + mu) if smooth > 0.0 else -np.inf
@@ -416,6 +466,22 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
     for i in range(w_n):
         cum[i + 1] = cum[i] + bv[i]
 
+    # ---- a sharper lam: the best RMA objective over the band's own volumes.
+    # The histogram edges are poor masks when most of the row shares a bin
+    # (all values tiny: every pixel in bin 0, so lam came from the full mask
+    # alone and every volume passed the test below).  Any larger lower bound
+    # keeps the candidates a subset of the bracketed ones: the band still holds them.
+    for i in range(w_n + 1):
+        tau = n_top + i
+        if tau >= 1:
+            val = rma_value(metric, cum[i], tau, mu, smooth)
+            if val > lam:
+                lam = val
+    lamp = lam * (1.0 - SLACK)
+    alpha = 2.0 if metric == DICE else 1.0 + lamp
+    ell = lamp * (smooth + mu - 1.0) - smooth
+    zero_cand = smooth > 0.0 and math.exp(-mu) + 2.0 * smooth / (smooth + mu) >= lamp
+
     # ---- candidate volumes: the interval where h >= ell (h is concave).
     c0 = -1
     c1 = -1
@@ -454,6 +520,14 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
         best_tau = 0
 
     if c0 >= 1:
+        # Band pixels past the last candidate volume are outside every mask
+        # scored below: they need log(1 - q s) only, so the small ones join the
+        # power sums and the rest the always-out list.  Without this a row whose
+        # band is most of the row (all values in bin 0: tiny or subnormal) paid
+        # a log per band pixel per node per segment.
+        w_in = c1 - n_top
+        mid_v = _move_always_out(bv, w_in, pows, mid_v)
+        n_mid = mid_v.size
         n_c = c1 - c0 + 1
         f = np.zeros(n_c)
         k_n = lag_v.size
@@ -485,7 +559,7 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
                         dd = one_minus(q, t, s)
                         lg += math.log(dd)
                         a_sum += q / dd
-                    for i in range(w_n):
+                    for i in range(w_in):
                         dd = one_minus(bv[i], t, s)
                         den[i] = dd
                         lg += math.log(dd)
@@ -499,7 +573,7 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
                             a_sum += bv[i] / den[i]
                             e *= t
                 else:
-                    for i in range(i_s, w_n):
+                    for i in range(i_s, w_in):
                         dd = one_minus(bv[i], t, s)
                         den[i] = dd
                         lg += math.log(dd)
@@ -531,6 +605,28 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
 
 
 @njit(cache=True, nogil=True)
+def _move_always_out(bv, start, pows, mid_v):
+    """Pixels ``bv[start:]`` (descending) are in no candidate mask: add those below 1/4 to
+    the power sums ``pows`` (by size class, as in the first gather) and return ``mid_v``
+    extended by the others."""
+    n = bv.size
+    i = start
+    while i < n and bv[i] >= SMALL_BIN / NB:
+        i += 1
+    out = np.empty(mid_v.size + i - start)
+    out[: mid_v.size] = mid_v
+    out[mid_v.size :] = bv[start:i]
+    # Size classes 3, 2, 1, 0 follow one another in descending order.
+    for cls_lo, n_terms in ((MIDSMALL_BIN / NB, M_POW), (TINY_BIN / NB, N_MIDSMALL), (MICRO, N_TINY), (0.0, N_MICRO)):
+        j = i
+        while j < n and (bv[j] >= cls_lo if cls_lo > 0.0 else True):
+            j += 1
+        power_sums(bv[i:j], n_terms, pows)
+        i = j
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _rate(metric, tau, smooth, mu, s_tau):
     """Central rate a + E[X] of the integrals behind the score of volume tau."""
     if metric == DICE:
@@ -557,8 +653,8 @@ def _exact_rows(p2, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
 def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
     """(exact expected score, bad-value flag) of mask ``m`` on row ``p``."""
     d = p.size
-    mu = 0.0
-    s_in = 0.0
+    mu, mu_c = 0.0, 0.0
+    s_in, s_in_c = 0.0, 0.0
     tau = 0
     n_big = 0
     n_cls = np.zeros((2, 4), dtype=np.int64)  # small pixels by (outside/inside, size class)
@@ -568,9 +664,9 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
         if not (v >= 0.0 and v <= 1.0):
             bad = True
             continue
-        mu += v
+        mu, mu_c = neumaier(mu, mu_c, v)
         if m[i]:
-            s_in += v
+            s_in, s_in_c = neumaier(s_in, s_in_c, v)
             tau += 1
         if v >= 0.25:
             n_big += 1
@@ -578,6 +674,8 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
             n_cls[1 if m[i] else 0, size_class(v)] += 1
     if bad:
         return 0.0, True
+    mu += mu_c
+    s_in += s_in_c
     if tau == 0 and smooth == 0.0:
         return 0.0, False  # Dice = 0 and IoU = 0 for the empty mask (0/0 := 0)
 
@@ -596,7 +694,7 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
     n_one = 0
     n_one_in = 0
     j = 0
-    lp0 = 0.0
+    lp0, lp0_c = 0.0, 0.0
     for i in range(d):
         v = p[i]
         if v >= 0.25:
@@ -607,7 +705,7 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
                 continue
             big[j] = v
             big_in[j] = m[i]
-            lp0 += math.log1p(-v)
+            lp0, lp0_c = neumaier(lp0, lp0_c, math.log1p(-v))
             j += 1
         elif v > 0.0:
             a = 1 if m[i] else 0
@@ -617,10 +715,10 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
     n_big = j
     pows_out = np.zeros(M_POW)
     pows_in = np.zeros(M_POW)
-    class_power_sums(small_buf, starts[0], ends[0], pows_out)
-    class_power_sums(small_buf, starts[1], ends[1], pows_in)
+    class_power_sums_compensated(small_buf, starts[0], ends[0], pows_out)
+    class_power_sums_compensated(small_buf, starts[1], ends[1], pows_in)
     pows = pows_out + pows_in
-    lp0 += series_log(pows, 1.0)
+    lp0 += lp0_c + series_log(pows, 1.0)
 
     if tau == 0:  # smooth > 0: g E[1/(g + Gamma)], as for the empty mask in the solver
         others = big[:n_big].copy()
@@ -642,21 +740,21 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
         s = ss[k]
         if metric == DICE:
             # G over every pixel; A = sum over the mask of p/(1 - p s).
-            lg = series_log(pows, s) + n_one * lt[k]
-            a_sum = series_frac(pows_in, s) + n_one_in / t
+            lg, lg_c = series_log(pows, s), n_one * lt[k]
+            a_sum, a_c = series_frac(pows_in, s), n_one_in / t
             for i in range(n_big):
-                dd = one_minus(big[i], t, s)
-                lg += math.log(dd)
+                lg, lg_c = neumaier(lg, lg_c, log_one_minus(big[i], t, s))
                 if big_in[i]:
-                    a_sum += big[i] / dd
-            acc += math.exp(lw[k] + (tau + smooth - c) * lt[k] + lg) * (2.0 * t * a_sum + smooth)
+                    a_sum, a_c = neumaier(a_sum, a_c, big[i] / one_minus(big[i], t, s))
+            expo = (lw[k] + (tau + smooth - c) * lt[k]) + (lg + lg_c)
+            acc += math.exp(expo) * (2.0 * t * (a_sum + a_c) + smooth)
         else:
             # Only the pixels outside the mask.
-            lg = (n_one - n_one_in) * lt[k] + series_log(pows_out, s)
+            lg, lg_c = series_log(pows_out, s), (n_one - n_one_in) * lt[k]
             for i in range(n_big):
                 if not big_in[i]:
-                    lg += math.log(one_minus(big[i], t, s))
-            acc += math.exp(lw[k] + (tau + smooth - c) * lt[k] + lg)
+                    lg, lg_c = neumaier(lg, lg_c, log_one_minus(big[i], t, s))
+            acc += math.exp((lw[k] + (tau + smooth - c) * lt[k]) + (lg + lg_c))
     if metric == IOU:
         acc *= s_in + smooth
     return acc, False

@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._decision import DELTA_TIE_RTOL, RowDecision
+from .._layout import SUM_TOL
 from .._solvers import METRIC_CODES
 from .._validate import Config
 from ._threads import parallel_kernel
@@ -29,80 +30,89 @@ MANY = -1
 
 
 @njit(cache=True, nogil=True)
-def _count_claims(p3, b, i0, i1, threshold, tie_end, active, count, owner):
-    """For the pixels [i0, i1) of image b: how many active classes claim each, and the last claimant.
+def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, sum_stats):
+    """Claims of the pixels [i0, i1) of image b (see the module docstring).
 
-    The loops index slices from 0 (Numba then knows the indices are not
-    negative and LLVM vectorises them, which it does not for
-    ``range(i0, i1)``); a class whose tie cut lies before the tile tests only
-    ``p > t``.
+    With a non-empty ``sum_stats`` (3 floats) it also reads the inactive
+    classes and stores (pixels whose class sum is off 1 by more than SUM_TOL,
+    smallest sum, largest sum): the tile is in cache, so the check costs one
+    extra read of the inactive rows only.
     """
-    n = i1 - i0
-    for j in range(n):
-        count[j] = 0
-        owner[j] = 0
-    for c in range(p3.shape[1]):
+    n_cls = p3.shape[1]
+    check = sum_stats.size > 0
+    # Branch-free per-tile counters (they vectorise): claims and last claimant.
+    count = np.zeros(i1 - i0, dtype=np.int32)
+    owner = np.zeros(i1 - i0, dtype=np.int32)
+    total = np.zeros(i1 - i0 if check else 0)
+    for c in range(n_cls):
+        row = p3[b, c, i0:i1]
+        if check:
+            for j in range(i1 - i0):
+                total[j] += row[j]
         if not active[b, c]:
             continue
         t = threshold[b, c]
         k = tie_end[b, c]
-        row = p3[b, c, i0:i1]
-        if k <= i0:
-            for j in range(n):
+        if k <= i0:  # the usual case: no tie cut in the tile, so a plain compare (it vectorises:
+            for j in range(i1 - i0):  # measured 1.7x faster than the general test below)
                 claimed = row[j] > t
                 count[j] += claimed
                 owner[j] = c if claimed else owner[j]
         else:
-            for j in range(n):
+            for j in range(i1 - i0):
                 v = row[j]
                 claimed = v > t or (v == t and i0 + j < k)
                 count[j] += claimed
                 owner[j] = c if claimed else owner[j]
-
-
-@njit(cache=True, nogil=True)
-def _sole_claims(p3, b, i0, count, owner, lab, tau_part, m_part):
-    """Labels of a tile from its claim counts; sole claims add to ``tau_part``, ``m_part`` in pixel order."""
-    for j in range(count.size):
+    for j in range(i1 - i0):
         if count[j] == 1:
             o = owner[j]
             lab[i0 + j] = o
-            tau_part[o] += 1.0
-            m_part[o] += p3[b, o, i0 + j]
+            tau_row[o] += 1.0
+            m_row[o] += p3[b, o, i0 + j]
         else:
             lab[i0 + j] = NONE if count[j] == 0 else MANY
+    if check:
+        off = 0
+        lo = np.inf
+        hi = -np.inf
+        for j in range(i1 - i0):
+            x = total[j]
+            off += abs(x - 1.0) > SUM_TOL
+            lo = min(lo, x)
+            hi = max(hi, x)
+        sum_stats[0] = off
+        sum_stats[1] = lo
+        sum_stats[2] = hi
 
 
 @parallel_kernel(cache=True)
 def claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
+    no_check = np.empty(0)
     for task in prange(n_img * n_tiles):
         b = task // n_tiles
         i0 = (task % n_tiles) * TILE
-        i1 = min(d, i0 + TILE)
-        # Branch-free per-tile counters (they vectorise): claims and last claimant.
-        count = np.empty(i1 - i0, dtype=np.int32)
-        owner = np.empty(i1 - i0, dtype=np.int32)
-        _count_claims(p3, b, i0, i1, threshold, tie_end, active, count, owner)
-        _sole_claims(p3, b, i0, count, owner, labels[b], tau_part[task], m_part[task])
+        _claim_tile(p3, b, i0, min(d, i0 + TILE), threshold, tie_end, active, labels[b], tau_part[task],
+                    m_part[task], no_check)
+
+
+@parallel_kernel(cache=True)
+def _claims_checked(p3, threshold, tie_end, active, labels, tau_part, m_part, sum_stats):
+    """:func:`claims` that also checks the class sums (one row of ``sum_stats`` per task)."""
+    n_img, n_cls, d = p3.shape
+    n_tiles = (d + TILE - 1) // TILE
+    for task in prange(n_img * n_tiles):
+        b = task // n_tiles
+        i0 = (task % n_tiles) * TILE
+        _claim_tile(p3, b, i0, min(d, i0 + TILE), threshold, tie_end, active, labels[b], tau_part[task],
+                    m_part[task], sum_stats[task])
 
 
 @njit(cache=True, nogil=True)
 def _increment(p, metric, smooth, tau, mu, m):
-    """Exact change of class c's RMA objective when pixel p joins U_c (MATH 5, factored).
-
-    Computed as per-class terms (:func:`_increment_terms`) and a per-pixel part
-    (:func:`_increment_from`); the conflicts kernel computes the terms once per
-    class, with the same operations in the same order, so the same bits.
-    """
-    k1, k2, k3 = _increment_terms(metric, smooth, tau, mu, m)
-    return _increment_from(p, metric, smooth, k1, k2, k3)
-
-
-@njit(cache=True, nogil=True)
-def _increment_terms(metric, smooth, tau, mu, m):
-    """The per-class terms (k1, k2, k3) of the increment (see :func:`_increment_from`)."""
+    """Exact change of class c's RMA objective when pixel p joins U_c (MATH 5, factored)."""
     if metric == 0:  # Dice
         # 2(p d - m)/(d(d+1)) - g/((d-1)d) with no product d*d, which overflows
         # float64 once g > ~1.3e154; every quotient below is <= 1 in size.  For
@@ -111,38 +121,20 @@ def _increment_terms(metric, smooth, tau, mu, m):
         # it stays far from underflow too, up to g = the largest float64.
         d = tau + mu + smooth + 1.0
         if smooth > 1.0:
-            return m / d, smooth / (d + 1.0), (smooth / d) * (smooth / (d - 1.0))
-        return m / d, d + 1.0, (smooth / d) / (d - 1.0) if smooth > 0.0 else 0.0
+            return 2.0 * (p - m / d) * (smooth / (d + 1.0)) - (smooth / d) * (smooth / (d - 1.0))
+        inc = 2.0 * (p - m / d) / (d + 1.0)
+        if smooth > 0.0:
+            inc -= (smooth / d) / (d - 1.0)
+        return inc
     e = tau + mu - m + smooth
     a = (m + smooth) / e if e > 0.0 else 0.0  # 0/0 := 0
-    return a, e, 0.0
-
-
-@njit(cache=True, nogil=True)
-def _increment_from(p, metric, smooth, k1, k2, k3):
-    """The increment of a pixel of value p from its class's terms: one division at most.
-
-    Dice: ``2(p - m/d)/(d+1) - (g/d)/(d-1)`` (``x - 0.0`` is ``x`` bit for bit
-    when g = 0), or ``2(p - m/d)(g/(d+1)) - (g/d)(g/(d-1))`` for g > 1; IoU:
-    ``(p - a(1-p))/(e+1-p)``.
-    """
-    if metric == 0:
-        if smooth > 1.0:
-            return 2.0 * (p - k1) * k2 - k3
-        return 2.0 * (p - k1) / k2 - k3
-    return (p - k1 * (1.0 - p)) / (k2 + 1.0 - p)
+    return (p - a * (1.0 - p)) / (e + 1.0 - p)
 
 
 @parallel_kernel(cache=True)
 def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index):
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
-    terms = np.empty((n_img, n_cls, 3))  # per class: computed once, not once per pixel
-    for b in range(n_img):
-        for c in range(n_cls):
-            terms[b, c, 0], terms[b, c, 1], terms[b, c, 2] = _increment_terms(
-                metric, smooth, tau[b, c], mu[b, c], m[b, c]
-            )
     for task in prange(n_img * n_tiles):
         b = task // n_tiles
         i0 = (task % n_tiles) * TILE
@@ -160,17 +152,16 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
                 lab[i] = void_index
                 continue
             best = -np.inf
-            for c in range(n_cls):  # branch-free: the claims are unpredictable
+            for c in range(n_cls):
+                inc[c] = -np.inf
                 v = p3[b, c, i]
                 if state == MANY:  # only claimants compete
                     t = threshold[b, c]
-                    ok = active[b, c] & ((v > t) | ((v == t) & (i < tie_end[b, c])))
-                else:  # unclaimed: the active classes compete (all of them if none is active)
-                    ok = active[b, c] | (not any_active)
-                x = _increment_from(v, metric, smooth, terms[b, c, 0], terms[b, c, 1], terms[b, c, 2])
-                # Increments are never NaN (p in [0, 1], positive denominators),
-                # so max(best, -inf) == best: the same maximum as skipping the class.
-                inc[c] = x if ok else -np.inf
+                    if not (active[b, c] and (v > t or (v == t and i < tie_end[b, c]))):
+                        continue
+                elif any_active and not active[b, c]:  # unclaimed: active classes compete
+                    continue
+                inc[c] = _increment(v, metric, smooth, tau[b, c], mu[b, c], m[b, c])
                 best = max(best, inc[c])
             lab[i] = _first_within(inc, best)
 
@@ -185,15 +176,26 @@ def _first_within(inc, best):
     return 0
 
 
-def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config) -> np.ndarray:
-    """Labels ``(B, d)`` int64 from per-class decisions on a C-contiguous ``(B, C, d)`` array."""
+def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config, class_sums: np.ndarray | None = None) -> np.ndarray:
+    """Labels ``(B, d)`` int64 from per-class decisions on a C-contiguous ``(B, C, d)`` array.
+
+    With ``class_sums`` (a float64 array of 4) the claims pass also checks every
+    pixel's class sum and stores (pixels checked, pixels off 1 by more than
+    ``SUM_TOL``, smallest sum, largest sum) there; see :mod:`rankseg_np._layout`.
+    """
     n_img, n_cls, d = p3.shape
     labels = np.empty((n_img, d), dtype=np.int64)
     n_tasks = n_img * ((d + TILE - 1) // TILE)
     tau_part = np.zeros((n_tasks, n_cls))
     m_part = np.zeros((n_tasks, n_cls))
     threshold, tie_end, active, mu = decision
-    claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
+    if class_sums is None:
+        claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
+    else:
+        stats = np.zeros((n_tasks, 3))
+        _claims_checked(p3, threshold, tie_end, active, labels, tau_part, m_part, stats)
+        class_sums[:] = (n_img * d, stats[:, 0].sum(), stats[:, 1].min(initial=np.inf),
+                         stats[:, 2].max(initial=-np.inf))
     tau = tau_part.reshape(n_img, -1, n_cls).sum(axis=1)
     m = m_part.reshape(n_img, -1, n_cls).sum(axis=1)
     conflicts(

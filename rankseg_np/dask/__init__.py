@@ -161,8 +161,8 @@ class _DaskExecutor:
         return _passes.output(plan)
 
     @staticmethod
-    def labels(x: Any, plan: _passes.Plan, cfg: Config) -> Any:
-        return _passes.output(plan)
+    def labels(x: Any, plan: _passes.Plan, cfg: Config) -> tuple[Any, None]:
+        return _passes.output(plan), None  # class sums: checked per chunk only on whole images
 
     @staticmethod
     def reshape(out: Any, shape: tuple[int, ...]) -> Any:

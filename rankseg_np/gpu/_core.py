@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import _pipeline
 from .._decision import RowDecision
+from .._layout import SUM_TOL
 from .._solvers import METRIC_CODES
 from .._validate import Config
 from ._rows import checked_first_pass, to_host
@@ -69,16 +70,26 @@ class XpExecutor:
         xp = self.xp
         return self.kern.materialize(p3, xp.asarray(decision.threshold), xp.asarray(decision.tie_end))
 
-    def labels(self, p3: Any, decision: RowDecision, cfg: Config) -> Any:
-        """Multiclass labels ``(B, d)`` int64 from per-class decisions (MATH section 5)."""
+    def labels(self, p3: Any, decision: RowDecision, cfg: Config) -> tuple[Any, _pipeline.ClassSums]:
+        """Multiclass labels ``(B, d)`` int64 from per-class decisions (MATH section 5), and the class sums."""
         kern = self.kern
         threshold, tie_end, active, mu = (self.xp.asarray(f) for f in decision)
         state = kern.claims(p3, threshold, tie_end, active)
         tau, m = kern.sole_sums(p3, state)
-        return kern.conflicts(
+        labels = kern.conflicts(
             p3, threshold, tie_end, active, state, tau, mu, m,
             METRIC_CODES[cfg.metric], cfg.smooth, cfg.unassigned_policy == "void", cfg.void_index,
         )
+        return labels, self._class_sums(p3)
+
+    def _class_sums(self, p3: Any) -> _pipeline.ClassSums:
+        """Every pixel's class sum against 1: one float64 reduction and three scalars to the host
+        (not fused into the claims kernel, unlike the CPU path)."""
+        xp = self.xp
+        sums = xp.sum(p3, axis=1, dtype=xp.float64)
+        stats = xp.stack([xp.sum(xp.abs(sums - 1.0) > SUM_TOL, dtype=xp.float64), xp.min(sums), xp.max(sums)])
+        n_off, lo, hi = (float(v) for v in to_host(stats))
+        return _pipeline.ClassSums(int(sums.size), int(n_off), lo, hi)
 
     @staticmethod
     def reshape(out: Any, shape: tuple[int, ...]) -> Any:

@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._decision import RowDecision
-from .._quadrature import DICE, IOU, M_POW, NB, SEG_RATIO, SLACK, SMALL_BIN, SWITCH, rules
+from .._quadrature import DICE, IOU, M_POW, NB, SEG_RATIO, SLACK, SMALL_BIN, SWITCH, TINY_MU, rules
 from .._validate import Config
 from ._rows import checked_first_pass, errstate, first_true, gather_rows, last_true, pick, pick_cols, tie_cut
 
@@ -232,8 +232,19 @@ def _block(x: Any, mu: Any, cfg: Config, xp: Any):
     k = xp.arange(width + 1)[None, :]  # volume tau = n_top + k takes band[:k]
     cum = xp.cumsum(xp.concatenate([s_top[:, None], band], axis=1), axis=1)  # S_tau
     tau = (n_top[:, None] + k).astype(xp.float64)
-    h = alpha[:, None] * cum - lamp[:, None] * tau
     valid = (k <= w_n[:, None]) & (tau >= 1.0)
+    # A sharper lower bound: the best RMA objective over the band's own volumes
+    # (as in cpu.exact).  The histogram edges are poor masks when most of a row
+    # shares a bin (all values tiny), and then every volume passed the test
+    # below; a larger bound only drops candidates, so the band still holds them.
+    with errstate(xp):
+        own = xp.max(xp.where(valid, _rma_value(metric, cum, tau, mu[:, None], g, xp), -xp.inf), axis=1)
+    better = own * (1.0 - SLACK) > lamp
+    lamp = xp.where(better, own * (1.0 - SLACK), lamp)
+    alpha = xp.full(rows, 2.0) if metric == DICE else 1.0 + lamp
+    ell = lamp * (g + mu - 1.0) - g
+    zero_cand = zero_cand & ((xp.exp(-mu) + 2.0 * g / (g + mu) >= lamp) if g > 0.0 else zero_cand)
+    h = alpha[:, None] * cum - lamp[:, None] * tau
     cand = valid & (h >= ell[:, None])
     c0 = first_true(cand, xp, -1)
     c1 = last_true(cand, xp, -1)
@@ -390,7 +401,18 @@ def decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
     active = peak > cfg.pruning_prob
     threshold = xp.full(b * c, xp.inf)
     tie_end = xp.zeros(b * c, dtype=xp.int64)
-    rows = xp.nonzero(active)[0]
+    if cfg.smooth == 0.0 and bool(xp.any(active & (mu < TINY_MU))):
+        # Rows of expected size below TINY_MU: exact = RMA to below float64 resolution.
+        from . import _rma
+
+        tiny = active & (mu < TINY_MU)
+        rma = _rma.decide(p3, cfg, xp, kern)
+        threshold = xp.where(tiny, rma.threshold.reshape(-1), threshold)
+        tie_end = xp.where(tiny, rma.tie_end.reshape(-1), tie_end)
+        active_big = active & ~tiny
+    else:
+        active_big = active
+    rows = xp.nonzero(active_big)[0]
     step = max(1, BLOCK_ELEMENTS // max(d, NB))  # the per-row histograms are (rows, NB) too
     for r0 in range(0, int(rows.shape[0]), step):
         idx = rows[r0 : r0 + step]
