@@ -157,11 +157,15 @@ def power_sums(vals, n_terms, pows):
 
 @njit(cache=True, nogil=True)
 def class_power_sums(buf, starts, ends, pows):
-    """Power sums of the four size classes, class c in ``buf[starts[c]:ends[c]]``."""
-    power_sums(buf[starts[0] : ends[0]], N_MICRO, pows)
-    power_sums(buf[starts[1] : ends[1]], N_TINY, pows)
-    power_sums(buf[starts[2] : ends[2]], N_MIDSMALL, pows)
-    power_sums(buf[starts[3] : ends[3]], M_POW, pows)
+    """Power sums of the four size classes, class c in ``buf[starts[c]:ends[c]]``.
+
+    One loop over the classes, so the term count reaches ``power_sums`` as a
+    run-time int64: four call sites with constant counts compiled four
+    specialisations of it (seconds of a first call's compilation).
+    """
+    terms = (N_MICRO, N_TINY, N_MIDSMALL, M_POW)
+    for k in range(4):
+        power_sums(buf[starts[k] : ends[k]], terms[k], pows)
 
 
 @njit(cache=True, nogil=True)
@@ -688,14 +692,20 @@ def _move_always_out(bv, start, pows, mid_v):
     while i < n and bv[i] >= SMALL_BIN / NB:
         i += 1
     out = np.empty(mid_v.size + i - start)
-    out[: mid_v.size] = mid_v
-    out[mid_v.size :] = bv[start:i]
-    # Size classes 3, 2, 1, 0 follow one another in descending order.
-    for cls_lo, n_terms in ((MIDSMALL_BIN / NB, M_POW), (TINY_BIN / NB, N_MIDSMALL), (MICRO, N_TINY), (0.0, N_MICRO)):
+    for j in range(mid_v.size):  # element loops, not slice assignments: those compile for seconds
+        out[j] = mid_v[j]
+    for j in range(i - start):
+        out[mid_v.size + j] = bv[start + j]
+    # Size classes 3, 2, 1, 0 follow one another in descending order.  Plain
+    # tuples indexed at run time: one power_sums specialisation, not four.
+    lows = (MIDSMALL_BIN / NB, TINY_BIN / NB, MICRO, 0.0)
+    terms = (M_POW, N_MIDSMALL, N_TINY, N_MICRO)
+    for k in range(4):
+        cls_lo = lows[k]
         j = i
         while j < n and (bv[j] >= cls_lo if cls_lo > 0.0 else True):
             j += 1
-        power_sums(bv[i:j], n_terms, pows)
+        power_sums(bv[i:j], terms[k], pows)
         i = j
     return out
 
