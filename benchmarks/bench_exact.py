@@ -4,6 +4,7 @@
     python benchmarks/bench_exact.py --quick    # small shapes, a smoke test
     python benchmarks/bench_exact.py --accuracy # quadrature error against the oracles only
                                                 # (and against mpmath for d = 1e4, 1e5, 1e6)
+    python benchmarks/bench_exact.py --tiny     # rows of tiny / subnormal values against a uniform row
 
 Speed: best of ``--repeat`` runs after a warm-up (Numba compiles there), all in
 one process on the same float32 softmax array; ``rankseg`` BA runs once (it
@@ -239,6 +240,36 @@ def accuracy_by_length(rows_per_length, lengths=(10_000, 100_000, 1_000_000), se
         print(f"| {d:.0e} | {worst:.1e} | {wrong} of {len(gaps)} | {smallest:.1e} |", flush=True)
 
 
+def tiny_rows(d=1_000_000, seed=0):
+    """Exact-solver time on rows of tiny and subnormal values, against a uniform row of the same size.
+
+    Such rows once cost 10-50x a uniform row (every pixel in histogram bin 0,
+    so every volume was a candidate and every quadrature node did subnormal
+    arithmetic); ``tests/test_exact_tiny_values.py`` holds the answers to exact
+    rational oracles.
+    """
+    rng = np.random.default_rng(seed)
+    rows = {
+        "uniform [0, 1)": rng.random(d),
+        "all subnormal (U * 1e-310)": rng.random(d) * 1e-310,
+        "constant 5e-324": np.full(d, 5e-324),
+        "half U * 1e-5, half subnormal": np.r_[rng.random(d // 2) * 1e-5, rng.random(d // 2) * 1e-310],
+        "U * 1e-22 (all in bin 0)": rng.random(d) * 1e-22,
+    }
+    rankseg(rows["uniform [0, 1)"][None, None, :1000], solver="exact", output_mode="multilabel")  # compile
+    print(f"\n## exact solver, one row of {d:.0e} pixels, pruning_prob=0, best of 2 after a warm-up\n")
+    print("| row | dice (s) | iou (s) | dice / uniform |")
+    print("|---|---:|---:|---:|")
+    base = None
+    for name, row in rows.items():
+        t = {}
+        for metric in ("dice", "iou"):
+            t[metric] = best_time(lambda: rankseg(row[None, None], metric=metric, solver="exact",
+                                                  output_mode="multilabel", pruning_prob=0.0), 2)
+        base = base or t["dice"]
+        print(f"| {name} | {t['dice']:.3f} | {t['iou']:.3f} | {t['dice'] / base:.1f} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
@@ -247,7 +278,11 @@ def main(argv=None):
     parser.add_argument("--accuracy", action="store_true", help="only the quadrature error study")
     parser.add_argument("--rows", type=int, default=20, help="rows per family in the accuracy study")
     parser.add_argument("--length-rows", type=int, default=2, help="rows per length in the d = 1e4..1e6 study")
+    parser.add_argument("--tiny", action="store_true", help="only the tiny/subnormal rows timing")
     args = parser.parse_args(argv)
+    if args.tiny:
+        tiny_rows()
+        return
     if args.accuracy:
         accuracy(args.rows)
         accuracy_by_length(args.length_rows)

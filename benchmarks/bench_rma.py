@@ -159,23 +159,47 @@ def run(shape, dtype, repeat, full=True, exact=False, compat=False):
 
 
 def sum_check_cost(shape, repeat):
-    """Time of the multiclass claims pass with and without the class-sum check, against full RMA.
+    """CPU time of the multiclass claims pass with and without the class-sum check, against full RMA.
 
     The check rides in the claims pass (``cpu.multiclass.resolve(..., class_sums)``);
     its cost is the difference of the two resolve timings, as a share of the
-    whole ``rankseg(probs)`` call (which includes it).
+    whole ``rankseg(probs)`` call (which includes it).  CPU time on one Numba
+    thread, best of interleaved runs: on a shared machine wall time is noise.
     """
     from rankseg_np import cpu
     from rankseg_np._validate import check_config
+    from rankseg_np.cpu import rma
 
     probs = softmax_probs(shape)
     p3 = cpu.as_rows(probs)
     cfg = check_config(shape[1])
-    decision = cpu.decide(p3, cfg)
+    decision = rma.decide(p3, cfg)
     sums = np.zeros(4)
-    whole = best_time(lambda: rankseg(probs), repeat)
-    plain = best_time(lambda: cpu.multiclass.resolve(p3, decision, cfg), repeat)
-    checked = best_time(lambda: cpu.multiclass.resolve(p3, decision, cfg, sums), repeat)
+    import time
+
+    import numba
+
+    def cpu_time(fn):
+        """CPU seconds of one call on one Numba thread (other processes' load does not count)."""
+        t0 = time.process_time()
+        fn()
+        return time.process_time() - t0
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        variants = {
+            "whole": lambda: rankseg(probs),
+            "plain": lambda: cpu.multiclass.resolve(p3, decision, cfg),
+            "checked": lambda: cpu.multiclass.resolve(p3, decision, cfg, sums),
+        }
+        best = {name: (fn(), float("inf"))[1] for name, fn in variants.items()}  # warm-up (compile)
+        for _ in range(repeat):  # interleaved, so drifting load affects all alike
+            for name, fn in variants.items():
+                best[name] = min(best[name], cpu_time(fn))
+    finally:
+        numba.set_num_threads(threads)
+    whole, plain, checked = best["whole"], best["plain"], best["checked"]
     print(f"| {shape} | {whole:.4f} | {plain:.4f} | {checked:.4f} | {(checked - plain) / whole:+.1%} |", flush=True)
 
 
@@ -194,9 +218,9 @@ def main(argv=None):
     import numba
 
     if args.sum_check:
-        print(f"numba threads {numba.get_num_threads()}; best of {args.repeat}\n")
-        print("| probs (float32 softmax) | rankseg RMA dice multiclass (s) | claims pass (s) | "
-              "claims pass + sum check (s) | check / RMA |")
+        print(f"CPU time on one Numba thread (time.process_time), best of {args.repeat} interleaved runs\n")
+        print("| probs (float32 softmax) | rankseg RMA dice multiclass (CPU s) | claims pass (CPU s) | "
+              "claims pass + sum check (CPU s) | check / RMA |")
         print("|---|---:|---:|---:|---:|")
         for shape in [(2, 21, 128, 128)] if args.quick else [(4, 21, 512, 512), (1, 3, 128, 256, 256)]:
             sum_check_cost(shape, args.repeat)

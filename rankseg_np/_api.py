@@ -91,8 +91,10 @@ def rankseg(
 
 def _run(probs: Any, options: Config, channel_axis: Any) -> Any:
     native, solve, restore = _dispatch.prepare(probs)
-    axis = normalize_channel_axis(channel_axis, len(native.shape))
-    native = to_channels_first(native, axis)
+    axis = 1
+    if len(native.shape) >= 3:  # fewer axes: the shape error below says what is expected
+        axis = normalize_channel_axis(channel_axis, len(native.shape))
+        native = to_channels_first(native, axis)
     check_probs_structure(native, _dispatch.backend_of(probs))
     cfg = for_classes(options, int(native.shape[1]))
     out = solve(native, cfg)

@@ -198,3 +198,39 @@ def test_channels_last_with_channel_axis_passes():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert rankseg(y, channel_axis=-1).shape == (2, 16, 16)
+
+
+# --------------------------------------------------------------------------- #
+# The CLI's --channel-axis
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_cli_channel_axis_channels_last_file(tmp_path, mode):
+    from rankseg_np.cli import main
+
+    y = channels_last((2, 9, 7, 4), dtype=np.float32)
+    np.save(tmp_path / "in.npy", y)
+    out = tmp_path / "out.npy"
+    assert main(["predict", str(tmp_path / "in.npy"), "-o", str(out), "--channel-axis", "-1",
+                 "--output-mode", mode, "-q"]) == 0
+    np.testing.assert_array_equal(np.load(out), want(y, -1, output_mode=mode))
+
+
+def test_cli_channels_last_file_without_flag_fails_with_the_fix(tmp_path, capsys):
+    from rankseg_np.cli import main
+
+    np.save(tmp_path / "in.npy", channels_last((2, 16, 16, 4), dtype=np.float32))
+    rc = main(["predict", str(tmp_path / "in.npy"), "-o", str(tmp_path / "out.npy"), "-q"])
+    assert rc != 0
+    assert "channel_axis=-1" in capsys.readouterr().err
+
+
+def test_cli_channel_axis_single_image_without_batch_axis(tmp_path):
+    from rankseg_np.cli import main
+
+    y = channels_last((1, 9, 7, 4), dtype=np.float32)
+    np.save(tmp_path / "in.npy", y[0])  # (H, W, C)
+    out = tmp_path / "out.npy"
+    assert main(["predict", str(tmp_path / "in.npy"), "-o", str(out), "--no-batch-axis",
+                 "--channel-axis", "2", "-q"]) == 0
+    np.testing.assert_array_equal(np.load(out), want(y, -1)[0])

@@ -20,8 +20,6 @@ sequentially in Numba), which is what can move a zero-gain pixel.
 
 from __future__ import annotations
 
-import importlib.util
-import re
 import warnings
 
 import numpy as np
@@ -34,10 +32,10 @@ from rankseg_np import cpu, gpu
 from rankseg_np._validate import check_config
 from rankseg_np.gpu import _core, _kernels, _rma, _rows
 from oracles import brute_scores, mask_score
+from ties import assert_labels_tie_equal
 from strategies import make_probs, prob_arrays, rma_params
 
 TIE_RTOL = 1e-12  # see tests/test_rma.py: ties agree to ~1e-15, real differences are >= ~1e-4
-INC_RTOL = 1e-11  # increment scores of two tied classes, computed from sums in different orders
 
 HAVE_GPU = gpu.is_available()
 needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs CuPy and a CUDA device")]
@@ -84,22 +82,6 @@ def assert_masks_tie_equal(probs, ours, expected, metric, smooth):
         a = ref.rma_objective(p2[r], o2[r], metric, smooth)
         e = ref.rma_objective(p2[r], e2[r], metric, smooth)
         assert a == pytest.approx(e, rel=TIE_RTOL, abs=1e-15), (r, p2[r], o2[r], e2[r])
-
-
-def assert_labels_tie_equal(probs, ours, expected, masks, cfg):
-    """Equal labels, except pixels where both classes' increment scores tie (to float64 noise)."""
-    differ = ours != expected
-    if not differ.any():
-        return
-    b, c = probs.shape[:2]
-    p3 = probs.astype(np.float64).reshape(b, c, -1)
-    m3 = masks.reshape(b, c, -1)
-    sole = m3 & (m3.sum(axis=1) == 1)[:, None]
-    inc = ref.increments(p3, sole.sum(2).astype(float), (p3 * sole).sum(2), p3.sum(2), cfg.metric, cfg.smooth)
-    o, e = ours.reshape(b, -1), expected.reshape(b, -1)
-    for bi, i in zip(*np.nonzero(differ.reshape(b, -1))):
-        assert 0 <= o[bi, i] < c and 0 <= e[bi, i] < c, (o[bi, i], e[bi, i])
-        assert inc[bi, o[bi, i], i] == pytest.approx(inc[bi, e[bi, i], i], rel=INC_RTOL, abs=1e-15)
 
 
 # --------------------------------------------------------------------------- #

@@ -32,6 +32,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from oracles import mask_score, refined_normal_curve, topk_curve
 from strategies import prob_arrays
+from ties import assert_labels_tie_equal
 
 from rankseg_np import _reference as ref
 from rankseg_np import cpu, gpu
@@ -134,19 +135,6 @@ def assert_masks_equal_up_to_ties(probs, ours, expected, cfg) -> bool:
     return differing.size > 0
 
 
-def assert_labels_equal_up_to_ties(probs, ours, expected, masks, cfg) -> None:
-    """Equal labels, except pixels where the two classes' increment scores (MATH 5) tie."""
-    b, c = probs.shape[:2]
-    p3 = probs.astype(np.float64).reshape(b, c, -1)
-    m3 = masks.reshape(b, c, -1)
-    sole = m3 & (m3.sum(axis=1) == 1)[:, None]
-    inc = ref.increments(p3, sole.sum(2).astype(float), (p3 * sole).sum(2), p3.sum(2), cfg.metric, cfg.smooth)
-    o, e = ours.reshape(b, -1), expected.reshape(b, -1)
-    for bi, i in zip(*np.nonzero(o != e)):
-        assert 0 <= o[bi, i] < c and 0 <= e[bi, i] < c, (o[bi, i], e[bi, i])
-        assert inc[bi, o[bi, i], i] == pytest.approx(inc[bi, e[bi, i], i], rel=1e-9, abs=1e-15)
-
-
 # --------------------------------------------------------------------------- #
 # The matrix
 # --------------------------------------------------------------------------- #
@@ -196,7 +184,7 @@ def test_declared_pair_matches_the_reference(solver, metric, mode, executor, dat
         ref_masks, _ = reference_masks(probs, cfg)
         tied = assert_masks_equal_up_to_ties(probs, ours_masks, ref_masks, masks_cfg)
         assume(not tied)  # another optimal mask changes the sums of MATH 5: labels not comparable
-        assert_labels_equal_up_to_ties(probs, ours, expected, ref_masks, cfg)
+        assert_labels_tie_equal(probs, ours, expected, ref_masks, cfg, rtol=1e-9)
 
 
 EXCLUDED = [

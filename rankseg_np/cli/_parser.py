@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--unassigned-policy", default=None, help="max_score | void (multiclass RMA/exact)")
     api.add_argument("--void-index", type=int, default=None, help="label of unassigned pixels with 'void' (default: 255)")
     api.add_argument("--eps", type=float, default=None, help="tail mass for BA/TRNA (default: 1e-4)")
+    api.add_argument("--channel-axis", type=int, default=None, metavar="AXIS",
+                     help="axis of the stored array that holds the classes, e.g. -1 for channels-last "
+                          "(B, H, W, C) files (default: the axis after the batch axis); masks keep the layout")
     io = p.add_argument_group("input and output")
     io.add_argument("--key", default=None, metavar="NAME",
                     help="array name in .npz archives / Zarr groups (default: the only array, or 'probs')")

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
+from .._layout import from_channels_first, to_channels_first
 from ._common import (
     EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line, compile_notice,
 )
@@ -298,10 +299,20 @@ def _process(job: Job, args: argparse.Namespace, kw: dict[str, Any]) -> None:
             )
         like = str(nifti.find_reference(args.like, job.source))
     probs = load_probs(job.source, args.key, chunks)
+    stored_ndim = probs.ndim
     if single:
         probs = probs[None]
     if probs.ndim < 2:
         raise InputError(f"holds an array of shape {tuple(probs.shape)}; expected (batch, classes, *spatial)")
+    # --channel-axis indexes the stored array (the image, with --no-batch-axis).  The classes
+    # move to axis 1 (a view) for everything below; multilabel masks move back at the end.
+    axis = 1
+    if args.channel_axis is not None:
+        if not -stored_ndim <= args.channel_axis < stored_ndim:
+            raise InputError(f"--channel-axis {args.channel_axis} is not an axis of its array of shape "
+                             f"{tuple(probs.shape[1:] if single else probs.shape)}")
+        axis = args.channel_axis % stored_ndim + (1 if single else 0)
+        probs = to_channels_first(probs, axis)
     if job.fmt == NIFTI:
         _check_nifti_input(probs, kw)
     dtype = _output_dtype(args.dtype or ("auto" if job.fmt == NIFTI else None), int(probs.shape[1]), kw)
@@ -314,6 +325,8 @@ def _process(job: Job, args: argparse.Namespace, kw: dict[str, Any]) -> None:
         result = rankseg(probs, **kw)
     except (ValueError, TypeError) as exc:
         raise InputError(_one_line(exc)) from None
+    if str(kw["output_mode"]).strip().lower() == "multilabel":
+        result = from_channels_first(result, axis)
     if single or job.fmt == NIFTI:
         result = result[0]
     if dtype is not None and result.dtype != dtype:

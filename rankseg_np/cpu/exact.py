@@ -186,6 +186,19 @@ def neumaier(total, comp, x):
 
 
 @njit(cache=True, nogil=True)
+def _power_sums_exact_order(vals, n_terms, pows):
+    """:func:`power_sums` on one block without reassociation: the same rounding in every build
+    (the parallel kernel and its serial twin inline ``power_sums`` differently)."""
+    w = vals.copy()
+    for m in range(n_terms):
+        acc = 0.0
+        for i in range(vals.size):
+            acc += w[i]
+            w[i] *= vals[i]
+        pows[m] += acc
+
+
+@njit(cache=True, nogil=True)
 def class_power_sums_compensated(buf, starts, ends, pows):
     """:func:`class_power_sums` with Neumaier-compensated sums across blocks of POW_BLOCK pixels."""
     comp = np.zeros(M_POW)
@@ -194,7 +207,7 @@ def class_power_sums_compensated(buf, starts, ends, pows):
     for k in range(4):
         for start in range(starts[k], ends[k], POW_BLOCK):
             blk[:] = 0.0
-            power_sums(buf[start : min(ends[k], start + POW_BLOCK)], terms[k], blk)
+            _power_sums_exact_order(buf[start : min(ends[k], start + POW_BLOCK)], terms[k], blk)
             for m in range(terms[k]):
                 pows[m], comp[m] = neumaier(pows[m], comp[m], blk[m])
     for m in range(M_POW):
