@@ -93,10 +93,11 @@ EXECUTOR = _CpuExecutor()
 # on a busy machine it waits for a descheduled worker; the serial twins also
 # compile several times faster, which is what a first call in a fresh
 # environment pays.  Chosen from ``benchmarks/bench_threads.py`` on the
-# project's shared 2-core machine (results/bench_threads.md: two threads lost
-# up to 8x at 2^20 values and first won at 2^22); a wrong guess costs at most
-# the thread count's factor on a quiet machine, but far more on a busy one.
-SERIAL_BELOW = 1 << 22
+# project's shared 2-core machine: quiet (load 1), two threads won from 2^18
+# values (about 2x); busy (load 7), they lost up to 8x at 2^20 and first won
+# at 2^22.  2^21 keeps the loss on a quiet machine within the thread count's
+# factor and the default demo batch (2^20) off the parallel path.
+SERIAL_BELOW = 1 << 21
 
 
 @contextmanager
