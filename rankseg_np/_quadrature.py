@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 from numpy.polynomial.laguerre import laggauss
@@ -79,9 +80,19 @@ def jacobi_rule(theta: float, n: int = N_NODES) -> tuple[np.ndarray, np.ndarray]
     return x, np.log(w) - theta * math.log(2.0)
 
 
-def rules(smooth: float):
-    """``(theta, lag_v, lag_lw, jac_x, jac_lw)`` for a given ``smooth``."""
+class QuadratureRule(NamedTuple):
+    """The two Gauss rules behind the exact scores, for one ``smooth`` (kernels take it whole)."""
+
+    theta: float  # Jacobi weight exponent: t^(theta-1)
+    lag_v: np.ndarray  # Gauss-Laguerre nodes
+    lag_lw: np.ndarray  # and log weights
+    jac_x: np.ndarray  # Gauss-Jacobi nodes in (-1, 1)
+    jac_lw: np.ndarray  # and log weights
+
+
+def rules(smooth: float) -> QuadratureRule:
+    """The :class:`QuadratureRule` ``(theta, lag_v, lag_lw, jac_x, jac_lw)`` for a given ``smooth``."""
     theta = theta_of(smooth)
     lag_v, lag_lw = laguerre_rule()
     jac_x, jac_lw = jacobi_rule(theta)
-    return theta, lag_v, lag_lw, jac_x, jac_lw
+    return QuadratureRule(theta, lag_v, lag_lw, jac_x, jac_lw)

@@ -159,9 +159,9 @@ def expected_metric(
     if b * c:
         from .cpu import exact  # Numba kernels: imported on first use
 
-        theta, lag_v, lag_lw, jac_x, jac_lw = exact.rules(smooth)
+        rule = exact.rules(smooth)
         metric_id = exact.DICE if key == "dice" else exact.IOU
-        exact.expected_rows(p2, m2, metric_id, smooth, theta, lag_v, lag_lw, jac_x, jac_lw, out, bad)
+        exact.expected_rows(p2, m2, metric_id, smooth, rule, out, bad)
     if bad.any():
         raise_bad_values(p2)
     return out.reshape(b, c)

@@ -133,8 +133,11 @@ def test_images_are_independent(probs, params):
 
 
 @pytest.mark.parametrize("params", [dict(), dict(metric="iou", smooth=1.0), dict(smooth=2.0, output_mode="multilabel")])
-def test_deterministic_across_runs_and_thread_counts(params):
-    probs = make_probs((3, 5, 300, 300), np.float32, "softmax", 7)  # above cpu.SERIAL_BELOW: really parallel
+def test_deterministic_across_runs_and_thread_counts(params, monkeypatch):
+    from rankseg_np import cpu
+
+    probs = make_probs((3, 5, 300, 300), np.float32, "softmax", 7)
+    monkeypatch.setattr(cpu, "SERIAL_BELOW", probs.size)  # really parallel (one thread: the serial kernels)
     first = rankseg(probs, **params)
     threads = numba.get_num_threads()
     try:
@@ -240,3 +243,20 @@ def test_accuracy_solvers():
     assert (onehot.sum(axis=1) == 1).all()
     single = probs[:, :1]
     np.testing.assert_array_equal(rankseg(single, metric="acc", solver="tr", output_mode="multilabel"), single > 0.5)
+
+
+def test_small_inputs_run_the_serial_kernels(monkeypatch):
+    """Below cpu.SERIAL_BELOW values the serial twins run (cheaper to compile, no parallel region)."""
+    from rankseg_np import cpu
+    from rankseg_np.cpu import _threads, rma
+
+    probs = make_probs((1, 3, 8, 8), np.float32, "softmax", 1)
+    ran = []
+    monkeypatch.setattr(_threads.ParallelKernel, "serial", property(lambda self: ran.append(self) or self.parallel))
+    rankseg(probs)
+    assert rma._rma_rows in ran
+    ran.clear()
+    monkeypatch.setattr(cpu, "SERIAL_BELOW", 0)
+    if numba.get_num_threads() > 1:
+        rankseg(probs)
+        assert ran == []

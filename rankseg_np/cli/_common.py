@@ -45,3 +45,24 @@ def _has(module: str) -> bool:
     except (ImportError, ValueError):  # a parent package missing, or a broken install
         return False
 
+
+
+def compile_notice(err) -> None:
+    """One line on ``err`` when the first solve will compile Numba's kernels (their disk cache is empty).
+
+    Looks for the on-disk cache index of the RMA row kernel, parallel or
+    serial (in ``__pycache__`` or ``NUMBA_CACHE_DIR``): when neither exists the
+    environment is fresh.  Any problem reading it means no notice, never an error.
+    """
+    try:
+        import os
+
+        from ..cpu import rma
+
+        kernel = rma._rma_rows
+        if any(os.path.exists(k._cache._cache_file._index_path) for k in (kernel.parallel, kernel.serial)):
+            return
+    except Exception:  # Numba internals moved: stay quiet
+        return
+    err.write(f"{PROG}: compiling the Numba kernels for the first call (once: they are then cached on disk) ...\n")
+    err.flush()

@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run solver='exact' (default: on)")
     d.set_defaults(func=cmd_demo)
 
-    b = sub.add_parser("bench", help="time RMA against np.argmax in this process",
-                       description="Time np.argmax and RankSEG RMA (Dice/IoU, multiclass/multilabel) on softmax "
+    b = sub.add_parser("bench", help="time RMA against a one-pass argmax and np.argmax in this process",
+                       description="Time a one-pass parallel argmax, np.argmax and RankSEG RMA (Dice/IoU, multiclass/multilabel) on softmax "
                                    "probabilities and print the ratios.")
     b.add_argument("--batch", type=int, default=4)
     b.add_argument("--classes", type=int, default=21)

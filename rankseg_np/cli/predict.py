@@ -15,7 +15,9 @@ from typing import Any, Iterator, Sequence, TextIO
 import numpy as np
 
 from .._layout import from_channels_first, to_channels_first
-from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line, for_cli
+from ._common import (
+    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line, compile_notice, for_cli,
+)
 from ._io import (
     EXTENSION,
     NIFTI,
@@ -314,6 +316,9 @@ def _process(job: Job, args: argparse.Namespace, kw: dict[str, Any]) -> None:
     if job.fmt == NIFTI:
         _check_nifti_input(probs, kw)
     dtype = _output_dtype(args.dtype or ("auto" if job.fmt == NIFTI else None), int(probs.shape[1]), kw)
+    if not args.quiet and not getattr(args, "_compile_noticed", False):
+        args._compile_noticed = True
+        compile_notice(sys.stderr)
     try:
         if getattr(args, "calibration", None) is not None:  # --temperature: logits/probs -> calibrated probs
             probs = args.calibration.transform(probs)

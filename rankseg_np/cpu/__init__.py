@@ -20,6 +20,7 @@ from .. import _pipeline
 from .._decision import RowDecision
 from .._validate import Config, raise_bad_values
 from . import _kernels, multiclass
+from ._threads import serial_here
 from ._kernels import materialize, sum_above
 
 __all__ = ["EXECUTOR", "as_rows", "masks_from", "materialize", "solve", "sum_above"]
@@ -87,24 +88,26 @@ class _CpuExecutor:
 
 EXECUTOR = _CpuExecutor()
 
-# Below this many probabilities one thread is faster: a parallel region costs
-# tens of microseconds, and on a busy machine it waits for a descheduled
-# worker (measured: 16 ms instead of 0.14 ms for one 256x256 image).
-SERIAL_BELOW = 1 << 20
+# Below this many probabilities the kernels run serially (their serial twins,
+# cpu._threads.serial_here): a parallel region costs tens of microseconds, and
+# on a busy machine it waits for a descheduled worker; the serial twins also
+# compile several times faster, which is what a first call in a fresh
+# environment pays.  Chosen from ``benchmarks/bench_threads.py`` on the
+# project's shared 2-core machine: quiet (load 1), two threads won from 2^18
+# values (about 2x); busy (load 7), they lost up to 8x at 2^20 and first won
+# at 2^22.  2^21 keeps the loss on a quiet machine within the thread count's
+# factor and the default demo batch (2^20) off the parallel path.
+SERIAL_BELOW = 1 << 21
 
 
 @contextmanager
 def _threads_for(size: int):
-    """One Numba thread for small inputs (the setting is per calling thread)."""
-    before = numba.get_num_threads()
-    if size >= SERIAL_BELOW or before == 1:
+    """Serial kernels for inputs of fewer than SERIAL_BELOW values (or when Numba has one thread)."""
+    if size >= SERIAL_BELOW and numba.get_num_threads() > 1:
         yield
         return
-    numba.set_num_threads(1)
-    try:
+    with serial_here():
         yield
-    finally:
-        numba.set_num_threads(before)
 
 
 def solve(probs: np.ndarray, cfg: Config) -> np.ndarray:

@@ -83,6 +83,36 @@ def sum_above(row, t):
     return s, n
 
 
+@njit(cache=True, nogil=True)
+def sorted_values(v):
+    """A sorted (ascending) copy of a 1-D float array: bottom-up merge sort.
+
+    Hand-written because Numba's ``np.sort`` / ``ndarray.sort`` (quicksort)
+    adds about 5 s to a kernel's first compilation; sorted values are the
+    same whatever the algorithm.
+    """
+    n = v.size
+    src = v.copy()
+    dst = np.empty_like(src)
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            a = lo
+            b = mid
+            for k in range(lo, hi):
+                if b < hi and (a >= mid or src[b] < src[a]):
+                    dst[k] = src[b]
+                    b += 1
+                else:
+                    dst[k] = src[a]
+                    a += 1
+        src, dst = dst, src
+        width *= 2
+    return src
+
+
 @parallel_kernel(cache=True)
 def row_stats(p2):
     """Per row: sum (float64), maximum, and whether any value is NaN/inf/outside [0, 1]."""
@@ -98,6 +128,23 @@ def row_stats(p2):
     return mu, peak, bad
 
 
+@njit(cache=True, nogil=True)
+def _mask_block(row, t, k, out):
+    """out[j] = row[j] > t or (row[j] == t and j < k): one block, indexed from 0.
+
+    Indexing slices from 0 lets Numba prove the indices non-negative, and LLVM
+    then vectorises the loop (it does not for ``range(i0, i1)``: measured 4-5x
+    slower).  The tie cut is usually before the block, leaving ``p > t``.
+    """
+    if k <= 0:
+        for j in range(row.size):
+            out[j] = row[j] > t
+    else:
+        for j in range(row.size):
+            v = row[j]
+            out[j] = v > t or (v == t and j < k)
+
+
 @parallel_kernel(cache=True)
 def materialize(p2, threshold, tie_end, out):
     """out[r, i] = p2[r, i] > t_r or (p2[r, i] == t_r and i < k_r), in (row, block) tasks."""
@@ -107,13 +154,7 @@ def materialize(p2, threshold, tie_end, out):
         r = task // nblk
         i0 = (task % nblk) * BLOCK
         i1 = min(d, i0 + BLOCK)
-        t = threshold[r]
-        k = tie_end[r]
-        row = p2[r]
-        o = out[r]
-        for i in range(i0, i1):
-            v = row[i]
-            o[i] = v > t or (v == t and i < k)
+        _mask_block(p2[r, i0:i1], threshold[r], tie_end[r] - i0, out[r, i0:i1])
 
 
 def decide_rows(row_kernel, p3, *args):

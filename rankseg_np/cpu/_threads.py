@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import threading
 import types
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import numba
@@ -46,6 +47,8 @@ import numba
 # Re-entrant so that a caller may hold it around several kernels (see launch_lock).
 _LAUNCH_LOCK = threading.RLock()
 _state = {"layer": None, "serial": False}
+# Per calling thread: run the serial twins (see serial_here).
+_local = threading.local()
 
 # Layers on which two threads may launch parallel regions at once.
 _THREADSAFE_LAYERS = ("omp", "tbb")
@@ -86,6 +89,30 @@ def serial_only() -> bool:
     return _state["serial"]
 
 
+@contextmanager
+def serial_here():
+    """Within this block, this thread runs every kernel's serial twin.
+
+    For small inputs: one thread is faster than a parallel region (which on a
+    busy machine waits for a descheduled worker), and the serial twin
+    compiles several times faster than the parallel kernel, so a first small
+    call in a fresh environment does not pay for the parallel compilation.
+    The answer is the same either way (``prange`` runs as ``range``).
+
+    Examples
+    --------
+    >>> from rankseg_np.cpu._threads import serial_here
+    >>> with serial_here():
+    ...     pass
+    """
+    before = getattr(_local, "serial", False)
+    _local.serial = True
+    try:
+        yield
+    finally:
+        _local.serial = before
+
+
 def launch_lock():
     """The lock to hold while a parallel kernel runs: the process-wide lock on
     the workqueue layer (or before any layer is loaded), else a no-op.
@@ -116,8 +143,9 @@ class ParallelKernel:
     """A ``parallel=True`` Numba kernel that is safe in threads and forked children.
 
     Call it like the kernel.  ``parallel`` is the compiled parallel
-    dispatcher; the serial twin is compiled on first use in a forked child
-    (under its own cache name, so the two never share a cache entry).
+    dispatcher; the serial twin is compiled on first use in a forked child or
+    under :func:`serial_here` (under its own cache name, so the two never
+    share a cache entry).
     """
 
     def __init__(self, func: Callable, **options: Any) -> None:
@@ -144,7 +172,7 @@ class ParallelKernel:
         return self._serial
 
     def __call__(self, *args: Any) -> Any:
-        if _state["serial"]:
+        if _state["serial"] or getattr(_local, "serial", False):
             return self.serial(*args)
         with launch_lock():
             return self.parallel(*args)

@@ -84,11 +84,15 @@ MIDSMALL_BIN = NB // 8
 
 
 @njit(cache=True, nogil=True)
-def make_rule(r0, theta, lag_v, lag_lw, jac_x, jac_lw, lt, lw, t, s):
+def make_rule(r0, rule, lt, lw, t, s):
     """Fill nodes for ``int_0^1 t^(a-1) H(t) dt ~ sum_k exp(lw_k + (a - c) lt_k) H(t_k)``; return c.
 
-    ``s = 1 - t`` is stored separately, computed without cancellation.
+    ``rule`` is a :class:`~rankseg_np._quadrature.QuadratureRule`; rates up to
+    SWITCH use its Gauss-Jacobi nodes, larger ones its Gauss-Laguerre nodes
+    scaled by ``r0``.  ``s = 1 - t`` is stored separately, computed without
+    cancellation.
     """
+    theta, lag_v, lag_lw, jac_x, jac_lw = rule
     k_n = lag_v.size
     if r0 <= SWITCH:
         for k in range(k_n):
@@ -153,11 +157,15 @@ def power_sums(vals, n_terms, pows):
 
 @njit(cache=True, nogil=True)
 def class_power_sums(buf, starts, ends, pows):
-    """Power sums of the four size classes, class c in ``buf[starts[c]:ends[c]]``."""
-    power_sums(buf[starts[0] : ends[0]], N_MICRO, pows)
-    power_sums(buf[starts[1] : ends[1]], N_TINY, pows)
-    power_sums(buf[starts[2] : ends[2]], N_MIDSMALL, pows)
-    power_sums(buf[starts[3] : ends[3]], M_POW, pows)
+    """Power sums of the four size classes, class c in ``buf[starts[c]:ends[c]]``.
+
+    One loop over the classes, so the term count reaches ``power_sums`` as a
+    run-time int64: four call sites with constant counts compiled four
+    specialisations of it (seconds of a first call's compilation).
+    """
+    terms = (N_MICRO, N_TINY, N_MIDSMALL, M_POW)
+    for k in range(4):
+        power_sums(buf[starts[k] : ends[k]], terms[k], pows)
 
 
 @njit(cache=True, nogil=True)
@@ -299,18 +307,18 @@ def rma_value(metric, s, n, mu, smooth):
 
 
 @njit(cache=True, nogil=True)
-def _zero_score(smooth, theta, lag_v, lag_lw, jac_x, jac_lw, mu, lp0, pows, others, n_one):
+def _zero_score(smooth, rule, mu, lp0, pows, others, n_one):
     """Exact g E[1/(g + Gamma)] (the empty mask, g > 0) = P0 + g int t^(g-1) (G - P0) dt.
 
     Subtracting P0 = P(Gamma = 0) leaves rates >= g + 1 >= theta, so the
     Jacobi rule stays exact for small rates even when g < 1/2.
     """
-    k_n = lag_v.size
+    k_n = rule.lag_v.size
     lt = np.empty(k_n)
     lw = np.empty(k_n)
     t = np.empty(k_n)
     s = np.empty(k_n)
-    c = make_rule(smooth + mu, theta, lag_v, lag_lw, jac_x, jac_lw, lt, lw, t, s)
+    c = make_rule(smooth + mu, rule, lt, lw, t, s)
     p0 = math.exp(lp0) if n_one == 0 else 0.0
     acc = 0.0
     for k in range(k_n):
@@ -321,16 +329,20 @@ def _zero_score(smooth, theta, lag_v, lag_lw, jac_x, jac_lw, mu, lp0, pows, othe
     return p0 + smooth * acc
 
 
+# The row solver, phase by phase: histogram -> lower bound -> bracket (bins)
+# -> gather the band -> sharper bound and candidate volumes -> exact scores
+# (the empty mask; segments of candidate volumes) -> the mask's threshold.
+
+
 @njit(cache=True, nogil=True)
-def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw):
-    """(threshold, tie_end, active, mu, bad) for one row; see the module docstring."""
-    d = row.size
+def _histogram(row):
+    """One read of the row: NB-bin counts and float64 sums, total, maximum, any bad value."""
     counts = np.zeros(NB, dtype=np.int64)
     sums = np.zeros(NB)
     total = 0.0
     peak = -np.inf
     bad = False
-    for i in range(d):
+    for i in range(row.size):
         v = row[i]
         if not (v >= 0.0 and v <= 1.0):  # NaN fails both
             bad = True
@@ -343,18 +355,12 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
             b = NB - 1
         counts[b] += 1
         sums[b] += v
-    if bad or not peak > pruning_prob:
-        return np.inf, 0, False, total, bad
-    mu = total
-    if smooth == 0.0 and mu < TINY_MU:  # exact = RMA to below float64 resolution (see TINY_MU)
-        s_half, n_half = sum_above(row, 0.5)
-        if metric == DICE:
-            _, th = dinkelbach_dice(row, 0.0, mu + 1.0, s_half, n_half, 0.5)
-        else:
-            _, th = dinkelbach_iou(row, 0.0, mu, s_half, n_half, 0.5)
-        return th, 0, True, mu, False
+    return counts, sums, total, peak, bad
 
-    # ---- lower bound lam: best RMA objective over histogram-edge masks.
+
+@njit(cache=True, nogil=True)
+def _edge_bound(counts, sums, metric, mu, smooth):
+    """Lower bound lam: the best RMA objective over the histogram-edge masks (and the empty mask)."""
     lam = smooth / (smooth + mu) if smooth > 0.0 else -np.inf
     acc_s = 0.0
     acc_n = 0
@@ -366,12 +372,22 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
         val = rma_value(metric, acc_s, acc_n, mu, smooth)
         if val > lam:
             lam = val
+    return lam
+
+
+@njit(cache=True, nogil=True)
+def _test_terms(lam, metric, mu, smooth):
+    """(lamp, alpha, ell, zero_cand) of the survival test h(tau) = alpha S - lamp tau >= ell."""
     lamp = lam * (1.0 - SLACK)
     alpha = 2.0 if metric == DICE else 1.0 + lamp
     ell = lamp * (smooth + mu - 1.0) - smooth
     zero_cand = smooth > 0.0 and math.exp(-mu) + 2.0 * smooth / (smooth + mu) >= lamp
+    return lamp, alpha, ell, zero_cand
 
-    # ---- bracket the candidate volumes with the histogram: h(tau) = alpha S - lamp tau >= ell.
+
+@njit(cache=True, nogil=True)
+def _bracket(counts, sums, lamp, alpha, ell):
+    """(b*, b_lo, b_hi): the bins outside [b_lo, b_hi] hold no candidate's cut (h concave)."""
     bstar = int((lamp / alpha) * NB)
     if bstar >= NB:
         bstar = NB - 1
@@ -403,64 +419,225 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
         if deficit > margin:
             b_lo = b
             break
+    return bstar, b_lo, b_hi
 
-    # ---- gather the band (checked in exact sums; widened until the check holds).
+
+@njit(cache=True, nogil=True)
+def _gather(row, counts, b_lo, b_hi):
+    """Split the row by bins: above the band (top), the band (with indices), mid, small by size class.
+
+    Returns (top_buf, n_top_kept, n_one, s_top, band_v, band_i, s_band, mid_v,
+    small_buf, starts, ends); n_top counts pixels equal to 1 too (``n_one``,
+    not kept in ``top_buf``).  Small pixels below the band go to ``small_buf``
+    by size class: bins < TINY_BIN hold classes 0 (filled from the back) and
+    1 (from the front), then 2, then 3.
+    """
+    n_top = 0
+    for b in range(b_hi + 1, NB):
+        n_top += counts[b]
+    w_n = 0
+    for b in range(b_lo, b_hi + 1):
+        w_n += counts[b]
+    n_mid = 0
+    for b in range(SMALL_BIN, b_lo):
+        n_mid += counts[b]
+    n_b = np.zeros(3, dtype=np.int64)
+    for b in range(min(b_lo, SMALL_BIN)):
+        n_b[0 if b < TINY_BIN else (1 if b < MIDSMALL_BIN else 2)] += counts[b]
+    small_buf = np.empty(n_b[0] + n_b[1] + n_b[2])
+    starts = np.array([n_b[0], 0, n_b[0], n_b[0] + n_b[1]])
+    ends = starts.copy()  # fill pointers; class 0 grows downwards from n_b[0]
+    top_buf = np.empty(n_top)
+    band_v = np.empty(w_n)
+    band_i = np.empty(w_n, dtype=np.int64)
+    mid_v = np.empty(n_mid)
+    s_top = 0.0
+    s_band = 0.0
+    n_one = 0
+    jt = 0
+    jb = 0
+    jm = 0
+    for i in range(row.size):
+        v = row[i]
+        b = int(v * NB)
+        if b >= NB:
+            b = NB - 1
+        if b > b_hi:
+            s_top += v
+            if v == 1.0:
+                n_one += 1
+            else:
+                top_buf[jt] = v
+                jt += 1
+        elif b >= b_lo:
+            band_v[jb] = v
+            band_i[jb] = i
+            s_band += v
+            jb += 1
+        elif b >= SMALL_BIN:
+            mid_v[jm] = v
+            jm += 1
+        elif v > 0.0:
+            k = size_class(v)
+            if k == 0:
+                starts[0] -= 1
+                small_buf[starts[0]] = v
+            else:
+                small_buf[ends[k]] = v
+                ends[k] += 1
+    return top_buf, jt, n_one, s_top, band_v, band_i, s_band, mid_v, small_buf, starts, ends
+
+
+@njit(cache=True, nogil=True)
+def _band_bound(cum, n_top, lam, metric, mu, smooth):
+    """A sharper lam: the best RMA objective over the band's own volumes.
+
+    The histogram edges are poor masks when most of the row shares a bin
+    (all values tiny: every pixel in bin 0, so lam came from the full mask
+    alone and every volume passed the survival test).  Any larger lower bound
+    keeps the candidates a subset of the bracketed ones: the band still holds them.
+    """
+    for i in range(cum.size):
+        tau = n_top + i
+        if tau >= 1:
+            val = rma_value(metric, cum[i], tau, mu, smooth)
+            if val > lam:
+                lam = val
+    return lam
+
+
+@njit(cache=True, nogil=True)
+def _candidates(cum, n_top, alpha, lamp, ell, zero_cand):
+    """(c0, c1): the interval of volumes tau >= 1 where h = alpha S_tau - lamp tau >= ell (h is concave)."""
+    c0 = -1
+    c1 = -1
+    best_h = -np.inf
+    arg_h = -1
+    for i in range(cum.size):
+        tau = n_top + i
+        if tau < 1:
+            continue
+        h = alpha * cum[i] - lamp * tau
+        if h >= ell:
+            if c0 < 0:
+                c0 = tau
+            c1 = tau
+        if h > best_h:
+            best_h = h
+            arg_h = tau
+    if c0 < 0 and not zero_cand:  # only float64 noise can get here: keep the best bound
+        c0 = arg_h
+        c1 = arg_h
+    return c0, c1
+
+
+@njit(cache=True, nogil=True)
+def _empty_mask_score(smooth, rule, mu, pows, top_v, band_v, mid_v, n_one):
+    """Exact score of tau = 0; log P0 = sum_j log(1 - p_j), power-summed pixels via the series at s = 1."""
+    others = np.empty(top_v.size + band_v.size + mid_v.size)
+    lp0 = series_log(pows, 1.0)
+    j = 0
+    for arr_i in range(3):
+        src = top_v if arr_i == 0 else (band_v if arr_i == 1 else mid_v)
+        for i in range(src.size):
+            others[j] = src[i]
+            lp0 += math.log1p(-src[i])
+            j += 1
+    return _zero_score(smooth, rule, mu, lp0, pows, others, n_one)
+
+
+@njit(cache=True, nogil=True)
+def _exact_scores(metric, smooth, mu, rule, c0, c1, n_top, cum, pows, mid_v, top_v, n_one, bv, w_in):
+    """f[tau - c0] for tau in [c0, c1]: exact scores (IoU: before the factor S_tau + g), segment by segment.
+
+    Segments of volumes whose central rates vary by at most SEG_RATIO share
+    one quadrature rule (scaled to their geometric-mean rate).
+    """
+    n_c = c1 - c0 + 1
+    f = np.zeros(n_c)
+    k_n = rule.lag_v.size
+    lt = np.empty(k_n)
+    lw = np.empty(k_n)
+    tt = np.empty(k_n)
+    ss = np.empty(k_n)
+    den = np.empty(bv.size)
+    n_mid = mid_v.size
+    seg_s = c0
+    while seg_s <= c1:
+        r_s = _rate(metric, seg_s, smooth, mu, cum[seg_s - n_top])
+        seg_e = seg_s
+        while seg_e + 1 <= c1 and _rate(metric, seg_e + 1, smooth, mu, cum[seg_e + 1 - n_top]) <= SEG_RATIO * r_s:
+            seg_e += 1
+        r0 = math.sqrt(r_s * _rate(metric, seg_e, smooth, mu, cum[seg_e - n_top]))
+        c = make_rule(r0, rule, lt, lw, tt, ss)
+        i_s = seg_s - n_top  # band pixels [0, i_s) are inside every mask of the segment
+        for k in range(k_n):
+            t = tt[k]
+            s = ss[k]
+            lg = series_log(pows, s)
+            for i in range(n_mid):
+                lg += math.log1p(-mid_v[i] * s)
+            if metric == DICE:
+                lg += n_one * lt[k]
+                a_sum = n_one / t
+                for i in range(top_v.size):
+                    q = top_v[i]
+                    dd = one_minus(q, t, s)
+                    lg += math.log(dd)
+                    a_sum += q / dd
+                for i in range(w_in):
+                    dd = one_minus(bv[i], t, s)
+                    den[i] = dd
+                    lg += math.log(dd)
+                for i in range(i_s):
+                    a_sum += bv[i] / den[i]
+                e = math.exp(lw[k] + (seg_s + smooth - c) * lt[k] + lg)
+                for tau in range(seg_s, seg_e + 1):
+                    f[tau - c0] += e * (2.0 * t * a_sum + smooth)
+                    if tau < seg_e:
+                        i = tau - n_top
+                        a_sum += bv[i] / den[i]
+                        e *= t
+            else:
+                for i in range(i_s, w_in):
+                    dd = one_minus(bv[i], t, s)
+                    den[i] = dd
+                    lg += math.log(dd)
+                e = math.exp(lw[k] + (seg_s + smooth - c) * lt[k] + lg)
+                for tau in range(seg_s, seg_e + 1):
+                    f[tau - c0] += e
+                    if tau < seg_e:
+                        e *= t / den[tau - n_top]
+        seg_s = seg_e + 1
+    return f
+
+
+@njit(cache=True, nogil=True)
+def _exact_row(row, metric, smooth, pruning_prob, rule):
+    """(threshold, tie_end, active, mu, bad) for one row; see the module docstring."""
+    d = row.size
+    counts, sums, mu, peak, bad = _histogram(row)
+    if bad or not peak > pruning_prob:
+        return np.inf, 0, False, mu, bad
+    if smooth == 0.0 and mu < TINY_MU:  # exact = RMA to below float64 resolution (see TINY_MU)
+        s_half, n_half = sum_above(row, 0.5)
+        if metric == DICE:
+            _, th = dinkelbach_dice(row, 0.0, mu + 1.0, s_half, n_half, 0.5)
+        else:
+            _, th = dinkelbach_iou(row, 0.0, mu, s_half, n_half, 0.5)
+        return th, 0, True, mu, False
+
+    lam = _edge_bound(counts, sums, metric, mu, smooth)
+    lamp, alpha, ell, zero_cand = _test_terms(lam, metric, mu, smooth)
+    bstar, b_lo, b_hi = _bracket(counts, sums, lamp, alpha, ell)
+
+    # Gather the band, checked in exact sums; widened until the check holds.
     while True:
-        n_top = 0
-        for b in range(b_hi + 1, NB):
-            n_top += counts[b]
-        w_n = 0
-        for b in range(b_lo, b_hi + 1):
-            w_n += counts[b]
-        n_mid = 0
-        for b in range(SMALL_BIN, b_lo):
-            n_mid += counts[b]
-        # Small pixels below the band, by size class: bins < TINY_BIN hold
-        # classes 0 (filled from the back) and 1 (from the front), then 2, then 3.
-        n_b = np.zeros(3, dtype=np.int64)
-        for b in range(min(b_lo, SMALL_BIN)):
-            n_b[0 if b < TINY_BIN else (1 if b < MIDSMALL_BIN else 2)] += counts[b]
-        small_buf = np.empty(n_b[0] + n_b[1] + n_b[2])
-        starts = np.array([n_b[0], 0, n_b[0], n_b[0] + n_b[1]])
-        ends = starts.copy()  # fill pointers; class 0 grows downwards from n_b[0]
-        top_buf = np.empty(n_top)
-        band_v = np.empty(w_n)
-        band_i = np.empty(w_n, dtype=np.int64)
-        mid_v = np.empty(n_mid)
-        s_top = 0.0
-        s_band = 0.0
-        n_one = 0
-        jt = 0
-        jb = 0
-        jm = 0
-        for i in range(d):
-            v = row[i]
-            b = int(v * NB)
-            if b >= NB:
-                b = NB - 1
-            if b > b_hi:
-                s_top += v
-                if v == 1.0:
-                    n_one += 1
-                else:
-                    top_buf[jt] = v
-                    jt += 1
-            elif b >= b_lo:
-                band_v[jb] = v
-                band_i[jb] = i
-                s_band += v
-                jb += 1
-            elif b >= SMALL_BIN:
-                mid_v[jm] = v
-                jm += 1
-            elif v > 0.0:
-                k = size_class(v)
-                if k == 0:
-                    starts[0] -= 1
-                    small_buf[starts[0]] = v
-                else:
-                    small_buf[ends[k]] = v
-                    ends[k] += 1
+        top_buf, jt, n_one, s_top, band_v, band_i, s_band, mid_v, small_buf, starts, ends = _gather(
+            row, counts, b_lo, b_hi
+        )
+        n_top = top_buf.size
+        w_n = band_v.size
         ok_top = n_top == 0 or alpha * s_top - lamp * n_top < ell
         ok_bot = n_top + w_n == d or alpha * (s_top + s_band) - lamp * (n_top + w_n) < ell
         if ok_top and ok_bot:
@@ -479,59 +656,15 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
     for i in range(w_n):
         cum[i + 1] = cum[i] + bv[i]
 
-    # ---- a sharper lam: the best RMA objective over the band's own volumes.
-    # The histogram edges are poor masks when most of the row shares a bin
-    # (all values tiny: every pixel in bin 0, so lam came from the full mask
-    # alone and every volume passed the test below).  Any larger lower bound
-    # keeps the candidates a subset of the bracketed ones: the band still holds them.
-    for i in range(w_n + 1):
-        tau = n_top + i
-        if tau >= 1:
-            val = rma_value(metric, cum[i], tau, mu, smooth)
-            if val > lam:
-                lam = val
-    lamp = lam * (1.0 - SLACK)
-    alpha = 2.0 if metric == DICE else 1.0 + lamp
-    ell = lamp * (smooth + mu - 1.0) - smooth
-    zero_cand = smooth > 0.0 and math.exp(-mu) + 2.0 * smooth / (smooth + mu) >= lamp
-
-    # ---- candidate volumes: the interval where h >= ell (h is concave).
-    c0 = -1
-    c1 = -1
-    best_h = -np.inf
-    arg_h = -1
-    for i in range(w_n + 1):
-        tau = n_top + i
-        if tau < 1:
-            continue
-        h = alpha * cum[i] - lamp * tau
-        if h >= ell:
-            if c0 < 0:
-                c0 = tau
-            c1 = tau
-        if h > best_h:
-            best_h = h
-            arg_h = tau
-    if c0 < 0 and not zero_cand:  # only float64 noise can get here: keep the best bound
-        c0 = arg_h
-        c1 = arg_h
+    lam = _band_bound(cum, n_top, lam, metric, mu, smooth)
+    lamp, alpha, ell, zero_cand = _test_terms(lam, metric, mu, smooth)
+    c0, c1 = _candidates(cum, n_top, alpha, lamp, ell, zero_cand)
 
     best = -np.inf
     best_tau = -1
     if zero_cand:
-        # log P0 = sum_j log(1 - p_j): power-summed pixels via the series at s = 1.
-        others = np.empty(top_v.size + w_n + n_mid)
-        lp0 = series_log(pows, 1.0)
-        j = 0
-        for arr_i in range(3):
-            src = top_v if arr_i == 0 else (band_v if arr_i == 1 else mid_v)
-            for i in range(src.size):
-                others[j] = src[i]
-                lp0 += math.log1p(-src[i])
-                j += 1
-        best = _zero_score(smooth, theta, lag_v, lag_lw, jac_x, jac_lw, mu, lp0, pows, others, n_one)
+        best = _empty_mask_score(smooth, rule, mu, pows, top_v, band_v, mid_v, n_one)
         best_tau = 0
-
     if c0 >= 1:
         # Band pixels past the last candidate volume are outside every mask
         # scored below: they need log(1 - q s) only, so the small ones join the
@@ -540,62 +673,7 @@ def _exact_row(row, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
         # a log per band pixel per node per segment.
         w_in = c1 - n_top
         mid_v = _move_always_out(bv, w_in, pows, mid_v)
-        n_mid = mid_v.size
-        n_c = c1 - c0 + 1
-        f = np.zeros(n_c)
-        k_n = lag_v.size
-        lt = np.empty(k_n)
-        lw = np.empty(k_n)
-        tt = np.empty(k_n)
-        ss = np.empty(k_n)
-        den = np.empty(w_n)
-        seg_s = c0
-        while seg_s <= c1:
-            r_s = _rate(metric, seg_s, smooth, mu, cum[seg_s - n_top])
-            seg_e = seg_s
-            while seg_e + 1 <= c1 and _rate(metric, seg_e + 1, smooth, mu, cum[seg_e + 1 - n_top]) <= SEG_RATIO * r_s:
-                seg_e += 1
-            r0 = math.sqrt(r_s * _rate(metric, seg_e, smooth, mu, cum[seg_e - n_top]))
-            c = make_rule(r0, theta, lag_v, lag_lw, jac_x, jac_lw, lt, lw, tt, ss)
-            i_s = seg_s - n_top  # band pixels [0, i_s) are inside every mask of the segment
-            for k in range(k_n):
-                t = tt[k]
-                s = ss[k]
-                lg = series_log(pows, s)
-                for i in range(n_mid):
-                    lg += math.log1p(-mid_v[i] * s)
-                if metric == DICE:
-                    lg += n_one * lt[k]
-                    a_sum = n_one / t
-                    for i in range(top_v.size):
-                        q = top_v[i]
-                        dd = one_minus(q, t, s)
-                        lg += math.log(dd)
-                        a_sum += q / dd
-                    for i in range(w_in):
-                        dd = one_minus(bv[i], t, s)
-                        den[i] = dd
-                        lg += math.log(dd)
-                    for i in range(i_s):
-                        a_sum += bv[i] / den[i]
-                    e = math.exp(lw[k] + (seg_s + smooth - c) * lt[k] + lg)
-                    for tau in range(seg_s, seg_e + 1):
-                        f[tau - c0] += e * (2.0 * t * a_sum + smooth)
-                        if tau < seg_e:
-                            i = tau - n_top
-                            a_sum += bv[i] / den[i]
-                            e *= t
-                else:
-                    for i in range(i_s, w_in):
-                        dd = one_minus(bv[i], t, s)
-                        den[i] = dd
-                        lg += math.log(dd)
-                    e = math.exp(lw[k] + (seg_s + smooth - c) * lt[k] + lg)
-                    for tau in range(seg_s, seg_e + 1):
-                        f[tau - c0] += e
-                        if tau < seg_e:
-                            e *= t / den[tau - n_top]
-            seg_s = seg_e + 1
+        f = _exact_scores(metric, smooth, mu, rule, c0, c1, n_top, cum, pows, mid_v, top_v, n_one, bv, w_in)
         for tau in range(c0, c1 + 1):
             val = f[tau - c0]
             if metric == IOU:
@@ -627,14 +705,20 @@ def _move_always_out(bv, start, pows, mid_v):
     while i < n and bv[i] >= SMALL_BIN / NB:
         i += 1
     out = np.empty(mid_v.size + i - start)
-    out[: mid_v.size] = mid_v
-    out[mid_v.size :] = bv[start:i]
-    # Size classes 3, 2, 1, 0 follow one another in descending order.
-    for cls_lo, n_terms in ((MIDSMALL_BIN / NB, M_POW), (TINY_BIN / NB, N_MIDSMALL), (MICRO, N_TINY), (0.0, N_MICRO)):
+    for j in range(mid_v.size):  # element loops, not slice assignments: those compile for seconds
+        out[j] = mid_v[j]
+    for j in range(i - start):
+        out[mid_v.size + j] = bv[start + j]
+    # Size classes 3, 2, 1, 0 follow one another in descending order.  Plain
+    # tuples indexed at run time: one power_sums specialisation, not four.
+    lows = (MIDSMALL_BIN / NB, TINY_BIN / NB, MICRO, 0.0)
+    terms = (M_POW, N_MIDSMALL, N_TINY, N_MICRO)
+    for k in range(4):
+        cls_lo = lows[k]
         j = i
         while j < n and (bv[j] >= cls_lo if cls_lo > 0.0 else True):
             j += 1
-        power_sums(bv[i:j], n_terms, pows)
+        power_sums(bv[i:j], terms[k], pows)
         i = j
     return out
 
@@ -648,9 +732,9 @@ def _rate(metric, tau, smooth, mu, s_tau):
 
 
 @parallel_kernel(cache=True)
-def _exact_rows(p2, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw, threshold, tie_end, active, mu, bad):
+def _exact_rows(p2, metric, smooth, pruning_prob, rule, threshold, tie_end, active, mu, bad):
     for r in prange(p2.shape[0]):
-        th, te, ac, m, bd = _exact_row(p2[r], metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw)
+        th, te, ac, m, bd = _exact_row(p2[r], metric, smooth, pruning_prob, rule)
         threshold[r] = th
         tie_end[r] = te
         active[r] = ac
@@ -663,7 +747,7 @@ def _exact_rows(p2, metric, smooth, pruning_prob, theta, lag_v, lag_lw, jac_x, j
 
 
 @njit(cache=True, nogil=True)
-def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
+def expected_row(p, m, metric, smooth, rule):
     """(exact expected score, bad-value flag) of mask ``m`` on row ``p``."""
     d = p.size
     mu, mu_c = 0.0, 0.0
@@ -735,9 +819,9 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
 
     if tau == 0:  # smooth > 0: g E[1/(g + Gamma)], as for the empty mask in the solver
         others = big[:n_big].copy()
-        return _zero_score(smooth, theta, lag_v, lag_lw, jac_x, jac_lw, mu, lp0, pows, others, n_one), False
+        return _zero_score(smooth, rule, mu, lp0, pows, others, n_one), False
 
-    k_n = lag_v.size
+    k_n = rule.lag_v.size
     lt = np.empty(k_n)
     lw = np.empty(k_n)
     tt = np.empty(k_n)
@@ -746,7 +830,7 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
         r0 = tau + smooth + mu + 0.5
     else:
         r0 = tau + smooth + mu - s_in
-    c = make_rule(r0, theta, lag_v, lag_lw, jac_x, jac_lw, lt, lw, tt, ss)
+    c = make_rule(r0, rule, lt, lw, tt, ss)
     acc = 0.0
     for k in range(k_n):
         t = tt[k]
@@ -774,15 +858,12 @@ def expected_row(p, m, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw):
 
 
 @parallel_kernel(cache=True)
-def expected_rows(p2, m2, metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw, out, bad):
+def expected_rows(p2, m2, metric, smooth, rule, out, bad):
     for r in prange(p2.shape[0]):
-        out[r], bad[r] = expected_row(p2[r], m2[r], metric, smooth, theta, lag_v, lag_lw, jac_x, jac_lw)
+        out[r], bad[r] = expected_row(p2[r], m2[r], metric, smooth, rule)
 
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     """Exact decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
     metric = IOU if cfg.metric == "iou" else DICE
-    theta, lag_v, lag_lw, jac_x, jac_lw = rules(cfg.smooth)
-    return decide_rows(
-        _exact_rows, p3, metric, cfg.smooth, cfg.pruning_prob, theta, lag_v, lag_lw, jac_x, jac_lw
-    )
+    return decide_rows(_exact_rows, p3, metric, cfg.smooth, cfg.pruning_prob, rules(cfg.smooth))

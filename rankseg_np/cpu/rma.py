@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._validate import Config
-from ._kernels import decide_rows, scan, sum_above
+from ._kernels import decide_rows, scan, sorted_values, sum_above
 from .._solvers import DICE, IOU
 from ._threads import parallel_kernel
 
@@ -145,7 +145,7 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
         if v >= lo and v <= hi:
             band[j] = v
             j += 1
-    band.sort()  # ascending: the k-th largest is band[n_band - k]
+    band = sorted_values(band)  # ascending: the k-th largest is band[n_band - k]
 
     best = dice_smooth_value(s_top, n_top, a, smooth)
     best_k = 0
@@ -164,8 +164,12 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
     return band[n_band - best_k], row.size  # {p > v} and every p == v
 
 
+# Two kernels, so that the common case (Dice with smooth = 0, or IoU) never
+# compiles the band search of Dice with smooth > 0 (a first call in a fresh
+# environment pays for every line a kernel could run).
 @parallel_kernel(cache=True)
 def _rma_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+    """Dice with smooth = 0 and IoU: Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
         row = p2[r]
         total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
@@ -178,13 +182,27 @@ def _rma_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, 
             continue
         if metric == IOU:
             _, threshold[r] = dinkelbach_iou(row, smooth, total, s_half, n_half, 0.5)
-        elif smooth == 0.0:
-            _, threshold[r] = dinkelbach_dice(row, 0.0, total + 1.0, s_half, n_half, 0.5)
         else:
+            _, threshold[r] = dinkelbach_dice(row, 0.0, total + 1.0, s_half, n_half, 0.5)
+
+
+@parallel_kernel(cache=True)
+def _rma_smooth_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+    """Dice with smooth > 0: the band search of :func:`_dice_smooth_row`."""
+    for r in prange(p2.shape[0]):
+        row = p2[r]
+        total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
+        mu[r] = total
+        bad[r] = is_bad
+        threshold[r] = np.inf
+        tie_end[r] = 0
+        active[r] = (not is_bad) and any_above
+        if active[r]:
             threshold[r], tie_end[r] = _dice_smooth_row(row, total, smooth, s_half, n_half)
 
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     """RMA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
     metric = IOU if cfg.metric == "iou" else DICE
-    return decide_rows(_rma_rows, p3, metric, cfg.smooth, cfg.pruning_prob)
+    kernel = _rma_smooth_rows if metric == DICE and cfg.smooth > 0.0 else _rma_rows
+    return decide_rows(kernel, p3, metric, cfg.smooth, cfg.pruning_prob)

@@ -1,0 +1,114 @@
+"""Cold start: the first call in a fresh process with an empty Numba cache.
+
+    python benchmarks/bench_cold_start.py           # -> also benchmarks/results/bench_cold_start.md
+    python benchmarks/bench_cold_start.py --quick   # one run of each (prints only)
+
+Each case runs in its own fresh Python process whose ``NUMBA_CACHE_DIR`` is a
+new empty temporary directory, so nothing compiled earlier (by this script,
+the test suite, or a previous run) can be reused: this is what a user's very
+first call costs in a new container or CI job.  Timed inside the child, from
+just before the first call to just after it (imports are timed separately):
+
+* **trivial parallel kernel**: compile and run a one-line ``prange`` loop
+  under ``numba.njit(parallel=True)``: the floor any parallel Numba code pays
+  (LLVM, the threading layer's start-up);
+* ``rankseg(probs)`` (RMA Dice, multiclass, the default) on a small float32
+  batch, then a second call with float64 input and ``output_mode='multilabel'``;
+* ``rankseg(probs, solver="exact")``.
+
+The ratio of the first ``rankseg`` call to the trivial kernel is the figure
+issue 15 states its goal in.  Best (minimum) over ``--runs`` fresh processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRIVIAL = """
+import numba, numpy as np
+@numba.njit(parallel=True)
+def double(x, out):
+    for i in numba.prange(x.size):
+        out[i] = 2.0 * x[i]
+x = np.arange(1000.0); out = np.empty_like(x)
+t0 = time.perf_counter(); double(x, out); times["trivial parallel kernel"] = time.perf_counter() - t0
+"""
+
+RANKSEG = """
+t0 = time.perf_counter(); import rankseg_np; times["import rankseg_np"] = time.perf_counter() - t0
+import numpy as np
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((2, 4, 64, 64)).astype(np.float32)
+probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+t0 = time.perf_counter(); rankseg_np.rankseg(probs); times["first rankseg(probs)"] = time.perf_counter() - t0
+t0 = time.perf_counter(); rankseg_np.rankseg(probs); times["second rankseg(probs)"] = time.perf_counter() - t0
+t0 = time.perf_counter()
+rankseg_np.rankseg(probs.astype(np.float64), output_mode="multilabel")
+times["then float64 multilabel"] = time.perf_counter() - t0
+"""
+
+EXACT = """
+import rankseg_np, numpy as np
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((2, 4, 64, 64)).astype(np.float32)
+probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+t0 = time.perf_counter(); rankseg_np.rankseg(probs, solver="exact")
+times["first rankseg(probs, solver='exact')"] = time.perf_counter() - t0
+"""
+
+
+def fresh(body: str) -> dict[str, float]:
+    """Run ``body`` in a new interpreter with an empty Numba cache; return its ``times``."""
+    code = "import json, time\ntimes = {}\n" + textwrap.dedent(body) + "\nprint(json.dumps(times))\n"
+    with tempfile.TemporaryDirectory(prefix="numba-cold-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one process per case, nothing written")
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per case (best kept)")
+    args = parser.parse_args(argv)
+    runs = 1 if args.quick else args.runs
+    best: dict[str, float] = {}
+    load0 = os.getloadavg()[0]
+    for body in (TRIVIAL, RANKSEG, EXACT):
+        for _ in range(runs):
+            for name, t in fresh(body).items():
+                best[name] = min(t, best.get(name, float("inf")))
+    import numba
+
+    base = best["trivial parallel kernel"]
+    lines = [
+        f"# bench_cold_start ({datetime.date.today()}, {os.cpu_count()} cores, numba {numba.__version__}, "
+        f"1-min load {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end; best of {runs} fresh processes, "
+        "each with an empty NUMBA_CACHE_DIR)",
+        "",
+        "| first call in a fresh process | time (s) | x trivial parallel kernel |",
+        "|---|---:|---:|",
+    ]
+    for name, t in best.items():
+        lines.append(f"| {name} | {t:.2f} | {t / base:.2f} |")
+    print("\n".join(lines))
+    if not args.quick:
+        out = ROOT / "benchmarks" / "results" / "bench_cold_start.md"
+        tmp = out.with_suffix(".md.tmp")
+        tmp.write_text("\n".join(lines) + "\n\nRegenerate: `python benchmarks/bench_cold_start.py`\n")
+        os.replace(tmp, out)
+        print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
