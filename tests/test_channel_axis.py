@@ -132,9 +132,16 @@ def test_channel_axis_cupy():
 # Class sums in multiclass mode
 # --------------------------------------------------------------------------- #
 
+def _on_dask(p, **kw):
+    """Whole-image chunks: each chunk runs the in-memory path, layout checks included."""
+    da = pytest.importorskip("dask.array")
+    return rankseg(da.from_array(p, chunks=(1,) + (-1,) * (p.ndim - 1)), **kw).compute()
+
+
 RUNNERS = {
     "cpu": lambda p, **kw: rankseg(p, **kw),
     "gpu-code-on-numpy": lambda p, **kw: gpu.solve_with(p, check_config(p.shape[1], **kw), np),
+    "dask": _on_dask,
 }
 
 
@@ -167,6 +174,10 @@ def test_off_class_sums_warn_with_likely_causes(run, name, make, cause):
 def test_one_image_without_batch_axis_raises_naming_the_fix(run):
     """(C, H, W) read as (B, C', W): labels of the wrong shape; recognisable because axis 0 sums to 1."""
     p = softmax(np.random.default_rng(4).normal(size=(1, 4, 12, 10)), axis=1)[0]
+    if run == "dask":  # a chunk of one image cannot see axis 0 whole: the warning names the cause
+        with pytest.warns(UserWarning, match=r"missing batch axis.*probs\[None\]"):
+            RUNNERS[run](p)
+        return
     with pytest.raises(ValueError, match=r"without its batch axis.*probs\[None\]"):
         RUNNERS[run](p)
 
@@ -242,3 +253,18 @@ def test_cli_channel_axis_single_image_without_batch_axis(tmp_path):
     assert main(["predict", str(tmp_path / "in.npy"), "-o", str(out), "--no-batch-axis",
                  "--channel-axis", "2", "-q"]) == 0
     np.testing.assert_array_equal(np.load(out), want(y, -1)[0])
+
+
+def test_dask_spatial_chunks_check_class_sums_chunk_by_chunk():
+    """The reduction strategy checks the sums in its output pass; a chunk cannot see the layout
+    of the whole array, so off sums warn (the layout errors need whole-image chunks)."""
+    da = pytest.importorskip("dask.array")
+    x = np.random.default_rng(5).normal(size=(2, 4, 12, 10))
+    logits = np.clip(x, 0, 1)
+    lazy = rankseg(da.from_array(logits, chunks=(1, 4, 6, 5)))
+    with pytest.warns(UserWarning, match="logits"):
+        lazy.compute()
+    p = softmax(x, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(rankseg(da.from_array(p, chunks=(1, 4, 6, 5))).compute(), rankseg(p))

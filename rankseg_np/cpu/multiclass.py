@@ -195,6 +195,18 @@ def _first_within(inc, best):
     return 0
 
 
+def checked_claims(p3, threshold, tie_end, active, labels, tau_part, m_part) -> tuple[int, int, float, float]:
+    """:func:`claims`, also checking every pixel's class sum in the same pass.
+
+    Returns (pixels checked, pixels whose sum is off 1 by more than ``SUM_TOL``,
+    smallest sum, largest sum), the arguments of ``_layout.check_class_sums``.
+    """
+    n_img, _, d = p3.shape
+    stats = np.zeros((tau_part.shape[0], 3))
+    _claims_checked(p3, threshold, tie_end, active, labels, tau_part, m_part, stats)
+    return n_img * d, int(stats[:, 0].sum()), float(stats[:, 1].min(initial=np.inf)), float(stats[:, 2].max(initial=-np.inf))
+
+
 def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config, class_sums: np.ndarray | None = None) -> np.ndarray:
     """Labels ``(B, d)`` int64 from per-class decisions on a C-contiguous ``(B, C, d)`` array.
 
@@ -211,10 +223,7 @@ def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config, class_sums: np.n
     if class_sums is None:
         claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
     else:
-        stats = np.zeros((n_tasks, 3))
-        _claims_checked(p3, threshold, tie_end, active, labels, tau_part, m_part, stats)
-        class_sums[:] = (n_img * d, stats[:, 0].sum(), stats[:, 1].min(initial=np.inf),
-                         stats[:, 2].max(initial=-np.inf))
+        class_sums[:] = checked_claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
     tau = tau_part.reshape(n_img, -1, n_cls).sum(axis=1)
     m = m_part.reshape(n_img, -1, n_cls).sum(axis=1)
     conflicts(

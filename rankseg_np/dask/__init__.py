@@ -162,7 +162,7 @@ class _DaskExecutor:
 
     @staticmethod
     def labels(x: Any, plan: _passes.Plan, cfg: Config) -> tuple[Any, None]:
-        return _passes.output(plan), None  # class sums: checked per chunk only on whole images
+        return _passes.output(plan), None  # class sums: checked chunk by chunk in the output pass
 
     @staticmethod
     def reshape(out: Any, shape: tuple[int, ...]) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from .. import cpu
+from .._layout import check_class_sums
 from .._solvers import METRIC_CODES
 from .._validate import Config
 from ..cpu import multiclass, rma
@@ -295,6 +296,7 @@ def masks_chunk(block, dec, rows_sel, offsets, full, n_tasks) -> np.ndarray:
 
 
 def chunk_claims(block, dec, rows_sel, offsets, full, n_tasks):
+    """Claims of one chunk (all classes) under the global decisions; its class sums are checked too."""
     p3 = cpu.as_rows(np.asarray(block))
     n_img, n_cls, d = p3.shape
     threshold, tie_end, active = chunk_decision(dec, rows_sel, offsets, tuple(block.shape[2:]), full)
@@ -303,7 +305,8 @@ def chunk_claims(block, dec, rows_sel, offsets, full, n_tasks):
     tau_part = np.zeros((n_tasks, n_cls))
     m_part = np.zeros((n_tasks, n_cls))
     with cpu_threads(n_tasks):
-        multiclass.claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
+        sums = multiclass.checked_claims(p3, threshold, tie_end, active, labels, tau_part, m_part)
+    check_class_sums(*sums, np.asarray(block))  # multiclass: every pixel's classes sum to 1 (see _layout)
     tau = tau_part.reshape(n_img, -1, n_cls).sum(axis=1)
     m = m_part.reshape(n_img, -1, n_cls).sum(axis=1)
     return p3, threshold, tie_end, active, labels, tau, m
