@@ -144,7 +144,7 @@ def _load_reference(path: Path):
 
 def labels_image(labels: Any, reference: str | os.PathLike):
     """The NIfTI image of labels ``(z, y, x)`` on ``reference``'s grid (see :func:`write_labels_like`)."""
-    nib = _nibabel()
+    _nibabel()  # the clear ImportError first, before any work
     reference = Path(reference)
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iub":
