@@ -84,16 +84,18 @@ def sum_above(row, t):
 
 
 @njit(cache=True, nogil=True)
-def sorted_values(v):
-    """A sorted (ascending) copy of a 1-D float array: bottom-up merge sort.
+def sort_desc_stable(v, idx):
+    """Sort ``v`` descending, ties keeping their order, carrying ``idx`` (bottom-up merge sort).
 
-    Hand-written because Numba's ``np.sort`` / ``ndarray.sort`` (quicksort)
-    adds about 5 s to a kernel's first compilation; sorted values are the
-    same whatever the algorithm.
+    Hand-written because Numba's ``np.sort`` / ``np.argsort`` add seconds to a
+    kernel's first compilation; the bands sorted here are small, so simplicity
+    costs nothing.  Used by the RMA Dice-smooth band and the exact solver.
     """
     n = v.size
-    src = v.copy()
-    dst = np.empty_like(src)
+    src_v = v.copy()
+    src_i = idx.copy()
+    dst_v = np.empty(n)
+    dst_i = np.empty(n, dtype=np.int64)
     width = 1
     while width < n:
         for lo in range(0, n, 2 * width):
@@ -102,15 +104,19 @@ def sorted_values(v):
             a = lo
             b = mid
             for k in range(lo, hi):
-                if b < hi and (a >= mid or src[b] < src[a]):
-                    dst[k] = src[b]
+                # take from the right run only when strictly larger: stable
+                if b < hi and (a >= mid or src_v[b] > src_v[a]):
+                    dst_v[k] = src_v[b]
+                    dst_i[k] = src_i[b]
                     b += 1
                 else:
-                    dst[k] = src[a]
+                    dst_v[k] = src_v[a]
+                    dst_i[k] = src_i[a]
                     a += 1
-        src, dst = dst, src
+        src_v, dst_v = dst_v, src_v
+        src_i, dst_i = dst_i, src_i
         width *= 2
-    return src
+    return src_v, src_i
 
 
 @parallel_kernel(cache=True)

@@ -68,7 +68,7 @@ from .._quadrature import (  # noqa: F401  (re-exported: tests and benchmarks re
     theta_of,
 )
 from .._validate import Config
-from ._kernels import decide_rows, sum_above
+from ._kernels import decide_rows, sort_desc_stable, sum_above
 from .rma import dinkelbach_dice, dinkelbach_iou
 from ._threads import parallel_kernel
 
@@ -253,41 +253,6 @@ def log_one_minus(q, t, s):
     if x <= 0.5:
         return math.log1p(-x)
     return math.log(t + (1.0 - q) * s)
-
-
-@njit(cache=True, nogil=True)
-def sort_desc_stable(v, idx):
-    """Sort ``v`` descending, ties keeping their order, carrying ``idx`` (bottom-up merge sort).
-
-    Hand-written because Numba's ``np.argsort(kind="mergesort")`` adds seconds
-    to the first compilation; the band is small, so simplicity costs nothing.
-    """
-    n = v.size
-    src_v = v.copy()
-    src_i = idx.copy()
-    dst_v = np.empty(n)
-    dst_i = np.empty(n, dtype=np.int64)
-    width = 1
-    while width < n:
-        for lo in range(0, n, 2 * width):
-            mid = min(lo + width, n)
-            hi = min(lo + 2 * width, n)
-            a = lo
-            b = mid
-            for k in range(lo, hi):
-                # take from the right run only when strictly larger: stable
-                if b < hi and (a >= mid or src_v[b] > src_v[a]):
-                    dst_v[k] = src_v[b]
-                    dst_i[k] = src_i[b]
-                    b += 1
-                else:
-                    dst_v[k] = src_v[a]
-                    dst_i[k] = src_i[a]
-                    a += 1
-        src_v, dst_v = dst_v, src_v
-        src_i, dst_i = dst_i, src_i
-        width *= 2
-    return src_v, src_i
 
 
 @njit(cache=True, nogil=True)

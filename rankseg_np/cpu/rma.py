@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._validate import Config
-from ._kernels import decide_rows, scan, sorted_values, sum_above
+from ._kernels import decide_rows, scan, sort_desc_stable, sum_above
 from .._solvers import DICE, IOU
 from ._threads import parallel_kernel
 
@@ -145,15 +145,15 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
         if v >= lo and v <= hi:
             band[j] = v
             j += 1
-    band = sorted_values(band)  # ascending: the k-th largest is band[n_band - k]
+    band, _ = sort_desc_stable(band, np.zeros(n_band, dtype=np.int64))  # descending
 
     best = dice_smooth_value(s_top, n_top, a, smooth)
     best_k = 0
     s = s_top
     for k in range(1, n_band + 1):
-        v = band[n_band - k]
+        v = band[k - 1]
         s += v
-        if k < n_band and band[n_band - k - 1] == v:
+        if k < n_band and band[k] == v:
             continue  # inside a tie group: not a candidate (see above)
         val = dice_smooth_value(s, n_top + k, a, smooth)
         if val > best:
@@ -161,7 +161,7 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
             best_k = k
     if best_k == 0:
         return hi, 0
-    return band[n_band - best_k], row.size  # {p > v} and every p == v
+    return band[best_k - 1], row.size  # {p > v} and every p == v
 
 
 # Two kernels, so that the common case (Dice with smooth = 0, or IoU) never
