@@ -83,6 +83,14 @@ def _is_our_zarr_store(path: str) -> bool:
     return isinstance(marker, dict) and marker.get("written_by") == ZARR_WRITER
 
 
+def check_new_output(path: str, fmt: str, what: str = "output") -> None:
+    """Before any work: ``path``'s directory exists and writing ``path`` destroys nothing of the user's."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{what} directory {parent!r} does not exist")
+    check_replaceable(path, fmt)
+
+
 def check_replaceable(path: str, fmt: str) -> None:
     """Raise :class:`InputError` unless writing ``path`` destroys nothing we did not write.
 

@@ -8,12 +8,11 @@ plus who wrote it; ``rankseg-np predict --temperature FILE`` and
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, InputError, _one_line
-from ._io import check_replaceable
+from ._io import check_new_output
 from ._labels import load_pairs, pair_by_stem
 from ._temperature import write_json
 
@@ -86,10 +85,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         chunks = parse_chunks(args.chunks)
         if args.bins < 1:
             raise ValueError("--bins must be >= 1")
-        parent = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(parent):
-            raise ValueError(f"output directory {parent!r} does not exist")
-        check_replaceable(args.output, "json")
+        check_new_output(args.output, "json")
         pairs = pair_by_stem(expand(args.inputs), args.labels)
     except (ValueError, InputError, argparse.ArgumentTypeError) as exc:
         err.write(f"{name}: error: {_one_line(exc)}\n")

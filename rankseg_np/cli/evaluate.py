@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, InputError, _has, _one_line
-from ._io import _atomic_path, check_replaceable
+from ._io import _atomic_path, check_new_output
 from ._labels import load_pairs, pair_by_stem
 from ._temperature import load_temperature
 from .calibrate import add_label_arguments, expand, parse_chunks
@@ -71,10 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.plot is not None:
             if not _has("matplotlib"):
                 raise ValueError("--plot needs matplotlib (pip install 'rankseg-np[plot]')")
-            parent = os.path.dirname(os.path.abspath(args.plot))
-            if not os.path.isdir(parent):
-                raise ValueError(f"--plot directory {parent!r} does not exist")
-            check_replaceable(args.plot, "plot")
+            check_new_output(args.plot, "plot", "--plot")
         pairs = pair_by_stem(expand(args.inputs), args.labels)
     except (ValueError, InputError, argparse.ArgumentTypeError) as exc:
         err.write(f"{name}: error: {_one_line(exc)}\n")
