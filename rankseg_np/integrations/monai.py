@@ -35,6 +35,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
 from .._api import rankseg
+from .._validate import check_options
 
 __all__ = ["RankSEG", "RankSEGd"]
 
@@ -71,7 +72,7 @@ class RankSEG(Transform):
         metric: str = "dice",
         smooth: float = 0.0,
         output_mode: str = "multiclass",
-        solver: str = "RMA",
+        solver: str | None = None,
         pruning_prob: float = 0.5,
         to_onehot: bool | int = False,
         dtype: torch.dtype = torch.float32,
@@ -79,7 +80,9 @@ class RankSEG(Transform):
     ) -> None:
         if not isinstance(to_onehot, (bool, int)):
             raise TypeError(f"to_onehot must be a bool or an int (the number of classes); got {to_onehot!r}")
-        if to_onehot is not False and output_mode != "multiclass":
+        # Every rankseg argument is checked now, as rankseg_np.RankSEG does, not at the first image.
+        options = check_options(metric, smooth, output_mode, solver, pruning_prob, **solver_params)
+        if to_onehot is not False and options.output_mode != "multiclass":
             raise ValueError(
                 "to_onehot applies to output_mode='multiclass' only; multilabel output is already "
                 f"one mask per class (got output_mode={output_mode!r})"
@@ -121,8 +124,8 @@ class RankSEG(Transform):
             pruning_prob=self.pruning_prob,
             **self.solver_params,
         )[0]
-        if self.output_mode == "multilabel":
-            result = out  # (C, *spatial) masks
+        if out.ndim == probs.ndim:  # multilabel: (C, *spatial) masks
+            result = out
         elif self.to_onehot is not False:
             # Classes along axis 0, as DiceMetric expects; labels outside [0, C)
             # (unassigned_policy='void') get no channel.
@@ -163,7 +166,7 @@ class RankSEGd(MapTransform):
         metric: str = "dice",
         smooth: float = 0.0,
         output_mode: str = "multiclass",
-        solver: str = "RMA",
+        solver: str | None = None,
         pruning_prob: float = 0.5,
         to_onehot: bool | int = False,
         dtype: torch.dtype = torch.float32,
