@@ -30,6 +30,27 @@ MANY = -1
 
 
 @njit(cache=True, nogil=True)
+def _input_thresholds(p3, b, i0, threshold, tie_end):
+    """Image b's thresholds in the input's precision, and tie cuts relative to pixel i0.
+
+    For float32 input, ``v > t`` (compared in float64) holds iff ``v > t32``
+    with ``t32`` the largest float32 <= t, and ``v == t`` only if ``t32 == t``;
+    so the claim test runs on float32 (16 lanes, not 8) with the same answer.
+    A threshold that is not a float32 has no ties: its cut becomes 0.
+    """
+    n_cls = p3.shape[1]
+    t_in = np.empty(n_cls, dtype=p3.dtype)
+    cut = np.empty(n_cls, dtype=np.int64)
+    for c in range(n_cls):
+        t = threshold[b, c]
+        t_in[c] = t  # rounds to nearest
+        if t_in[c] > t:
+            t_in[c] = np.nextafter(t_in[c], -np.inf)
+        cut[c] = tie_end[b, c] - i0 if t_in[c] == t else 0
+    return t_in, cut
+
+
+@njit(cache=True, nogil=True)
 def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, sum_stats):
     """Claims of the pixels [i0, i1) of image b (see the module docstring).
 
@@ -39,65 +60,67 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
     extra read of the inactive rows only.
     """
     n_cls = p3.shape[1]
+    n = i1 - i0
     check = sum_stats.size > 0
+    t_in, cut = _input_thresholds(p3, b, i0, threshold, tie_end)
     # Branch-free per-tile counters (they vectorise): claims and last claimant.
-    count = np.zeros(i1 - i0, dtype=np.int32)
-    owner = np.zeros(i1 - i0, dtype=np.int32)
+    count = np.zeros(n, dtype=np.int32)
+    owner = np.zeros(n, dtype=np.int32)
     # In the input's precision: a sum of C values errs by ~C ulp (2.5e-6 for 21 float32
     # classes), far inside SUM_TOL, and float32 halves the traffic.
-    total = np.zeros(i1 - i0 if check else 0, dtype=p3.dtype)
+    total = np.zeros(n if check else 0, dtype=p3.dtype)
     for c in range(n_cls):
         row = p3[b, c, i0:i1]
         if not active[b, c]:
             if check:
-                for j in range(i1 - i0):
+                for j in range(n):
                     total[j] += row[j]
             continue
-        t = threshold[b, c]
-        k = tie_end[b, c]
+        t = t_in[c]
+        k = cut[c]
         # Usually the tie cut lies before the tile: a plain compare, which
         # vectorises (measured 1.7x faster than the general test).
-        if check and k <= i0:  # the same loop, one more add per value read
-            for j in range(i1 - i0):
+        if check and k <= 0:  # the same loop, one more add per value read
+            for j in range(n):
                 v = row[j]
                 total[j] += v
                 claimed = v > t
                 count[j] += claimed
                 owner[j] = c if claimed else owner[j]
         elif check:
-            for j in range(i1 - i0):
+            for j in range(n):
                 v = row[j]
                 total[j] += v
-                claimed = v > t or (v == t and i0 + j < k)
+                claimed = v > t or (v == t and j < k)
                 count[j] += claimed
                 owner[j] = c if claimed else owner[j]
-        elif k <= i0:
-            for j in range(i1 - i0):
+        elif k <= 0:
+            for j in range(n):
                 claimed = row[j] > t
                 count[j] += claimed
                 owner[j] = c if claimed else owner[j]
         else:
-            for j in range(i1 - i0):
+            for j in range(n):
                 v = row[j]
-                claimed = v > t or (v == t and i0 + j < k)
+                claimed = v > t or (v == t and j < k)
                 count[j] += claimed
                 owner[j] = c if claimed else owner[j]
-    for j in range(i1 - i0):
+    out = lab[i0:i1]
+    for j in range(n):  # branch-free: it vectorises
+        out[j] = owner[j] if count[j] == 1 else (NONE if count[j] == 0 else MANY)
+    for j in range(n):  # in pixel order: m's float64 sums keep their order
         if count[j] == 1:
             o = owner[j]
-            lab[i0 + j] = o
             tau_row[o] += 1.0
             m_row[o] += p3[b, o, i0 + j]
-        else:
-            lab[i0 + j] = NONE if count[j] == 0 else MANY
     if check:
         off = 0
-        for j in range(i1 - i0):
+        for j in range(n):
             off += abs(total[j] - 1.0) > SUM_TOL
         lo = np.inf
         hi = -np.inf
         if off:  # the range only where something is off (the message quotes it): valid input skips it
-            for j in range(i1 - i0):
+            for j in range(n):
                 lo = min(lo, total[j])
                 hi = max(hi, total[j])
         sum_stats[0] = off
@@ -131,7 +154,11 @@ def _claims_checked(p3, threshold, tie_end, active, labels, tau_part, m_part, su
 
 @njit(cache=True, nogil=True)
 def _increment(p, metric, smooth, tau, mu, m):
-    """Exact change of class c's RMA objective when pixel p joins U_c (MATH 5, factored)."""
+    """Exact change of class c's RMA objective when pixel p joins U_c (MATH 5, factored).
+
+    The reference form, one pixel at a time; :func:`_increments` evaluates the
+    same operations on many pixels at once (and must stay in step with it).
+    """
     if metric == 0:  # Dice
         # 2(p d - m)/(d(d+1)) - g/((d-1)d) with no product d*d, which overflows
         # float64 once g > ~1.3e154; every quotient below is <= 1 in size.  For
@@ -150,39 +177,124 @@ def _increment(p, metric, smooth, tau, mu, m):
     return (p - a * (1.0 - p)) / (e + 1.0 - p)
 
 
+@njit(cache=True, nogil=True)
+def _increments(vals, idx, unclaimed, t, cut, metric, smooth, tau, mu, m, out, best):
+    """``out[q]`` = :func:`_increment` of one class's probability ``vals[q]`` at
+    pixel ``idx[q]`` of the tile, or -inf where the class may not take the pixel
+    (a contested pixel it does not claim; see :func:`conflicts`); ``best``
+    takes the running maximum (``max`` as Numba's builtin: a select on ``>``).
+
+    The per-class parts of the formula are computed once: the same float64
+    operations on the same operands, so the same bits; the loop over pixels
+    then vectorises.
+    """
+    n = idx.size
+    if metric == 0:
+        d = tau + mu + smooth + 1.0
+        q_m = m / d
+        if smooth > 1.0:
+            scale = smooth / (d + 1.0)
+            shift = (smooth / d) * (smooth / (d - 1.0))
+            for q in range(n):
+                p = np.float64(vals[q])
+                x = 2.0 * (p - q_m) * scale - shift
+                x = x if unclaimed[q] | (p > t) | ((p == t) & (idx[q] < cut)) else -np.inf
+                out[q] = x
+                best[q] = x if x > best[q] else best[q]
+            return
+        d1 = d + 1.0
+        # x - 0.0 is x, bit for bit (also for x = -0.0): smooth = 0 subtracts nothing
+        shift = (smooth / d) / (d - 1.0) if smooth > 0.0 else 0.0
+        for q in range(n):
+            p = np.float64(vals[q])
+            x = 2.0 * (p - q_m) / d1 - shift
+            x = x if unclaimed[q] | (p > t) | ((p == t) & (idx[q] < cut)) else -np.inf
+            out[q] = x
+            best[q] = x if x > best[q] else best[q]
+        return
+    e = tau + mu - m + smooth
+    a = (m + smooth) / e if e > 0.0 else 0.0  # 0/0 := 0
+    e1 = e + 1.0
+    for q in range(n):
+        p = np.float64(vals[q])
+        x = (p - a * (1.0 - p)) / (e1 - p)
+        x = x if unclaimed[q] | (p > t) | ((p == t) & (idx[q] < cut)) else -np.inf
+        out[q] = x
+        best[q] = x if x > best[q] else best[q]
+
+
+@njit(cache=True, nogil=True)
+def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau, mu, m, metric, smooth, void, void_index):
+    """Labels of the open pixels of [i0, i1) of image b (see :func:`conflicts`)."""
+    n_cls = p3.shape[1]
+    out = lab[i0:i1]
+    # The open pixels, gathered into a list (branch-free; unclaimed ones take
+    # void_index at once under the void policy).
+    idx = np.empty(i1 - i0, dtype=np.int64)
+    n = 0
+    for j in range(i1 - i0):
+        s = out[j]
+        idx[n] = j
+        n += s == MANY or (s == NONE and not void)
+        out[j] = void_index if s == NONE and void else s
+    if n == 0:
+        return
+    idx = idx[:n]
+    unclaimed = np.empty(n, dtype=np.bool_)
+    for q in range(n):
+        unclaimed[q] = out[idx[q]] == NONE
+    any_active = False
+    for c in range(n_cls):
+        any_active = any_active or active[b, c]
+    # Classes outside, pixels inside: each class's increments, then the best.
+    inc = np.empty((n_cls, n))
+    best = np.full(n, -np.inf)
+    vals = np.empty(n, dtype=p3.dtype)
+    for c in range(n_cls):
+        if any_active and not active[b, c]:  # may take no pixel: its increments stay -inf
+            continue
+        t = threshold[b, c]
+        # A contested pixel goes to its claimants only (active, p > t or a tie before the cut).
+        cut = tie_end[b, c] - i0 if active[b, c] else -(2**62)
+        if not active[b, c]:
+            t = np.inf
+        row = p3[b, c, i0:i1]
+        for q in range(n):  # a gather: scalar loads (LLVM skips vector gathers on many CPUs)
+            vals[q] = row[idx[q]]
+        _increments(vals, idx, unclaimed, t, cut, metric, smooth, tau[c], mu[c], m[c], inc[c], best)
+    # The lowest class within DELTA_TIE_RTOL of the best (as _first_within): with
+    # best = -inf (no class may take the pixel) every class ties, class 0 wins.
+    label = np.zeros(n, dtype=np.int64)
+    done = np.empty(n, dtype=np.bool_)
+    floor = np.empty(n)
+    for q in range(n):
+        floor[q] = best[q] - DELTA_TIE_RTOL * abs(best[q])
+        done[q] = floor[q] == -np.inf
+    for c in range(n_cls):
+        if any_active and not active[b, c]:
+            continue
+        row_inc = inc[c]
+        for q in range(n):
+            hit = (row_inc[q] >= floor[q]) & ~done[q]
+            label[q] = c if hit else label[q]
+            done[q] = done[q] | hit
+    for q in range(n):
+        out[idx[q]] = label[q]
+
+
 @parallel_kernel(cache=True)
 def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index):
+    """Labels of the pixels claims left open: ``-1`` (contested: its claimants
+    compete) and ``-2`` (unclaimed: every active class competes, or every class
+    if none is active; ``void_index`` under the void policy).  The highest
+    increment wins, ties (DELTA_TIE_RTOL) to the lowest class index."""
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
     for task in prange(n_img * n_tiles):
         b = task // n_tiles
         i0 = (task % n_tiles) * TILE
-        i1 = min(d, i0 + TILE)
-        any_active = False
-        for c in range(n_cls):
-            any_active = any_active or active[b, c]
-        lab = labels[b]
-        inc = np.empty(n_cls)
-        for i in range(i0, i1):
-            state = lab[i]
-            if state >= 0:
-                continue
-            if state == NONE and void:
-                lab[i] = void_index
-                continue
-            best = -np.inf
-            for c in range(n_cls):
-                inc[c] = -np.inf
-                v = p3[b, c, i]
-                if state == MANY:  # only claimants compete
-                    t = threshold[b, c]
-                    if not (active[b, c] and (v > t or (v == t and i < tie_end[b, c]))):
-                        continue
-                elif any_active and not active[b, c]:  # unclaimed: active classes compete
-                    continue
-                inc[c] = _increment(v, metric, smooth, tau[b, c], mu[b, c], m[b, c])
-                best = max(best, inc[c])
-            lab[i] = _first_within(inc, best)
+        _resolve_tile(p3, b, i0, min(d, i0 + TILE), threshold, tie_end, active, labels[b], tau[b], mu[b], m[b],
+                      metric, smooth, void, void_index)
 
 
 @njit(cache=True, nogil=True)
