@@ -15,6 +15,8 @@ and no ``(B, C, d)`` temporary:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -25,6 +27,8 @@ from .._validate import Config
 from ._threads import parallel_kernel
 
 TILE = 4096
+OPEN_BLOCK = 1024  # open pixels resolved together: their C x 1024 increments stay in cache
+GROUP = 8  # tiles per parallel task of conflicts (one set of work arrays)
 NONE = -2
 MANY = -1
 
@@ -177,7 +181,11 @@ def _increment(p, metric, smooth, tau, mu, m):
     return (p - a * (1.0 - p)) / (e + 1.0 - p)
 
 
-@njit(cache=True, nogil=True)
+# error_model="numpy": a division by zero gives inf instead of raising, so the
+# IoU loop (a division by e + 1 - p per pixel) vectorises.  That divisor is
+# never zero: it is >= 1 - p + tau + (mu - m) with m <= mu, so zero would take
+# p = 1 with mu = 0.
+@njit(cache=True, nogil=True, error_model="numpy")
 def _increments(vals, idx, unclaimed, t, cut, metric, smooth, tau, mu, m, out, best):
     """``out[q]`` = :func:`_increment` of one class's probability ``vals[q]`` at
     pixel ``idx[q]`` of the tile, or -inf where the class may not take the pixel
@@ -223,63 +231,92 @@ def _increments(vals, idx, unclaimed, t, cut, metric, smooth, tau, mu, m, out, b
         best[q] = x if x > best[q] else best[q]
 
 
+class _Scratch(NamedTuple):
+    """Work arrays of :func:`_resolve_tile`, allocated once per group of tiles."""
+
+    idx: np.ndarray  # (TILE,) int64: the tile's open pixels
+    unclaimed: np.ndarray  # (OPEN_BLOCK,) bool
+    vals: np.ndarray  # (OPEN_BLOCK,) input dtype: one class's probabilities
+    inc: np.ndarray  # (C, OPEN_BLOCK) float64: increments
+    best: np.ndarray  # (OPEN_BLOCK,) float64
+    floor: np.ndarray  # (OPEN_BLOCK,) float64
+    label: np.ndarray  # (OPEN_BLOCK,) int64
+    done: np.ndarray  # (OPEN_BLOCK,) bool
+
+
 @njit(cache=True, nogil=True)
-def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau, mu, m, metric, smooth, void, void_index):
-    """Labels of the open pixels of [i0, i1) of image b (see :func:`conflicts`)."""
+def _scratch(p3):
     n_cls = p3.shape[1]
-    out = lab[i0:i1]
-    # The open pixels, gathered into a list (branch-free; unclaimed ones take
-    # void_index at once under the void policy).
-    idx = np.empty(i1 - i0, dtype=np.int64)
+    k = OPEN_BLOCK
+    return _Scratch(np.empty(TILE, dtype=np.int64), np.empty(k, dtype=np.bool_), np.empty(k, dtype=p3.dtype),
+                    np.empty((n_cls, k)), np.empty(k), np.empty(k), np.empty(k, dtype=np.int64),
+                    np.empty(k, dtype=np.bool_))
+
+
+@njit(cache=True, nogil=True)
+def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, metric, smooth, void, void_index, w):
+    """Labels of the open pixels of [i0, i1) of image b, ``out`` = their labels (see :func:`conflicts`)."""
+    n_cls = p3.shape[1]
+    # The open pixels, gathered into a list (branch-free); under the void
+    # policy unclaimed pixels take void_index at once.
+    idx = w.idx
     n = 0
-    for j in range(i1 - i0):
-        s = out[j]
-        idx[n] = j
-        n += s == MANY or (s == NONE and not void)
-        out[j] = void_index if s == NONE and void else s
-    if n == 0:
-        return
-    idx = idx[:n]
-    unclaimed = np.empty(n, dtype=np.bool_)
-    for q in range(n):
-        unclaimed[q] = out[idx[q]] == NONE
+    if void:
+        for j in range(i1 - i0):
+            s = out[j]
+            idx[n] = j
+            n += s == MANY
+            if s == NONE:
+                out[j] = void_index
+    else:
+        for j in range(i1 - i0):
+            idx[n] = j
+            n += out[j] < 0
     any_active = False
     for c in range(n_cls):
         any_active = any_active or active[b, c]
-    # Classes outside, pixels inside: each class's increments, then the best.
-    inc = np.empty((n_cls, n))
-    best = np.full(n, -np.inf)
-    vals = np.empty(n, dtype=p3.dtype)
-    for c in range(n_cls):
-        if any_active and not active[b, c]:  # may take no pixel: its increments stay -inf
-            continue
-        t = threshold[b, c]
-        # A contested pixel goes to its claimants only (active, p > t or a tie before the cut).
-        cut = tie_end[b, c] - i0 if active[b, c] else -(2**62)
-        if not active[b, c]:
-            t = np.inf
-        row = p3[b, c, i0:i1]
-        for q in range(n):  # a gather: scalar loads (LLVM skips vector gathers on many CPUs)
-            vals[q] = row[idx[q]]
-        _increments(vals, idx, unclaimed, t, cut, metric, smooth, tau[c], mu[c], m[c], inc[c], best)
-    # The lowest class within DELTA_TIE_RTOL of the best (as _first_within): with
-    # best = -inf (no class may take the pixel) every class ties, class 0 wins.
-    label = np.zeros(n, dtype=np.int64)
-    done = np.empty(n, dtype=np.bool_)
-    floor = np.empty(n)
-    for q in range(n):
-        floor[q] = best[q] - DELTA_TIE_RTOL * abs(best[q])
-        done[q] = floor[q] == -np.inf
-    for c in range(n_cls):
-        if any_active and not active[b, c]:
-            continue
-        row_inc = inc[c]
-        for q in range(n):
-            hit = (row_inc[q] >= floor[q]) & ~done[q]
-            label[q] = c if hit else label[q]
-            done[q] = done[q] | hit
-    for q in range(n):
-        out[idx[q]] = label[q]
+    # Blocks of open pixels: their increments (C x OPEN_BLOCK) stay in cache.
+    for q0 in range(0, n, OPEN_BLOCK):
+        k = min(n, q0 + OPEN_BLOCK) - q0
+        pos = idx[q0:q0 + k]
+        unclaimed = w.unclaimed[:k]
+        vals = w.vals[:k]
+        best = w.best[:k]
+        for q in range(k):
+            unclaimed[q] = out[pos[q]] == NONE
+            best[q] = -np.inf
+        # Classes outside, pixels inside: each class's increments and the running best.
+        for c in range(n_cls):
+            if any_active and not active[b, c]:  # may take no pixel: its increments would be -inf
+                continue
+            t = threshold[b, c]
+            # A contested pixel goes to its claimants only (active, p > t or a tie before the cut).
+            cut = tie_end[b, c] - i0 if active[b, c] else -(2**62)
+            if not active[b, c]:
+                t = np.inf
+            row = p3[b, c, i0:i1]
+            for q in range(k):  # a gather: scalar loads (LLVM skips vector gathers on many CPUs)
+                vals[q] = row[pos[q]]
+            _increments(vals, pos, unclaimed, t, cut, metric, smooth, tau[c], mu[c], m[c], w.inc[c, :k], best)
+        # The lowest class within DELTA_TIE_RTOL of the best (as _first_within); with
+        # best = -inf (no class may take the pixel) every class ties: class 0.
+        floor = w.floor[:k]
+        label = w.label[:k]
+        done = w.done[:k]
+        for q in range(k):
+            floor[q] = best[q] - DELTA_TIE_RTOL * abs(best[q])
+            done[q] = floor[q] == -np.inf
+            label[q] = 0
+        for c in range(n_cls):
+            if any_active and not active[b, c]:
+                continue
+            inc = w.inc[c, :k]
+            for q in range(k):
+                hit = (inc[q] >= floor[q]) & ~done[q]
+                label[q] = c if hit else label[q]
+                done[q] = done[q] | hit
+        for q in range(k):
+            out[pos[q]] = label[q]
 
 
 @parallel_kernel(cache=True)
@@ -290,11 +327,15 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
     increment wins, ties (DELTA_TIE_RTOL) to the lowest class index."""
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
-    for task in prange(n_img * n_tiles):
-        b = task // n_tiles
-        i0 = (task % n_tiles) * TILE
-        _resolve_tile(p3, b, i0, min(d, i0 + TILE), threshold, tie_end, active, labels[b], tau[b], mu[b], m[b],
-                      metric, smooth, void, void_index)
+    n_tasks = n_img * n_tiles
+    for group in prange((n_tasks + GROUP - 1) // GROUP):
+        w = _scratch(p3)
+        for task in range(group * GROUP, min(n_tasks, (group + 1) * GROUP)):
+            b = task // n_tiles
+            i0 = (task % n_tiles) * TILE
+            i1 = min(d, i0 + TILE)
+            _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, labels[b, i0:i1], tau[b], mu[b], m[b],
+                          metric, smooth, void, void_index, w)
 
 
 @njit(cache=True, nogil=True)
