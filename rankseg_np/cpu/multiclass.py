@@ -45,11 +45,12 @@ def _input_thresholds(p3, b, i0, threshold, tie_end):
     n_cls = p3.shape[1]
     t_in = np.empty(n_cls, dtype=p3.dtype)
     cut = np.empty(n_cls, dtype=np.int64)
+    down = np.full(1, -np.inf, dtype=p3.dtype)  # -inf in the input's type: nextafter steps in that type
     for c in range(n_cls):
         t = threshold[b, c]
         t_in[c] = t  # rounds to nearest
         if t_in[c] > t:
-            t_in[c] = np.nextafter(t_in[c], -np.inf)
+            t_in[c] = np.nextafter(t_in[c], down[0])
         cut[c] = tie_end[b, c] - i0 if t_in[c] == t else 0
     return t_in, cut
 
