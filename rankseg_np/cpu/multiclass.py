@@ -18,7 +18,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .._decision import DELTA_TIE_RTOL, RowDecision
 from .._layout import SUM_TOL
@@ -29,8 +32,32 @@ from ._threads import parallel_kernel
 TILE = 4096
 OPEN_BLOCK = 1024  # open pixels resolved together: their C x 1024 increments stay in cache
 GROUP = 8  # tiles per parallel task of conflicts (one set of work arrays)
+# Rows of a tile are 1 MiB apart and the hardware prefetcher starts cold on each:
+# conflicts asks for the open pixels of the row AHEAD classes on while it gathers
+# from the current one (measured: gathers 8.9 -> 6.6 ms on (4, 21, 512, 512)).
+AHEAD = 4
 NONE = -2
 MANY = -1
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Hint the CPU to bring ``arr[i]`` (1-D, contiguous) into cache; no effect on results."""
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8"
+        )
+        # read, high temporal locality, data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
 
 
 @njit(cache=True, nogil=True)
@@ -53,6 +80,59 @@ def _input_thresholds(p3, b, i0, threshold, tie_end):
             t_in[c] = np.nextafter(t_in[c], down[0])
         cut[c] = tie_end[b, c] - i0 if t_in[c] == t else 0
     return t_in, cut
+
+
+# Sole claims of one class in one tile sum exactly in float64 when the class's
+# threshold is >= 2**-16 and the input is float32: every value added is then a
+# float32 >= 2**-16, a multiple of 2**-39, and every partial sum (nonnegative
+# values, at most TILE of them, each <= 1) is below 2**13, so it is a multiple
+# of 2**-39 below 2**52 * 2**-39: exactly representable.  Exact sums do not
+# depend on the order of the additions, so they may be vectorised and still
+# give the bits of the pixel-order sum.  (Values above 1 would be refused by
+# the decision pass; _sole_sum checks the bound anyway.)
+EXACT_SUM_MIN = 2.0**-16
+EXACT_SUM_MAX = 2.0**13
+# Per-class passes cost ~0.3 cycle per pixel and class; the pixel-order loop
+# ~5-7 cycles per pixel (it adds through memory): vectorise for few classes.
+EXACT_SUM_CLASSES = 12
+
+
+@njit(cache=True, nogil=True)
+def _exact_sums(p3, b, active, t_in):
+    """Whether image b's sole-claim sums are exact (see EXACT_SUM_MIN) and worth per-class passes."""
+    if p3.itemsize != 4:  # float32 (float16 input arrives as float32)
+        return False
+    n_active = 0
+    for c in range(p3.shape[1]):
+        if active[b, c]:
+            n_active += 1
+            if not t_in[c] >= EXACT_SUM_MIN:
+                return False
+    return n_active <= EXACT_SUM_CLASSES
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _sole_sum_fast(row, owner, c):
+    n = 0
+    s = 0.0
+    for j in range(row.size):
+        sel = owner[j] == c
+        n += sel
+        s += np.float64(row[j]) if sel else 0.0
+    return n, s
+
+
+@njit(cache=True, nogil=True)
+def _sole_sum(row, owner, c):
+    """(count, float64 sum) of ``row`` where ``owner == c``; exact sums only (see EXACT_SUM_MIN),
+    with the pixel-order sum as a fallback should the values exceed the bound."""
+    n, s = _sole_sum_fast(row, owner, c)
+    if not s < EXACT_SUM_MAX:
+        s = 0.0
+        for j in range(row.size):
+            if owner[j] == c:
+                s += row[j]
+    return float(n), s
 
 
 @njit(cache=True, nogil=True)
@@ -112,12 +192,19 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
                 owner[j] = c if claimed else owner[j]
     out = lab[i0:i1]
     for j in range(n):  # branch-free: it vectorises
-        out[j] = owner[j] if count[j] == 1 else (NONE if count[j] == 0 else MANY)
-    for j in range(n):  # in pixel order: m's float64 sums keep their order
-        if count[j] == 1:
+        sole = count[j] == 1
+        out[j] = owner[j] if sole else (NONE if count[j] == 0 else MANY)
+        owner[j] = owner[j] if sole else -1
+    if _exact_sums(p3, b, active, t_in):
+        for c in range(n_cls):
+            if active[b, c]:
+                tau_row[c], m_row[c] = _sole_sum(p3[b, c, i0:i1], owner, c)
+    else:
+        for j in range(n):  # in pixel order: m's float64 sums keep their order
             o = owner[j]
-            tau_row[o] += 1.0
-            m_row[o] += p3[b, o, i0 + j]
+            if o >= 0:
+                tau_row[o] += 1.0
+                m_row[o] += p3[b, o, i0 + j]
     if check:
         off = 0
         for j in range(n):
@@ -286,6 +373,8 @@ def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, me
         for q in range(k):
             unclaimed[q] = out[pos[q]] == NONE
             best[q] = -np.inf
+            for c in range(min(AHEAD, n_cls)):
+                _prefetch(p3[b, c, i0:i1], pos[q])
         # Classes outside, pixels inside: each class's increments and the running best.
         for c in range(n_cls):
             if any_active and not active[b, c]:  # may take no pixel: its increments would be -inf
@@ -296,8 +385,10 @@ def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, me
             if not active[b, c]:
                 t = np.inf
             row = p3[b, c, i0:i1]
+            ahead = p3[b, min(c + AHEAD, n_cls - 1), i0:i1]
             for q in range(k):  # a gather: scalar loads (LLVM skips vector gathers on many CPUs)
                 vals[q] = row[pos[q]]
+                _prefetch(ahead, pos[q])
             _increments(vals, pos, unclaimed, t, cut, metric, smooth, tau[c], mu[c], m[c], w.inc[c, :k], best)
         # The lowest class within DELTA_TIE_RTOL of the best (as _first_within); with
         # best = -inf (no class may take the pixel) every class ties: class 0.
