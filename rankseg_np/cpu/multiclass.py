@@ -329,7 +329,6 @@ class _Scratch(NamedTuple):
     best: np.ndarray  # (OPEN_BLOCK,) float64
     floor: np.ndarray  # (OPEN_BLOCK,) float64
     label: np.ndarray  # (OPEN_BLOCK,) int64
-    done: np.ndarray  # (OPEN_BLOCK,) bool
 
 
 @njit(cache=True, nogil=True)
@@ -337,8 +336,7 @@ def _scratch(p3):
     n_cls = p3.shape[1]
     k = OPEN_BLOCK
     return _Scratch(np.empty(TILE, dtype=np.int64), np.empty(k, dtype=np.bool_), np.empty(k, dtype=p3.dtype),
-                    np.empty((n_cls, k)), np.empty(k), np.empty(k), np.empty(k, dtype=np.int64),
-                    np.empty(k, dtype=np.bool_))
+                    np.empty((n_cls, k)), np.empty(k), np.empty(k), np.empty(k, dtype=np.int64))
 
 
 @njit(cache=True, nogil=True)
@@ -390,25 +388,23 @@ def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, me
                 vals[q] = row[pos[q]]
                 _prefetch(ahead, pos[q])
             _increments(vals, pos, unclaimed, t, cut, metric, smooth, tau[c], mu[c], m[c], w.inc[c, :k], best)
-        # The lowest class within DELTA_TIE_RTOL of the best (as _first_within); with
-        # best = -inf (no class may take the pixel) every class ties: class 0.
+        # The lowest class within DELTA_TIE_RTOL of the best (as _first_within):
+        # classes from the last to the first, each taking the pixels it ties.
         floor = w.floor[:k]
         label = w.label[:k]
-        done = w.done[:k]
         for q in range(k):
             floor[q] = best[q] - DELTA_TIE_RTOL * abs(best[q])
-            done[q] = floor[q] == -np.inf
             label[q] = 0
-        for c in range(n_cls):
+        for c in range(n_cls - 1, -1, -1):
             if any_active and not active[b, c]:
                 continue
             inc = w.inc[c, :k]
             for q in range(k):
-                hit = (inc[q] >= floor[q]) & ~done[q]
-                label[q] = c if hit else label[q]
-                done[q] = done[q] | hit
+                label[q] = c if inc[q] >= floor[q] else label[q]
         for q in range(k):
-            out[pos[q]] = label[q]
+            # best = -inf: no class may take the pixel, every class ties (as
+            # _first_within, whose skipped classes hold -inf too): class 0.
+            out[pos[q]] = 0 if floor[q] == -np.inf else label[q]
 
 
 @parallel_kernel(cache=True)
