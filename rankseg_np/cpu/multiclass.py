@@ -3,14 +3,23 @@
 Two passes over ``(B, C, d)``, in tasks of one image by one tile of pixels,
 and no ``(B, C, d)`` temporary:
 
-1. claims: for every pixel, which active classes claim it.  The label array
+1. claims: for every pixel, which active classes claim it (compared in the
+   input's precision, see :func:`_input_thresholds`).  The label array
    doubles as scratch: ``-2`` (no claimant), ``-1`` (two or more), or the sole
    claimant.  Sole-claimant pixels add to per-task partial sums of ``tau_c``
-   and ``m_c``; the partials are reduced in a fixed order, so the answer does
-   not depend on the thread count.
-2. conflicts: only pixels still labelled ``-1``/``-2`` are revisited; the
-   increment score of MATH section 5 (factored forms, float64) decides,
-   ties to the lowest class index.
+   and ``m_c`` (float64, in pixel order, or vectorised where the sums are
+   exact, see ``EXACT_SUM_MIN``); the partials are reduced in a fixed order,
+   so the answer does not depend on the thread count.
+2. conflicts: only pixels still labelled ``-1``/``-2`` are revisited, per tile
+   as a list, classes outside and pixels inside so that the increment score
+   of MATH section 5 (factored forms, float64; :func:`_increment` is the
+   one-pixel reference) is computed in vectorised loops; ties to the lowest
+   class index (:func:`_first_within` is the one-pixel reference).
+
+Every shortcut gives the bits of the pixel-by-pixel rule, which
+``tests/test_multiclass_kernels.py`` transcribes and checks.  On random
+softmax input the open pixels are so dense that conflicts rereads nearly the
+whole input: that read, not the arithmetic, is what it costs.
 """
 
 from __future__ import annotations
@@ -191,14 +200,16 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
                 count[j] += claimed
                 owner[j] = c if claimed else owner[j]
     out = lab[i0:i1]
-    for j in range(n):  # branch-free: it vectorises
+    for j in range(n):  # branch-free: it vectorises; owner keeps the sole claimants only
         sole = count[j] == 1
         out[j] = owner[j] if sole else (NONE if count[j] == 0 else MANY)
         owner[j] = owner[j] if sole else -1
     if _exact_sums(p3, b, active, t_in):
         for c in range(n_cls):
             if active[b, c]:
-                tau_row[c], m_row[c] = _sole_sum(p3[b, c, i0:i1], owner, c)
+                n_sole, s_sole = _sole_sum(p3[b, c, i0:i1], owner, c)
+                tau_row[c] += n_sole  # rows start at 0: 0 + s is s, as in the pixel-order loop
+                m_row[c] += s_sole
     else:
         for j in range(n):  # in pixel order: m's float64 sums keep their order
             o = owner[j]
@@ -222,6 +233,8 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
 
 @parallel_kernel(cache=True)
 def claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
+    """Claim states into ``labels`` (B, d) and per-task partial sums into
+    ``tau_part``/``m_part`` (one zeroed row of C per image tile, in task order)."""
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
     no_check = np.empty(0)
