@@ -40,7 +40,6 @@ from ._threads import parallel_kernel
 
 TILE = 4096
 OPEN_BLOCK = 1024  # open pixels resolved together: their C x 1024 increments stay in cache
-GROUP = 8  # tiles per parallel task of conflicts (one set of work arrays)
 # Rows of a tile are 1 MiB apart and the hardware prefetcher starts cold on each:
 # conflicts asks for the open pixels of the row AHEAD classes on while it gathers
 # from the current one (measured: gathers 8.9 -> 6.6 ms on (4, 21, 512, 512)).
@@ -333,7 +332,7 @@ def _increments(vals, idx, unclaimed, t, cut, metric, smooth, tau, mu, m, out, b
 
 
 class _Scratch(NamedTuple):
-    """Work arrays of :func:`_resolve_tile`, allocated once per group of tiles."""
+    """Work arrays of :func:`_resolve_tile` (fixed sizes: a few per tile, cheap to allocate)."""
 
     idx: np.ndarray  # (TILE,) int64: the tile's open pixels
     unclaimed: np.ndarray  # (OPEN_BLOCK,) bool
@@ -428,15 +427,12 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
     increment wins, ties (DELTA_TIE_RTOL) to the lowest class index."""
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
-    n_tasks = n_img * n_tiles
-    for group in prange((n_tasks + GROUP - 1) // GROUP):
-        w = _scratch(p3)
-        for task in range(group * GROUP, min(n_tasks, (group + 1) * GROUP)):
-            b = task // n_tiles
-            i0 = (task % n_tiles) * TILE
-            i1 = min(d, i0 + TILE)
-            _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, labels[b, i0:i1], tau[b], mu[b], m[b],
-                          metric, smooth, void, void_index, w)
+    for task in prange(n_img * n_tiles):
+        b = task // n_tiles
+        i0 = (task % n_tiles) * TILE
+        i1 = min(d, i0 + TILE)
+        _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, labels[b, i0:i1], tau[b], mu[b], m[b],
+                      metric, smooth, void, void_index, _scratch(p3))
 
 
 @njit(cache=True, nogil=True)
