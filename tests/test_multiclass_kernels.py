@@ -176,6 +176,30 @@ def test_kernels_match_the_rule_across_tiles():
         assert np.array_equal(tau, want_tau) and np.array_equal(m, want_m)
         assert np.array_equal(labels, want)
         assert (states == MANY).any() and (states == NONE).any()  # both kinds of open pixel were resolved
+    # Some tile holds more open pixels than one block of conflicts resolves at once.
+    per_tile = (states[:, : 2 * multiclass.TILE] < 0).reshape(n_img, 2, -1).sum(axis=2)
+    assert per_tile.max() > multiclass.OPEN_BLOCK
+
+
+def test_sole_sums_beyond_the_exact_bound():
+    """Values above 1 (refused before the kernels in the library) push a tile's sole-claim sum past
+    the bound where vectorised sums are exact: the kernels fall back to the pixel-order sum."""
+    rng = np.random.default_rng(11)
+    d = multiclass.TILE
+    # Large values and small ones of fine spacing: the sum needs more than float64's 53 bits, so its
+    # rounding depends on the order of the additions.
+    p3 = rng.choice(np.array([7.7, 9.9, 1.6e-5, 3.1e-5], dtype=np.float32), size=(1, 2, d))
+    p3[0, 1] = np.float32(0.2)  # class 1 claims nothing: class 0's claims are all sole
+    decision = RowDecision(np.array([[2e-5, 0.9]]), np.array([[0, 0]]), np.array([[True, True]]),
+                           p3.astype(np.float64).sum(axis=2))
+    labels, states, tau, m = run_kernels(p3, decision, "dice", 0.0, False, 255, False, True)
+    want, want_states, want_tau, want_m = oracle(p3, *decision, "dice", 0.0, False, 255)
+    assert m[0, 0] > multiclass.EXACT_SUM_MAX
+    # (an 8-lane sum of these values rounds differently from the pixel-order sum)
+    row = p3[0, 0].astype(np.float64)
+    assert row.reshape(-1, 8).sum(axis=0).sum() != want_m[0, 0]
+    assert np.array_equal(m, want_m) and np.array_equal(tau, want_tau)
+    assert np.array_equal(labels, want)
 
 
 def test_oracle_increment_is_the_kernel_formula():

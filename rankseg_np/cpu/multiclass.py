@@ -143,6 +143,49 @@ def _sole_sum(row, owner, c):
     return float(n), s
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _claim_rows4(r0, r1, r2, r3, c0, c1, c2, c3, t_in, cut, count, owner, total):
+    """The claims of four classes' rows (ascending classes) on a tile's counters."""
+    t0, t1, t2, t3 = t_in[c0], t_in[c1], t_in[c2], t_in[c3]
+    k0, k1, k2, k3 = cut[c0], cut[c1], cut[c2], cut[c3]
+    if max(max(k0, k1), max(k2, k3)) <= 0:  # usually: no tie cut in this tile, a plain compare
+        for j in range(r0.size):
+            v0, v1, v2, v3 = r0[j], r1[j], r2[j], r3[j]
+            total[j] = total[j] + v0 + v1 + v2 + v3  # class by class, as one row at a time
+            a0, a1, a2, a3 = v0 > t0, v1 > t1, v2 > t2, v3 > t3
+            count[j] += np.int32(a0) + np.int32(a1) + np.int32(a2) + np.int32(a3)
+            owner[j] = c3 if a3 else (c2 if a2 else (c1 if a1 else (c0 if a0 else owner[j])))
+    else:
+        for j in range(r0.size):
+            v0, v1, v2, v3 = r0[j], r1[j], r2[j], r3[j]
+            total[j] = total[j] + v0 + v1 + v2 + v3
+            a0 = (v0 > t0) | ((v0 == t0) & (j < k0))
+            a1 = (v1 > t1) | ((v1 == t1) & (j < k1))
+            a2 = (v2 > t2) | ((v2 == t2) & (j < k2))
+            a3 = (v3 > t3) | ((v3 == t3) & (j < k3))
+            count[j] += np.int32(a0) + np.int32(a1) + np.int32(a2) + np.int32(a3)
+            owner[j] = c3 if a3 else (c2 if a2 else (c1 if a1 else (c0 if a0 else owner[j])))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _claim_rows1(row, c, t, k, count, owner, total):
+    """The claims of one class's row on a tile's counters."""
+    if k <= 0:
+        for j in range(row.size):
+            v = row[j]
+            total[j] += v
+            claimed = v > t
+            count[j] += claimed
+            owner[j] = c if claimed else owner[j]
+    else:
+        for j in range(row.size):
+            v = row[j]
+            total[j] += v
+            claimed = (v > t) | ((v == t) & (j < k))
+            count[j] += claimed
+            owner[j] = c if claimed else owner[j]
+
+
 @njit(cache=True, nogil=True)
 def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, sum_stats):
     """Claims of the pixels [i0, i1) of image b (see the module docstring).
@@ -156,48 +199,36 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
     n = i1 - i0
     check = sum_stats.size > 0
     t_in, cut = _input_thresholds(p3, b, i0, threshold, tie_end)
-    # Branch-free per-tile counters (they vectorise): claims and last claimant.
+    # The rows to read, in class order: the active classes, and the inactive
+    # ones too when checking the class sums (they claim nothing: t = +inf).
+    read = np.empty(n_cls, dtype=np.int64)
+    n_read = 0
+    for c in range(n_cls):
+        if check or active[b, c]:
+            read[n_read] = c
+            n_read += 1
+        if not active[b, c]:
+            t_in[c] = np.inf
+            cut[c] = 0
+    # Branch-free per-tile counters (they vectorise): claims and last claimant;
+    # the class sums in the input's precision (a sum of C values errs by ~C
+    # ulp, 2.5e-6 for 21 float32 classes, far inside SUM_TOL), in class order.
     count = np.zeros(n, dtype=np.int32)
     owner = np.zeros(n, dtype=np.int32)
-    # In the input's precision: a sum of C values errs by ~C ulp (2.5e-6 for 21 float32
-    # classes), far inside SUM_TOL, and float32 halves the traffic.
-    total = np.zeros(n if check else 0, dtype=p3.dtype)
-    for c in range(n_cls):
-        row = p3[b, c, i0:i1]
-        if not active[b, c]:
-            if check:
-                for j in range(n):
-                    total[j] += row[j]
-            continue
-        t = t_in[c]
-        k = cut[c]
-        # Usually the tie cut lies before the tile: a plain compare, which
-        # vectorises (measured 1.7x faster than the general test).
-        if check and k <= 0:  # the same loop, one more add per value read
-            for j in range(n):
-                v = row[j]
-                total[j] += v
-                claimed = v > t
-                count[j] += claimed
-                owner[j] = c if claimed else owner[j]
-        elif check:
-            for j in range(n):
-                v = row[j]
-                total[j] += v
-                claimed = v > t or (v == t and j < k)
-                count[j] += claimed
-                owner[j] = c if claimed else owner[j]
-        elif k <= 0:
-            for j in range(n):
-                claimed = row[j] > t
-                count[j] += claimed
-                owner[j] = c if claimed else owner[j]
-        else:
-            for j in range(n):
-                v = row[j]
-                claimed = v > t or (v == t and j < k)
-                count[j] += claimed
-                owner[j] = c if claimed else owner[j]
+    total = np.zeros(n, dtype=p3.dtype)
+    # Four rows at a time: four streams from memory at once read about twice as
+    # fast as one (measured: 8-10 -> 4.5-5 ms on (4, 21, 512, 512)), and the
+    # counters are loaded and stored once per four classes.
+    g = 0
+    while g + 4 <= n_read:
+        c0, c1, c2, c3 = read[g], read[g + 1], read[g + 2], read[g + 3]
+        _claim_rows4(p3[b, c0, i0:i1], p3[b, c1, i0:i1], p3[b, c2, i0:i1], p3[b, c3, i0:i1], c0, c1, c2, c3,
+                     t_in, cut, count, owner, total)
+        g += 4
+    while g < n_read:
+        c = read[g]
+        _claim_rows1(p3[b, c, i0:i1], c, t_in[c], cut[c], count, owner, total)
+        g += 1
     out = lab[i0:i1]
     for j in range(n):  # branch-free: it vectorises; owner keeps the sole claimants only
         sole = count[j] == 1
