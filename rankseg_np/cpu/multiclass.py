@@ -168,6 +168,28 @@ def _claim_rows4(r0, r1, r2, r3, c0, c1, c2, c3, t_in, cut, count, owner, total)
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _claim_rows2(r0, r1, c0, c1, t_in, cut, count, owner, total):
+    """:func:`_claim_rows4` for two classes."""
+    t0, t1 = t_in[c0], t_in[c1]
+    k0, k1 = cut[c0], cut[c1]
+    if max(k0, k1) <= 0:
+        for j in range(r0.size):
+            v0, v1 = r0[j], r1[j]
+            total[j] = total[j] + v0 + v1
+            a0, a1 = v0 > t0, v1 > t1
+            count[j] += np.int32(a0) + np.int32(a1)
+            owner[j] = c1 if a1 else (c0 if a0 else owner[j])
+    else:
+        for j in range(r0.size):
+            v0, v1 = r0[j], r1[j]
+            total[j] = total[j] + v0 + v1
+            a0 = (v0 > t0) | ((v0 == t0) & (j < k0))
+            a1 = (v1 > t1) | ((v1 == t1) & (j < k1))
+            count[j] += np.int32(a0) + np.int32(a1)
+            owner[j] = c1 if a1 else (c0 if a0 else owner[j])
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _claim_rows1(row, c, t, k, count, owner, total):
     """The claims of one class's row on a tile's counters."""
     if k <= 0:
@@ -225,10 +247,13 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
         _claim_rows4(p3[b, c0, i0:i1], p3[b, c1, i0:i1], p3[b, c2, i0:i1], p3[b, c3, i0:i1], c0, c1, c2, c3,
                      t_in, cut, count, owner, total)
         g += 4
-    while g < n_read:
+    if g + 2 <= n_read:
+        c0, c1 = read[g], read[g + 1]
+        _claim_rows2(p3[b, c0, i0:i1], p3[b, c1, i0:i1], c0, c1, t_in, cut, count, owner, total)
+        g += 2
+    if g < n_read:
         c = read[g]
         _claim_rows1(p3[b, c, i0:i1], c, t_in[c], cut[c], count, owner, total)
-        g += 1
     out = lab[i0:i1]
     for j in range(n):  # branch-free: it vectorises; owner keeps the sole claimants only
         sole = count[j] == 1
