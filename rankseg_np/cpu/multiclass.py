@@ -40,10 +40,6 @@ from ._threads import parallel_kernel
 
 TILE = 4096
 OPEN_BLOCK = 1024  # open pixels resolved together: their C x 1024 increments stay in cache
-# Rows of a tile are 1 MiB apart and the hardware prefetcher starts cold on each:
-# conflicts asks for the open pixels of the row AHEAD classes on while it gathers
-# from the current one (measured: gathers 8.9 -> 6.6 ms on (4, 21, 512, 512)).
-AHEAD = 4
 NONE = -2
 MANY = -1
 
@@ -392,7 +388,8 @@ class _Scratch(NamedTuple):
 
     idx: np.ndarray  # (TILE,) int64: the tile's open pixels
     unclaimed: np.ndarray  # (OPEN_BLOCK,) bool
-    vals: np.ndarray  # (OPEN_BLOCK,) input dtype: one class's probabilities
+    vals: np.ndarray  # (4, OPEN_BLOCK) input dtype: four classes' probabilities
+    grp: np.ndarray  # (4,) int64: those classes
     inc: np.ndarray  # (C, OPEN_BLOCK) float64: increments
     best: np.ndarray  # (OPEN_BLOCK,) float64
     floor: np.ndarray  # (OPEN_BLOCK,) float64
@@ -403,7 +400,8 @@ class _Scratch(NamedTuple):
 def _scratch(p3):
     n_cls = p3.shape[1]
     k = OPEN_BLOCK
-    return _Scratch(np.empty(TILE, dtype=np.int64), np.empty(k, dtype=np.bool_), np.empty(k, dtype=p3.dtype),
+    return _Scratch(np.empty(TILE, dtype=np.int64), np.empty(k, dtype=np.bool_), np.empty((4, k), dtype=p3.dtype),
+                    np.empty(4, dtype=np.int64),
                     np.empty((n_cls, k)), np.empty(k), np.empty(k), np.empty(k, dtype=np.int64))
 
 
@@ -434,28 +432,49 @@ def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, me
         k = min(n, q0 + OPEN_BLOCK) - q0
         pos = idx[q0:q0 + k]
         unclaimed = w.unclaimed[:k]
-        vals = w.vals[:k]
+        vals = w.vals
+        grp = w.grp
         best = w.best[:k]
         for q in range(k):
             unclaimed[q] = out[pos[q]] == NONE
             best[q] = -np.inf
-            for c in range(min(AHEAD, n_cls)):
-                _prefetch(p3[b, c, i0:i1], pos[q])
-        # Classes outside, pixels inside: each class's increments and the running best.
-        for c in range(n_cls):
-            if any_active and not active[b, c]:  # may take no pixel: its increments would be -inf
-                continue
-            t = threshold[b, c]
-            # A contested pixel goes to its claimants only (active, p > t or a tie before the cut).
-            cut = tie_end[b, c] - i0 if active[b, c] else -(2**62)
-            if not active[b, c]:
-                t = np.inf
-            row = p3[b, c, i0:i1]
-            ahead = p3[b, min(c + AHEAD, n_cls - 1), i0:i1]
-            for q in range(k):  # a gather: scalar loads (LLVM skips vector gathers on many CPUs)
-                vals[q] = row[pos[q]]
-                _prefetch(ahead, pos[q])
-            _increments(vals, pos, unclaimed, t, cut, metric, smooth, tau[c], mu[c], m[c], w.inc[c, :k], best)
+        # Classes outside, pixels inside: each class's increments and the running
+        # best.  The gathers read four rows at a time (four memory streams) and
+        # prefetch the open pixels of the next four rows: the rows of a tile lie
+        # a whole image row apart, and the hardware prefetcher starts cold on each
+        # (measured on (4, 21, 512, 512): conflicts 14 -> 11.5 ms).
+        c = 0
+        while c < n_cls:
+            n_grp = 0
+            while c < n_cls and n_grp < 4:
+                if active[b, c] or not any_active:  # others may take no pixel: their increments would be -inf
+                    grp[n_grp] = c
+                    n_grp += 1
+                c += 1
+            if n_grp == 4:
+                r0, r1, r2, r3 = (p3[b, grp[0], i0:i1], p3[b, grp[1], i0:i1], p3[b, grp[2], i0:i1],
+                                  p3[b, grp[3], i0:i1])
+                n0, n1 = p3[b, min(c, n_cls - 1), i0:i1], p3[b, min(c + 1, n_cls - 1), i0:i1]
+                n2, n3 = p3[b, min(c + 2, n_cls - 1), i0:i1], p3[b, min(c + 3, n_cls - 1), i0:i1]
+                for q in range(k):  # scalar loads (LLVM skips vector gathers on many CPUs)
+                    j = pos[q]
+                    vals[0, q], vals[1, q], vals[2, q], vals[3, q] = r0[j], r1[j], r2[j], r3[j]
+                    _prefetch(n0, j)
+                    _prefetch(n1, j)
+                    _prefetch(n2, j)
+                    _prefetch(n3, j)
+            else:
+                for g in range(n_grp):
+                    row = p3[b, grp[g], i0:i1]
+                    for q in range(k):
+                        vals[g, q] = row[pos[q]]
+            for g in range(n_grp):
+                cg = grp[g]
+                # A contested pixel goes to its claimants only (active, p > t or a tie before the cut).
+                t = threshold[b, cg] if active[b, cg] else np.inf
+                cut = tie_end[b, cg] - i0 if active[b, cg] else -(2**62)
+                _increments(vals[g, :k], pos, unclaimed, t, cut, metric, smooth, tau[cg], mu[cg], m[cg],
+                            w.inc[cg, :k], best)
         # The lowest class within DELTA_TIE_RTOL of the best (as _first_within):
         # classes from the last to the first, each taking the pixels it ties.
         floor = w.floor[:k]
