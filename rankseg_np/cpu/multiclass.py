@@ -435,9 +435,16 @@ def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, me
         vals = w.vals
         grp = w.grp
         best = w.best[:k]
+        f0, f1 = p3[b, 0, i0:i1], p3[b, min(1, n_cls - 1), i0:i1]
+        f2, f3 = p3[b, min(2, n_cls - 1), i0:i1], p3[b, min(3, n_cls - 1), i0:i1]
         for q in range(k):
-            unclaimed[q] = out[pos[q]] == NONE
+            j = pos[q]
+            unclaimed[q] = out[j] == NONE
             best[q] = -np.inf
+            _prefetch(f0, j)  # the first rows read
+            _prefetch(f1, j)
+            _prefetch(f2, j)
+            _prefetch(f3, j)
         # Classes outside, pixels inside: each class's increments and the running
         # best.  The gathers read four rows at a time (four memory streams) and
         # prefetch the open pixels of the next four rows: the rows of a tile lie
@@ -451,23 +458,20 @@ def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, me
                     grp[n_grp] = c
                     n_grp += 1
                 c += 1
-            if n_grp == 4:
-                r0, r1, r2, r3 = (p3[b, grp[0], i0:i1], p3[b, grp[1], i0:i1], p3[b, grp[2], i0:i1],
-                                  p3[b, grp[3], i0:i1])
-                n0, n1 = p3[b, min(c, n_cls - 1), i0:i1], p3[b, min(c + 1, n_cls - 1), i0:i1]
-                n2, n3 = p3[b, min(c + 2, n_cls - 1), i0:i1], p3[b, min(c + 3, n_cls - 1), i0:i1]
-                for q in range(k):  # scalar loads (LLVM skips vector gathers on many CPUs)
-                    j = pos[q]
-                    vals[0, q], vals[1, q], vals[2, q], vals[3, q] = r0[j], r1[j], r2[j], r3[j]
-                    _prefetch(n0, j)
-                    _prefetch(n1, j)
-                    _prefetch(n2, j)
-                    _prefetch(n3, j)
-            else:
-                for g in range(n_grp):
-                    row = p3[b, grp[g], i0:i1]
-                    for q in range(k):
-                        vals[g, q] = row[pos[q]]
+            if n_grp == 0:
+                break
+            for g in range(n_grp, 4):  # fewer than four left: read the last row again (from cache)
+                grp[g] = grp[n_grp - 1]
+            r0, r1, r2, r3 = p3[b, grp[0], i0:i1], p3[b, grp[1], i0:i1], p3[b, grp[2], i0:i1], p3[b, grp[3], i0:i1]
+            n0, n1 = p3[b, min(c, n_cls - 1), i0:i1], p3[b, min(c + 1, n_cls - 1), i0:i1]
+            n2, n3 = p3[b, min(c + 2, n_cls - 1), i0:i1], p3[b, min(c + 3, n_cls - 1), i0:i1]
+            for q in range(k):  # scalar loads (LLVM skips vector gathers on many CPUs)
+                j = pos[q]
+                vals[0, q], vals[1, q], vals[2, q], vals[3, q] = r0[j], r1[j], r2[j], r3[j]
+                _prefetch(n0, j)
+                _prefetch(n1, j)
+                _prefetch(n2, j)
+                _prefetch(n3, j)
             for g in range(n_grp):
                 cg = grp[g]
                 # A contested pixel goes to its claimants only (active, p > t or a tie before the cut).
