@@ -74,8 +74,8 @@ def _input_thresholds(p3, b, i0, threshold, tie_end):
     A threshold that is not a float32 has no ties: its cut becomes 0.
     """
     n_cls = p3.shape[1]
-    t_in = np.empty(n_cls, dtype=p3.dtype)
-    cut = np.empty(n_cls, dtype=np.int64)
+    t_in = np.full(n_cls + 1, np.inf, dtype=p3.dtype)  # one more: a pad row, which claims nothing
+    cut = np.zeros(n_cls + 1, dtype=np.int64)
     down = np.full(1, -np.inf, dtype=p3.dtype)  # -inf in the input's type: nextafter steps in that type
     for c in range(n_cls):
         t = threshold[b, c]
@@ -139,12 +139,12 @@ def _sole_sum(row, owner, c):
     return float(n), s
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _claim_rows4(r0, r1, r2, r3, c0, c1, c2, c3, t_in, cut, count, owner, value, total):
-    """The claims of four classes' rows (ascending classes) on a tile's counters."""
+@njit(cache=True, nogil=True)
+def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t_in, cut, count, owner, value, total):
+    """The claims of four rows of a tile (ascending classes; class C: a pad row of zeros) on its counters."""
     t0, t1, t2, t3 = t_in[c0], t_in[c1], t_in[c2], t_in[c3]
     k0, k1, k2, k3 = cut[c0], cut[c1], cut[c2], cut[c3]
-    if max(max(k0, k1), max(k2, k3)) <= 0:  # usually: no tie cut in this tile, a plain compare
+    if max(max(k0, k1), max(k2, k3)) <= 0:  # usually: no tie cut in this tile, a plain compare (~10% faster)
         for j in range(r0.size):
             v0, v1, v2, v3 = r0[j], r1[j], r2[j], r3[j]
             total[j] = total[j] + v0 + v1 + v2 + v3  # class by class, as one row at a time
@@ -152,62 +152,17 @@ def _claim_rows4(r0, r1, r2, r3, c0, c1, c2, c3, t_in, cut, count, owner, value,
             count[j] += np.int32(a0) + np.int32(a1) + np.int32(a2) + np.int32(a3)
             owner[j] = c3 if a3 else (c2 if a2 else (c1 if a1 else (c0 if a0 else owner[j])))
             value[j] = v3 if a3 else (v2 if a2 else (v1 if a1 else (v0 if a0 else value[j])))
-    else:
-        for j in range(r0.size):
-            v0, v1, v2, v3 = r0[j], r1[j], r2[j], r3[j]
-            total[j] = total[j] + v0 + v1 + v2 + v3
-            a0 = (v0 > t0) | ((v0 == t0) & (j < k0))
-            a1 = (v1 > t1) | ((v1 == t1) & (j < k1))
-            a2 = (v2 > t2) | ((v2 == t2) & (j < k2))
-            a3 = (v3 > t3) | ((v3 == t3) & (j < k3))
-            count[j] += np.int32(a0) + np.int32(a1) + np.int32(a2) + np.int32(a3)
-            owner[j] = c3 if a3 else (c2 if a2 else (c1 if a1 else (c0 if a0 else owner[j])))
-            value[j] = v3 if a3 else (v2 if a2 else (v1 if a1 else (v0 if a0 else value[j])))
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _claim_rows2(r0, r1, c0, c1, t_in, cut, count, owner, value, total):
-    """:func:`_claim_rows4` for two classes."""
-    t0, t1 = t_in[c0], t_in[c1]
-    k0, k1 = cut[c0], cut[c1]
-    if max(k0, k1) <= 0:
-        for j in range(r0.size):
-            v0, v1 = r0[j], r1[j]
-            total[j] = total[j] + v0 + v1
-            a0, a1 = v0 > t0, v1 > t1
-            count[j] += np.int32(a0) + np.int32(a1)
-            owner[j] = c1 if a1 else (c0 if a0 else owner[j])
-            value[j] = v1 if a1 else (v0 if a0 else value[j])
-    else:
-        for j in range(r0.size):
-            v0, v1 = r0[j], r1[j]
-            total[j] = total[j] + v0 + v1
-            a0 = (v0 > t0) | ((v0 == t0) & (j < k0))
-            a1 = (v1 > t1) | ((v1 == t1) & (j < k1))
-            count[j] += np.int32(a0) + np.int32(a1)
-            owner[j] = c1 if a1 else (c0 if a0 else owner[j])
-            value[j] = v1 if a1 else (v0 if a0 else value[j])
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _claim_rows1(row, c, t, k, count, owner, value, total):
-    """The claims of one class's row on a tile's counters."""
-    if k <= 0:
-        for j in range(row.size):
-            v = row[j]
-            total[j] += v
-            claimed = v > t
-            count[j] += claimed
-            owner[j] = c if claimed else owner[j]
-            value[j] = v if claimed else value[j]
-    else:
-        for j in range(row.size):
-            v = row[j]
-            total[j] += v
-            claimed = (v > t) | ((v == t) & (j < k))
-            count[j] += claimed
-            owner[j] = c if claimed else owner[j]
-            value[j] = v if claimed else value[j]
+        return
+    for j in range(r0.size):
+        v0, v1, v2, v3 = r0[j], r1[j], r2[j], r3[j]
+        total[j] = total[j] + v0 + v1 + v2 + v3
+        a0 = (v0 > t0) | ((v0 == t0) & (j < k0))
+        a1 = (v1 > t1) | ((v1 == t1) & (j < k1))
+        a2 = (v2 > t2) | ((v2 == t2) & (j < k2))
+        a3 = (v3 > t3) | ((v3 == t3) & (j < k3))
+        count[j] += np.int32(a0) + np.int32(a1) + np.int32(a2) + np.int32(a3)
+        owner[j] = c3 if a3 else (c2 if a2 else (c1 if a1 else (c0 if a0 else owner[j])))
+        value[j] = v3 if a3 else (v2 if a2 else (v1 if a1 else (v0 if a0 else value[j])))
 
 
 @njit(cache=True, nogil=True)
@@ -225,7 +180,7 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
     t_in, cut = _input_thresholds(p3, b, i0, threshold, tie_end)
     # The rows to read, in class order: the active classes, and the inactive
     # ones too when checking the class sums (they claim nothing: t = +inf).
-    read = np.empty(n_cls, dtype=np.int64)
+    read = np.empty(n_cls + 3, dtype=np.int64)
     n_read = 0
     for c in range(n_cls):
         if check or active[b, c]:
@@ -244,19 +199,15 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
     # Four rows at a time: four streams from memory at once read about twice as
     # fast as one (measured: 8-10 -> 4.5-5 ms on (4, 21, 512, 512)), and the
     # counters are loaded and stored once per four classes.
-    g = 0
-    while g + 4 <= n_read:
+    read[n_read:] = n_cls  # pad rows past the last: zeros that claim nothing (t = +inf)
+    pad = np.zeros(n, dtype=p3.dtype)
+    for g in range(0, n_read, 4):
         c0, c1, c2, c3 = read[g], read[g + 1], read[g + 2], read[g + 3]
-        _claim_rows4(p3[b, c0, i0:i1], p3[b, c1, i0:i1], p3[b, c2, i0:i1], p3[b, c3, i0:i1], c0, c1, c2, c3,
-                     t_in, cut, count, owner, value, total)
-        g += 4
-    if g + 2 <= n_read:
-        c0, c1 = read[g], read[g + 1]
-        _claim_rows2(p3[b, c0, i0:i1], p3[b, c1, i0:i1], c0, c1, t_in, cut, count, owner, value, total)
-        g += 2
-    if g < n_read:
-        c = read[g]
-        _claim_rows1(p3[b, c, i0:i1], c, t_in[c], cut[c], count, owner, value, total)
+        r0 = p3[b, c0, i0:i1]
+        r1 = p3[b, c1, i0:i1] if c1 < n_cls else pad
+        r2 = p3[b, c2, i0:i1] if c2 < n_cls else pad
+        r3 = p3[b, c3, i0:i1] if c3 < n_cls else pad
+        _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t_in, cut, count, owner, value, total)
     out = lab[i0:i1]
     for j in range(n):  # branch-free: it vectorises; owner keeps the sole claimants only
         sole = count[j] == 1
