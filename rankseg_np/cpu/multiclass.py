@@ -24,8 +24,6 @@ whole input: that read, not the arithmetic, is what it costs.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -64,26 +62,25 @@ def _prefetch(typingctx, arr, i):
     return types.void(arr, i), codegen
 
 
-@njit(cache=True, nogil=True)
-def _input_thresholds(p3, b, i0, threshold, tie_end):
-    """Image b's thresholds in the input's precision, and tie cuts relative to pixel i0.
+def input_thresholds(threshold: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The thresholds in the input's precision: (largest ``dtype`` value <= threshold, whether it equals it).
 
     For float32 input, ``v > t`` (compared in float64) holds iff ``v > t32``
     with ``t32`` the largest float32 <= t, and ``v == t`` only if ``t32 == t``;
     so the claim test runs on float32 (16 lanes, not 8) with the same answer.
-    A threshold that is not a float32 has no ties: its cut becomes 0.
+    A threshold that is not a float32 has no ties.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t, exact = input_thresholds(np.array([[0.1, 0.5]]), np.dtype(np.float32))
+    >>> float(t[0, 0]) <= 0.1 < float(np.nextafter(t[0, 0], np.float32(1))), exact.tolist()
+    (True, [[False, True]])
     """
-    n_cls = p3.shape[1]
-    t_in = np.full(n_cls + 1, np.inf, dtype=p3.dtype)  # one more: a pad row, which claims nothing
-    cut = np.zeros(n_cls + 1, dtype=np.int64)
-    down = np.full(1, -np.inf, dtype=p3.dtype)  # -inf in the input's type: nextafter steps in that type
-    for c in range(n_cls):
-        t = threshold[b, c]
-        t_in[c] = t  # rounds to nearest
-        if t_in[c] > t:
-            t_in[c] = np.nextafter(t_in[c], down[0])
-        cut[c] = tie_end[b, c] - i0 if t_in[c] == t else 0
-    return t_in, cut
+    t_in = threshold.astype(dtype)  # rounds to nearest
+    high = t_in > threshold
+    t_in[high] = np.nextafter(t_in[high], dtype.type(-np.inf))
+    return t_in, t_in == threshold
 
 
 # Sole claims of one class in one tile sum exactly in float64 when the class's
@@ -93,7 +90,7 @@ def _input_thresholds(p3, b, i0, threshold, tie_end):
 # of 2**-39 below 2**52 * 2**-39: exactly representable.  Exact sums do not
 # depend on the order of the additions, so they may be vectorised and still
 # give the bits of the pixel-order sum.  (Values above 1 would be refused by
-# the decision pass; _sole_sum checks the bound anyway.)
+# the decision pass; _claim_tile checks the bound anyway.)
 EXACT_SUM_MIN = 2.0**-16
 EXACT_SUM_MAX = 2.0**13
 # Per-class passes cost ~0.3 cycle per pixel and class; the pixel-order loop
@@ -101,41 +98,15 @@ EXACT_SUM_MAX = 2.0**13
 EXACT_SUM_CLASSES = 12
 
 
-@njit(cache=True, nogil=True)
-def _exact_sums(p3, b, active, t_in):
-    """Whether image b's sole-claim sums are exact (see EXACT_SUM_MIN) and worth per-class passes."""
-    if p3.itemsize != 4:  # float32 (float16 input arrives as float32)
-        return False
-    n_active = 0
-    for c in range(p3.shape[1]):
-        if active[b, c]:
-            n_active += 1
-            if not t_in[c] >= EXACT_SUM_MIN:
-                return False
-    return n_active <= EXACT_SUM_CLASSES
-
-
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _sole_sum_fast(row, owner, c):
+def _sole_sum(row, owner, c):
+    """(count, float64 sum) of ``row`` where ``owner == c``, in any order: exact sums only (EXACT_SUM_MIN)."""
     n = 0
     s = 0.0
     for j in range(row.size):
         sel = owner[j] == c
         n += sel
         s += np.float64(row[j]) if sel else 0.0
-    return n, s
-
-
-@njit(cache=True, nogil=True)
-def _sole_sum(row, owner, c):
-    """(count, float64 sum) of ``row`` where ``owner == c``; exact sums only (see EXACT_SUM_MIN),
-    with the pixel-order sum as a fallback should the values exceed the bound."""
-    n, s = _sole_sum_fast(row, owner, c)
-    if not s < EXACT_SUM_MAX:
-        s = 0.0
-        for j in range(row.size):
-            if owner[j] == c:
-                s += row[j]
     return float(n), s
 
 
@@ -166,8 +137,9 @@ def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t_in, cut, count, owner, value, 
 
 
 @njit(cache=True, nogil=True)
-def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, sum_stats):
-    """Claims of the pixels [i0, i1) of image b (see the module docstring).
+def _claim_tile(p3, b, i0, i1, threshold, exact, tie_end, active, lab, tau_row, m_row, sum_stats):
+    """Claims of the pixels [i0, i1) of image b (see the module docstring), under
+    thresholds in the input's dtype (see :func:`input_thresholds`).
 
     With a non-empty ``sum_stats`` (3 floats) it also reads the inactive
     classes and stores (pixels whose class sum is off 1 by more than SUM_TOL,
@@ -177,7 +149,14 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
     n_cls = p3.shape[1]
     n = i1 - i0
     check = sum_stats.size > 0
-    t_in, cut = _input_thresholds(p3, b, i0, threshold, tie_end)
+    # Thresholds and tie cuts (relative to i0) by class; one more slot, a pad
+    # row of zeros, which claims nothing.
+    t_in = np.empty(n_cls + 1, dtype=p3.dtype)
+    cut = np.zeros(n_cls + 1, dtype=np.int64)
+    t_in[n_cls] = np.inf
+    for c in range(n_cls):
+        t_in[c] = threshold[b, c]
+        cut[c] = tie_end[b, c] - i0 if exact[b, c] else 0
     # The rows to read, in class order: the active classes, and the inactive
     # ones too when checking the class sums (they claim nothing: t = +inf).
     read = np.empty(n_cls + 3, dtype=np.int64)
@@ -213,10 +192,23 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
         sole = count[j] == 1
         out[j] = owner[j] if sole else (NONE if count[j] == 0 else MANY)
         owner[j] = owner[j] if sole else -1
-    if _exact_sums(p3, b, active, t_in):
+    # Exact sums (see EXACT_SUM_MIN) for float32 input with few active classes:
+    # per-class vectorised passes.  (float16 input arrives as float32.)
+    exact = p3.itemsize == 4
+    n_active = 0
+    for c in range(n_cls):
+        if active[b, c]:
+            n_active += 1
+            exact = exact and t_in[c] >= EXACT_SUM_MIN
+    if exact and n_active <= EXACT_SUM_CLASSES:
         for c in range(n_cls):
             if active[b, c]:
                 n_sole, s_sole = _sole_sum(value, owner, c)
+                if not s_sole < EXACT_SUM_MAX:  # values above 1 (see EXACT_SUM_MIN): the pixel-order sum
+                    s_sole = 0.0
+                    for j in range(n):
+                        if owner[j] == c:
+                            s_sole += value[j]
                 tau_row[c] += n_sole  # rows start at 0: 0 + s is s, as in the pixel-order loop
                 m_row[c] += s_sole
     else:
@@ -241,29 +233,23 @@ def _claim_tile(p3, b, i0, i1, threshold, tie_end, active, lab, tau_row, m_row, 
 
 
 @parallel_kernel(cache=True)
-def claims(p3, threshold, tie_end, active, labels, tau_part, m_part):
+def _claims(p3, threshold, exact, tie_end, active, labels, tau_part, m_part, sum_stats):
+    """:func:`claims` on thresholds in the input's dtype; class sums checked if ``sum_stats`` has a row per task."""
+    n_img, n_cls, d = p3.shape
+    n_tiles = (d + TILE - 1) // TILE
+    check = sum_stats.shape[0] > 0
+    for task in prange(n_img * n_tiles):
+        b = task // n_tiles
+        i0 = (task % n_tiles) * TILE
+        _claim_tile(p3, b, i0, min(d, i0 + TILE), threshold, exact, tie_end, active, labels[b], tau_part[task],
+                    m_part[task], sum_stats[task] if check else sum_stats[0:0, 0])
+
+
+def claims(p3, threshold, tie_end, active, labels, tau_part, m_part) -> None:
     """Claim states into ``labels`` (B, d) and per-task partial sums into
     ``tau_part``/``m_part`` (one zeroed row of C per image tile, in task order)."""
-    n_img, n_cls, d = p3.shape
-    n_tiles = (d + TILE - 1) // TILE
-    no_check = np.empty(0)
-    for task in prange(n_img * n_tiles):
-        b = task // n_tiles
-        i0 = (task % n_tiles) * TILE
-        _claim_tile(p3, b, i0, min(d, i0 + TILE), threshold, tie_end, active, labels[b], tau_part[task],
-                    m_part[task], no_check)
-
-
-@parallel_kernel(cache=True)
-def _claims_checked(p3, threshold, tie_end, active, labels, tau_part, m_part, sum_stats):
-    """:func:`claims` that also checks the class sums (one row of ``sum_stats`` per task)."""
-    n_img, n_cls, d = p3.shape
-    n_tiles = (d + TILE - 1) // TILE
-    for task in prange(n_img * n_tiles):
-        b = task // n_tiles
-        i0 = (task % n_tiles) * TILE
-        _claim_tile(p3, b, i0, min(d, i0 + TILE), threshold, tie_end, active, labels[b], tau_part[task],
-                    m_part[task], sum_stats[task])
+    t_in, exact = input_thresholds(threshold, p3.dtype)
+    _claims(p3, t_in, exact, tie_end, active, labels, tau_part, m_part, np.empty((0, 3)))
 
 
 @njit(cache=True, nogil=True)
@@ -341,35 +327,13 @@ def _increments(vals, idx, unclaimed, t, cut, metric, smooth, tau, mu, m, out, b
         best[q] = x if x > best[q] else best[q]
 
 
-class _Scratch(NamedTuple):
-    """Work arrays of :func:`_resolve_tile` (fixed sizes: a few per tile, cheap to allocate)."""
-
-    idx: np.ndarray  # (TILE,) int64: the tile's open pixels
-    unclaimed: np.ndarray  # (OPEN_BLOCK,) bool
-    vals: np.ndarray  # (4, OPEN_BLOCK) input dtype: four classes' probabilities
-    grp: np.ndarray  # (4,) int64: those classes
-    inc: np.ndarray  # (C, OPEN_BLOCK) float64: increments
-    best: np.ndarray  # (OPEN_BLOCK,) float64
-    floor: np.ndarray  # (OPEN_BLOCK,) float64
-    label: np.ndarray  # (OPEN_BLOCK,) int64
-
-
 @njit(cache=True, nogil=True)
-def _scratch(p3):
-    n_cls = p3.shape[1]
-    k = OPEN_BLOCK
-    return _Scratch(np.empty(TILE, dtype=np.int64), np.empty(k, dtype=np.bool_), np.empty((4, k), dtype=p3.dtype),
-                    np.empty(4, dtype=np.int64),
-                    np.empty((n_cls, k)), np.empty(k), np.empty(k), np.empty(k, dtype=np.int64))
-
-
-@njit(cache=True, nogil=True)
-def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, metric, smooth, void, void_index, w):
+def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, metric, smooth, void, void_index):
     """Labels of the open pixels of [i0, i1) of image b, ``out`` = their labels (see :func:`conflicts`)."""
     n_cls = p3.shape[1]
     # The open pixels, gathered into a list (branch-free); under the void
     # policy unclaimed pixels take void_index at once.
-    idx = w.idx
+    idx = np.empty(i1 - i0, dtype=np.int64)
     n = 0
     if void:
         for j in range(i1 - i0):
@@ -385,14 +349,19 @@ def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, me
     any_active = False
     for c in range(n_cls):
         any_active = any_active or active[b, c]
+    # Work arrays for a block of open pixels (fixed sizes: cheap to allocate).
+    k = min(n, OPEN_BLOCK)
+    unclaimed_w, best_w, floor_w = np.empty(k, dtype=np.bool_), np.empty(k), np.empty(k)
+    label_w = np.empty(k, dtype=np.int64)
+    vals = np.empty((4, k), dtype=p3.dtype)  # four classes' probabilities
+    grp = np.empty(4, dtype=np.int64)  # those classes
+    incs = np.empty((n_cls, k))
     # Blocks of open pixels: their increments (C x OPEN_BLOCK) stay in cache.
     for q0 in range(0, n, OPEN_BLOCK):
         k = min(n, q0 + OPEN_BLOCK) - q0
         pos = idx[q0:q0 + k]
-        unclaimed = w.unclaimed[:k]
-        vals = w.vals
-        grp = w.grp
-        best = w.best[:k]
+        unclaimed = unclaimed_w[:k]
+        best = best_w[:k]
         f0, f1 = p3[b, 0, i0:i1], p3[b, min(1, n_cls - 1), i0:i1]
         f2, f3 = p3[b, min(2, n_cls - 1), i0:i1], p3[b, min(3, n_cls - 1), i0:i1]
         for q in range(k):
@@ -436,18 +405,18 @@ def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, me
                 t = threshold[b, cg] if active[b, cg] else np.inf
                 cut = tie_end[b, cg] - i0 if active[b, cg] else -(2**62)
                 _increments(vals[g, :k], pos, unclaimed, t, cut, metric, smooth, tau[cg], mu[cg], m[cg],
-                            w.inc[cg, :k], best)
+                            incs[cg, :k], best)
         # The lowest class within DELTA_TIE_RTOL of the best (as _first_within):
         # classes from the last to the first, each taking the pixels it ties.
-        floor = w.floor[:k]
-        label = w.label[:k]
+        floor = floor_w[:k]
+        label = label_w[:k]
         for q in range(k):
             floor[q] = best[q] - DELTA_TIE_RTOL * abs(best[q])
             label[q] = 0
         for c in range(n_cls - 1, -1, -1):
             if any_active and not active[b, c]:
                 continue
-            inc = w.inc[c, :k]
+            inc = incs[c, :k]
             for q in range(k):
                 label[q] = c if inc[q] >= floor[q] else label[q]
         for q in range(k):
@@ -469,7 +438,7 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
         i0 = (task % n_tiles) * TILE
         i1 = min(d, i0 + TILE)
         _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, labels[b, i0:i1], tau[b], mu[b], m[b],
-                      metric, smooth, void, void_index, _scratch(p3))
+                      metric, smooth, void, void_index)
 
 
 @njit(cache=True, nogil=True)
@@ -490,7 +459,8 @@ def checked_claims(p3, threshold, tie_end, active, labels, tau_part, m_part) -> 
     """
     n_img, _, d = p3.shape
     stats = np.zeros((tau_part.shape[0], 3))
-    _claims_checked(p3, threshold, tie_end, active, labels, tau_part, m_part, stats)
+    t_in, exact = input_thresholds(threshold, p3.dtype)
+    _claims(p3, t_in, exact, tie_end, active, labels, tau_part, m_part, stats)
     return n_img * d, int(stats[:, 0].sum()), float(stats[:, 1].min(initial=np.inf)), float(stats[:, 2].max(initial=-np.inf))
 
 
