@@ -328,12 +328,13 @@ def _increments(vals, idx, unclaimed, t, cut, metric, smooth, tau, mu, m, out, b
 
 
 @njit(cache=True, nogil=True)
-def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, metric, smooth, void, void_index):
-    """Labels of the open pixels of [i0, i1) of image b, ``out`` = their labels (see :func:`conflicts`)."""
+def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, metric, smooth, void, void_index,
+                  idx, unclaimed_w, best_w, floor_w, label_w, vals, grp, incs):
+    """Labels of the open pixels of [i0, i1) of image b, ``out`` = their labels (see :func:`conflicts`);
+    the work arrays come from :func:`conflicts`."""
     n_cls = p3.shape[1]
     # The open pixels, gathered into a list (branch-free); under the void
     # policy unclaimed pixels take void_index at once.
-    idx = np.empty(i1 - i0, dtype=np.int64)
     n = 0
     if void:
         for j in range(i1 - i0):
@@ -349,13 +350,6 @@ def _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, out, tau, mu, m, me
     any_active = False
     for c in range(n_cls):
         any_active = any_active or active[b, c]
-    # Work arrays for a block of open pixels (fixed sizes: cheap to allocate).
-    k = min(n, OPEN_BLOCK)
-    unclaimed_w, best_w, floor_w = np.empty(k, dtype=np.bool_), np.empty(k), np.empty(k)
-    label_w = np.empty(k, dtype=np.int64)
-    vals = np.empty((4, k), dtype=p3.dtype)  # four classes' probabilities
-    grp = np.empty(4, dtype=np.int64)  # those classes
-    incs = np.empty((n_cls, k))
     # Blocks of open pixels: their increments (C x OPEN_BLOCK) stay in cache.
     for q0 in range(0, n, OPEN_BLOCK):
         k = min(n, q0 + OPEN_BLOCK) - q0
@@ -437,8 +431,13 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
         b = task // n_tiles
         i0 = (task % n_tiles) * TILE
         i1 = min(d, i0 + TILE)
+        # Work arrays of fixed sizes, allocated here and passed in (allocated in
+        # _resolve_tile, sized by the open pixels: measured 13 -> 17 ms).
+        k = OPEN_BLOCK
         _resolve_tile(p3, b, i0, i1, threshold, tie_end, active, labels[b, i0:i1], tau[b], mu[b], m[b],
-                      metric, smooth, void, void_index)
+                      metric, smooth, void, void_index, np.empty(TILE, dtype=np.int64), np.empty(k, dtype=np.bool_),
+                      np.empty(k), np.empty(k), np.empty(k, dtype=np.int64), np.empty((4, k), dtype=p3.dtype),
+                      np.empty(4, dtype=np.int64), np.empty((n_cls, k)))
 
 
 @njit(cache=True, nogil=True)
