@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numba
@@ -251,3 +252,18 @@ def test_small_inputs_run_the_serial_kernels(monkeypatch):
     if numba.get_num_threads() > 1:
         rankseg(probs)
         assert ran == []
+
+
+def test_half_to_single_every_pattern():
+    """The CPU's float16 decoder equals NumPy's cast on all 65,536 bit patterns (NaN payloads too)."""
+    from rankseg_np.cpu._kernels import half_to_single
+    from rankseg_np.cpu._threads import serial_here
+
+    every = np.arange(1 << 16, dtype=np.uint16)
+    bits = np.concatenate([every, every[::-1], every[:1000]])  # three parallel blocks, one partial
+    expected = bits.view(np.float16).astype(np.float32)
+    for serial in (False, True):
+        out = np.full(bits.size, np.nan, dtype=np.float32)
+        with serial_here() if serial else contextlib.nullcontext():
+            half_to_single(bits, out)
+        np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
