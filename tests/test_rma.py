@@ -246,7 +246,7 @@ def test_small_inputs_run_the_serial_kernels(monkeypatch):
     ran = []
     monkeypatch.setattr(_threads.ParallelKernel, "serial", property(lambda self: ran.append(self) or self.parallel))
     rankseg(probs)
-    assert rma._rma_rows in ran
+    assert rma._dice_rows in ran
     ran.clear()
     monkeypatch.setattr(cpu, "SERIAL_BELOW", 0)
     if numba.get_num_threads() > 1:

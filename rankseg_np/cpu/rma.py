@@ -25,7 +25,6 @@ from numba import njit, prange
 from .._decision import RowDecision
 from .._validate import Config
 from ._kernels import decide_rows, scan, sort_desc_stable, sum_above
-from .._solvers import DICE, IOU
 from ._threads import parallel_kernel
 
 # Dinkelbach's lam increases strictly at every step and there are finitely
@@ -164,45 +163,53 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
     return band[best_k - 1], row.size  # {p > v} and every p == v
 
 
-# Two kernels, so that the common case (Dice with smooth = 0, or IoU) never
-# compiles the band search of Dice with smooth > 0 (a first call in a fresh
-# environment pays for every line a kernel could run).
+# One kernel per objective, so that a first call in a fresh environment
+# compiles only the iteration it runs (it pays for every line a kernel could
+# run: the Dice-smooth band search, for instance, is never compiled for Dice
+# with smooth = 0).
+@njit(cache=True, nogil=True)
+def _open_row(row, r, pruning_prob, threshold, tie_end, active, mu, bad):
+    """The first read of row r: its outputs for an inactive row, and (active, sum, sum and count above 1/2)."""
+    total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
+    mu[r] = total
+    bad[r] = is_bad
+    threshold[r] = np.inf
+    tie_end[r] = 0
+    active[r] = (not is_bad) and any_above
+    return active[r], total, s_half, n_half
+
+
 @parallel_kernel(cache=True)
-def _rma_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
-    """Dice with smooth = 0 and IoU: Dinkelbach from the mask {p > 1/2}."""
+def _dice_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+    """Dice with smooth = 0: Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
-        row = p2[r]
-        total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
-        mu[r] = total
-        bad[r] = is_bad
-        threshold[r] = np.inf
-        tie_end[r] = 0
-        active[r] = (not is_bad) and any_above
-        if not active[r]:
-            continue
-        if metric == IOU:
-            _, threshold[r] = dinkelbach_iou(row, smooth, total, s_half, n_half, 0.5)
-        else:
-            _, threshold[r] = dinkelbach_dice(row, 0.0, total + 1.0, s_half, n_half, 0.5)
+        go, total, s_half, n_half = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
+        if go:
+            _, threshold[r] = dinkelbach_dice(p2[r], 0.0, total + 1.0, s_half, n_half, 0.5)
 
 
 @parallel_kernel(cache=True)
-def _rma_smooth_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+def _iou_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+    """IoU (any smooth): Dinkelbach from the mask {p > 1/2}."""
+    for r in prange(p2.shape[0]):
+        go, total, s_half, n_half = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
+        if go:
+            _, threshold[r] = dinkelbach_iou(p2[r], smooth, total, s_half, n_half, 0.5)
+
+
+@parallel_kernel(cache=True)
+def _dice_smooth_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
     """Dice with smooth > 0: the band search of :func:`_dice_smooth_row`."""
     for r in prange(p2.shape[0]):
-        row = p2[r]
-        total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
-        mu[r] = total
-        bad[r] = is_bad
-        threshold[r] = np.inf
-        tie_end[r] = 0
-        active[r] = (not is_bad) and any_above
-        if active[r]:
-            threshold[r], tie_end[r] = _dice_smooth_row(row, total, smooth, s_half, n_half)
+        go, total, s_half, n_half = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
+        if go:
+            threshold[r], tie_end[r] = _dice_smooth_row(p2[r], total, smooth, s_half, n_half)
 
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     """RMA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
-    metric = IOU if cfg.metric == "iou" else DICE
-    kernel = _rma_smooth_rows if metric == DICE and cfg.smooth > 0.0 else _rma_rows
-    return decide_rows(kernel, p3, metric, cfg.smooth, cfg.pruning_prob)
+    if cfg.metric == "iou":
+        kernel = _iou_rows
+    else:
+        kernel = _dice_smooth_rows if cfg.smooth > 0.0 else _dice_rows
+    return decide_rows(kernel, p3, cfg.smooth, cfg.pruning_prob)
