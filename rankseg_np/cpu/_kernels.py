@@ -8,7 +8,10 @@ so results do not depend on the number of threads.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from .._decision import RowDecision
 from .._validate import raise_bad_values
@@ -48,27 +51,83 @@ def first_pass(row):
 REASSOC = {"reassoc"}
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def scan(row, pruning_prob):
-    """One vectorised read of a row for the solvers.
+# Values per chunk of the first read of a row: the chunk is summed, then its
+# entries above the cut are packed, while it is still in the L1 cache (4-8 KiB).
+CHUNK = 1024
 
-    Returns (sum, whether max > pruning_prob, any value NaN/inf/outside [0, 1],
-    sum and count above 1/2).  ``max > pruning_prob`` is tested as a count,
-    which vectorises where a NaN-aware running maximum does not.
+
+@njit(cache=True, nogil=True)
+def open_row(row, low):
+    """The first (and for RMA, only full) read of a row.
+
+    Returns ``(sum, maximum, bad, rest)``: the float64 sum, the largest entry,
+    whether any entry is NaN, infinite or outside [0, 1], and the entries
+    strictly above ``low`` in their order (see :func:`entries_above`).  The
+    sum is accumulated chunk by chunk (:data:`CHUNK`), a fixed order that
+    does not depend on the thread count.
+
+    The maximum and the validity test come from the largest bit pattern read
+    as an unsigned integer: for non-negative floats that order is the order
+    of values, and a negative sign, NaN or infinity all give a pattern above
+    that of 1.0.  Only then is the row read again value by value (which also
+    accepts -0.0, whose pattern is the sign bit alone).
     """
+    bits = _bits_view(row)
+    cut = _round_down(low, row)
+    lanes = 64 // row.itemsize
+    out = np.empty(min(row.size, row.size // 16 + lanes), dtype=row.dtype)
     total = 0.0
-    n_bad = 0
-    n_above = 0
-    s_half = 0.0
-    n_half = 0
-    for i in range(row.size):
-        v = row[i]
-        n_bad += not (v >= 0.0 and v <= 1.0)  # NaN fails both comparisons
-        total += v
-        n_above += v > pruning_prob
-        s_half += v if v > 0.5 else 0.0
-        n_half += v > 0.5
-    return total, n_above > 0, n_bad > 0, s_half, n_half
+    top = bits.dtype.type(0)
+    k = 0
+    for c0 in range(0, row.size, CHUNK):
+        c1 = min(row.size, c0 + CHUNK)
+        part, part_top = _sum_and_top(row[c0:c1], bits[c0:c1])
+        total += part
+        top = max(top, part_top)
+        if out.size - k < c1 - c0:  # room for the whole chunk, so _pack never stops inside it
+            more = np.empty(min(row.size, max(2 * out.size, k + c1 - c0)), dtype=row.dtype)
+            more[:k] = out[:k]
+            out = more
+        _, k = _pack(row[:c1], c0, out, k, cut)
+    one = _bits_view(np.ones(1, dtype=row.dtype))[0]
+    if top <= one:
+        return total, np.float64(_from_bits(top, row)), False, out[:k]
+    _, peak, bad, _, _ = first_pass(row)
+    return total, peak, bad, out[:k]
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _sum_and_top(chunk, bits):
+    """Sum (float64) and largest bit pattern of a chunk: both reductions vectorise."""
+    total = 0.0
+    top = bits.dtype.type(0)
+    for i in range(chunk.size):
+        total += chunk[i]
+        top = max(top, bits[i])
+    return total, top
+
+
+def _bits_view(row):
+    """``row`` viewed as unsigned integers of its width (uint32 for float32, uint64 for float64)."""
+    raise NotImplementedError  # compiled only, see the overload below
+
+
+@overload(_bits_view)
+def _bits_view_impl(row):
+    unsigned = np.uint32 if row.dtype.bitwidth == 32 else np.uint64
+
+    def impl(row):
+        return row.view(unsigned)
+
+    return impl
+
+
+@njit(cache=True, nogil=True)
+def _from_bits(pattern, row):
+    """The value of ``row``'s dtype whose bit pattern is ``pattern``."""
+    box = np.empty(1, dtype=row.dtype)
+    _bits_view(box)[0] = pattern
+    return box[0]
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -81,6 +140,101 @@ def sum_above(row, t):
         s += v if v > t else 0.0
         n += v > t
     return s, n
+
+
+@njit(cache=True, nogil=True)
+def entries_above(row, t):
+    """The entries of ``row`` strictly above ``t`` (a float64), in their order, as a new array.
+
+    One read of the row, in 64-byte blocks: each block's entries above ``t``
+    are packed with one vector compress-store (AVX-512's ``vcompressps`` /
+    ``vcompresspd``; on CPUs without it LLVM emits scalar code, still correct),
+    where a branch per entry would cost several times more.
+    """
+    cut = _round_down(t, row)  # for an entry v of the row's dtype: v > t  <=>  v > cut
+    lanes = 64 // row.itemsize
+    # Room for a sixteenth of the row, doubled when full: a row-sized buffer
+    # would cost a fresh mapping (and its page faults) for every long row,
+    # while the entries above a first threshold are usually a few per cent.
+    out = np.empty(min(row.size, row.size // 16 + lanes), dtype=row.dtype)
+    i, k = _pack(row, 0, out, 0, cut)
+    while i < row.size:
+        more = np.empty(min(row.size, 2 * out.size), dtype=row.dtype)
+        more[:k] = out[:k]
+        out = more
+        i, k = _pack(row, i, out, k, cut)
+    return out[:k]
+
+
+@njit(cache=True, nogil=True)
+def _pack(row, i, out, k, cut):
+    """Pack the entries above ``cut`` of ``row[i:]`` at ``out[k:]`` while ``out`` has room for a block.
+
+    Returns where it stopped: (next entry of ``row``, next free slot of ``out``).
+    """
+    lanes = 64 // row.itemsize
+    whole = row.size // lanes * lanes
+    while i < whole and k + lanes <= out.size:
+        k += _compress_above(row, i, out, k, cut)
+        i += lanes
+    if i < whole:
+        return i, k
+    while i < row.size and k < out.size:  # the last partial block, entry by entry
+        if row[i] > cut:
+            out[k] = row[i]
+            k += 1
+        i += 1
+    return i, k
+
+
+@njit(cache=True, nogil=True)
+def _round_down(t, row):
+    """The largest value of ``row``'s dtype that is <= ``t``."""
+    cut = row.dtype.type(t)
+    if np.float64(cut) > t:
+        cut = np.nextafter(cut, row.dtype.type(-np.inf))
+    return cut
+
+
+@intrinsic
+def _compress_above(typingctx, src, i, dst, k, cut):
+    """``dst[k:]`` <- the entries of the 64-byte block ``src[i:]`` above ``cut``, in order; returns their count.
+
+    ``llvm.masked.compressstore`` writes only the selected lanes, so ``dst``
+    needs room for the count returned, not for a whole block.
+    """
+    if not (
+        isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == dst.ndim == 1
+        and src.layout == dst.layout == "C" and src.dtype == dst.dtype and src.dtype in (types.float32, types.float64)
+    ):
+        return None
+    value = src.dtype
+
+    def codegen(context, builder, sig, args):
+        src_arr, start, dst_arr, at, bound = args
+        lanes = 64 // (value.bitwidth // 8)
+        scalar = context.get_value_type(value)
+        vec = ir.VectorType(scalar, lanes)
+        mask_ty = ir.VectorType(ir.IntType(1), lanes)
+        src_ptr = builder.gep(context.make_array(sig.args[0])(context, builder, src_arr).data, [start])
+        dst_ptr = builder.gep(context.make_array(sig.args[2])(context, builder, dst_arr).data, [at])
+        block = builder.load(builder.bitcast(src_ptr, vec.as_pointer()), align=value.bitwidth // 8)
+        splat = ir.Constant(vec, ir.Undefined)
+        for lane in range(lanes):
+            splat = builder.insert_element(splat, bound, ir.Constant(ir.IntType(32), lane))
+        mask = builder.fcmp_ordered(">", block, splat)  # NaN is never above
+        store = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [vec, scalar.as_pointer(), mask_ty]),
+            f"llvm.masked.compressstore.v{lanes}f{value.bitwidth}",
+        )
+        builder.call(store, [block, dst_ptr, mask])
+        popcount = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}"
+        )
+        return builder.zext(builder.call(popcount, [builder.bitcast(mask, ir.IntType(lanes))]), ir.IntType(64))
+
+    return types.int64(src, types.int64, dst, types.int64, value), codegen
 
 
 @njit(cache=True, nogil=True)

@@ -8,7 +8,12 @@ objective is one ratio of affine functions of the mask indicator ``x``:
 and Dinkelbach's iteration solves it exactly: with ``lam = pi(x)``, the mask
 maximising ``(a - lam*b).x`` is a threshold on ``p`` (Dice: ``p > lam/2``; IoU:
 ``p > lam/(1+lam)``); ``lam`` rises strictly until the optimum, where it stops.
-Each step is one read of the row (a masked sum and a count).  The answer is the
+Because ``lam`` only rises, so does the threshold: entries at or below the
+first threshold never count again.  The first step therefore packs the entries
+above it into a short array (:func:`~rankseg_np.cpu._kernels.entries_above`,
+one vectorised read of the row), and every later step reads only that array
+(a masked sum and a count): on a softmax map a few per cent of the row, so the
+whole iteration costs about one read of the row.  The answer is the
 *smallest* optimal mask ``{p > lam*/2}`` (ties at the cut stay out), which is
 also the smallest optimal top-tau set: the same choice as an ``argmax`` over
 sorted volumes that takes the first maximum.
@@ -24,7 +29,7 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._validate import Config
-from ._kernels import decide_rows, scan, sort_desc_stable, sum_above
+from ._kernels import decide_rows, entries_above, open_row, sort_desc_stable, sum_above
 from ._threads import parallel_kernel
 
 # Dinkelbach's lam increases strictly at every step and there are finitely
@@ -41,6 +46,25 @@ BAND_SLACK = 1e-9
 # every backend (whole rows, Dask chunks, GPU) makes the same choice.  A pixel
 # within 1e-12 of the cut changes the objective by less than 1e-12 relative.
 TIE_SLACK = 1e-12
+# The first read of a row (cpu._kernels.open_row) also packs its entries above
+# LOW.  Dinkelbach needs nothing else when its first threshold is at least LOW:
+# for Dice (threshold lam/2) when the mask {p > 1/2} scores lam >= 1/2, for
+# IoU (threshold lam/(1+lam)) when it scores lam >= 1/3: any model whose
+# 1/2-mask is roughly right.  Other rows are packed again at their own first
+# threshold (one more read).  A lower LOW packs more entries of every row.
+LOW = 0.25
+
+
+@njit(cache=True, nogil=True)
+def dice_start(alpha, beta, s0, n0):
+    """The value (2 S + alpha) / (beta + n) of the starting mask: Dinkelbach's first lam."""
+    return (2.0 * s0 + alpha) / (beta + n0)
+
+
+@njit(cache=True, nogil=True)
+def iou_start(smooth, mu, s0, n0):
+    """The value (S + g) / (mu + g + n - S) of the starting mask: Dinkelbach's first lam."""
+    return (s0 + smooth) / (mu + smooth + n0 - s0)
 
 
 @njit(cache=True, nogil=True)
@@ -49,11 +73,12 @@ def dinkelbach_dice(row, alpha, beta, s0, n0, t0):
 
     Returns (lam*, t*) with the optimum attained by the smallest mask {p > t*}.
     """
-    lam = (2.0 * s0 + alpha) / (beta + n0)
+    lam = dice_start(alpha, beta, s0, n0)
     t_best = t0
+    rest = entries_above(row, 0.5 * lam)  # the thresholds only rise: nothing else ever counts
     for _ in range(MAX_STEPS):
         t = 0.5 * lam
-        s, n = sum_above(row, t)
+        s, n = sum_above(rest, t)
         new = (2.0 * s + alpha) / (beta + n)
         if new > lam:
             lam = new
@@ -68,11 +93,12 @@ def dinkelbach_dice(row, alpha, beta, s0, n0, t0):
 @njit(cache=True, nogil=True)
 def dinkelbach_iou(row, smooth, mu, s0, n0, t0):
     """Maximise (S + g) / (mu + g + n - S): keep p > lam/(1+lam) (Dinkelbach)."""
-    lam = (s0 + smooth) / (mu + smooth + n0 - s0)
+    lam = iou_start(smooth, mu, s0, n0)
     t_best = t0
+    rest = entries_above(row, lam / (1.0 + lam))  # the thresholds only rise: nothing else ever counts
     for _ in range(MAX_STEPS):
         t = lam / (1.0 + lam)
-        s, n = sum_above(row, t)
+        s, n = sum_above(rest, t)
         new = (s + smooth) / (mu + smooth + n - s)
         if new > lam:
             lam = new
@@ -90,7 +116,7 @@ def dice_smooth_value(s, tau, a, smooth):
 
 
 @njit(cache=True, nogil=True)
-def _dice_smooth_row(row, mu, smooth, s0, n0):
+def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
     """RMA Dice with smooth g > 0: f(tau) = 2 S_tau/(A+tau+1) + g/(A+tau), A = mu + g.
 
     Proof of the band (q sorted descending, S_tau the top-tau sum):
@@ -119,19 +145,26 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
     is sorted, f is evaluated in float64 at every tie-group end in
     [tau_L, tau_U], and the first maximum wins.  Returns (threshold, tie_end)
     with whole tie groups only: the mask is ``{p > hi}`` or ``{p >= v}``.
+    ``packed`` holds the row's entries above ``LOW``, in order.
     """
     a = mu + smooth
-    lam1, _ = dinkelbach_dice(row, 0.0, a + 1.0, s0, n0, 0.5)
+    # Both iterations start from the mask {p > 1/2}, the gc one at the higher
+    # value, and only rise; the band starts above lam1/2 >= their lowest first
+    # threshold, t1.  So every entry that matters is in `rest`, packed once
+    # (below t1 with a margin for the band's widening).
+    low = 0.5 * dice_start(0.0, a + 1.0, s0, n0) * (1.0 - 2.0 * BAND_SLACK)
+    rest = entries_above(packed if low >= LOW else row, low)
+    lam1, _ = dinkelbach_dice(rest, 0.0, a + 1.0, s0, n0, 0.5)
     c = 0.5 * smooth * (1.0 + 2.0 / a)
-    lamc, _ = dinkelbach_dice(row, 2.0 * c, a + 1.0, s0, n0, 0.5)
+    lamc, _ = dinkelbach_dice(rest, 2.0 * c, a + 1.0, s0, n0, 0.5)
     lo = 0.5 * lam1 * (1.0 - BAND_SLACK)
     hi = 0.5 * lamc * (1.0 + BAND_SLACK)
 
     s_top = 0.0
     n_top = 0
     n_band = 0
-    for i in range(row.size):
-        v = row[i]
+    for i in range(rest.size):
+        v = rest[i]
         if v > hi:
             s_top += v
             n_top += 1
@@ -139,8 +172,8 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
             n_band += 1
     band = np.empty(n_band)
     j = 0
-    for i in range(row.size):
-        v = row[i]
+    for i in range(rest.size):
+        v = rest[i]
         if v >= lo and v <= hi:
             band[j] = v
             j += 1
@@ -169,41 +202,47 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
 # with smooth = 0).
 @njit(cache=True, nogil=True)
 def _open_row(row, r, pruning_prob, threshold, tie_end, active, mu, bad):
-    """The first read of row r: its outputs for an inactive row, and (active, sum, sum and count above 1/2)."""
-    total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
+    """The one full read of row r (:func:`~rankseg_np.cpu._kernels.open_row`) and its
+    outputs for an inactive row.  Returns (active, sum, sum and count above 1/2, entries above LOW)."""
+    total, peak, is_bad, packed = open_row(row, LOW)
     mu[r] = total
     bad[r] = is_bad
     threshold[r] = np.inf
     tie_end[r] = 0
-    active[r] = (not is_bad) and any_above
-    return active[r], total, s_half, n_half
+    active[r] = (not is_bad) and peak > pruning_prob
+    s_half, n_half = sum_above(packed, 0.5)  # every entry above 1/2 > LOW is packed
+    return active[r], total, s_half, n_half, packed
 
 
 @parallel_kernel(cache=True)
 def _dice_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
     """Dice with smooth = 0: Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
-        go, total, s_half, n_half = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
+        go, total, s_half, n_half, packed = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
         if go:
-            _, threshold[r] = dinkelbach_dice(p2[r], 0.0, total + 1.0, s_half, n_half, 0.5)
+            first = 0.5 * dice_start(0.0, total + 1.0, s_half, n_half)
+            source = packed if first >= LOW else p2[r]
+            _, threshold[r] = dinkelbach_dice(source, 0.0, total + 1.0, s_half, n_half, 0.5)
 
 
 @parallel_kernel(cache=True)
 def _iou_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
     """IoU (any smooth): Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
-        go, total, s_half, n_half = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
+        go, total, s_half, n_half, packed = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
         if go:
-            _, threshold[r] = dinkelbach_iou(p2[r], smooth, total, s_half, n_half, 0.5)
+            lam = iou_start(smooth, total, s_half, n_half)
+            source = packed if lam / (1.0 + lam) >= LOW else p2[r]
+            _, threshold[r] = dinkelbach_iou(source, smooth, total, s_half, n_half, 0.5)
 
 
 @parallel_kernel(cache=True)
 def _dice_smooth_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
     """Dice with smooth > 0: the band search of :func:`_dice_smooth_row`."""
     for r in prange(p2.shape[0]):
-        go, total, s_half, n_half = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
+        go, total, s_half, n_half, packed = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
         if go:
-            threshold[r], tie_end[r] = _dice_smooth_row(p2[r], total, smooth, s_half, n_half)
+            threshold[r], tie_end[r] = _dice_smooth_row(p2[r], packed, total, smooth, s_half, n_half)
 
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
