@@ -267,3 +267,72 @@ def test_half_to_single_every_pattern():
         with serial_here() if serial else contextlib.nullcontext():
             half_to_single(bits, out)
         np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 300),
+    st.integers(0, 2**32 - 1),
+    st.floats(-0.1, 1.1),
+    st.booleans(),
+)
+def test_entries_above_is_the_selection(dtype, n, seed, t, ties):
+    """entries_above (vector compress-stores, a growing buffer) == NumPy's boolean selection, in order."""
+    from rankseg_np.cpu._kernels import entries_above
+
+    rng = np.random.default_rng(seed)
+    row = rng.random(n).astype(dtype)
+    if ties and n:
+        row[rng.integers(0, n, n // 2)] = dtype(t) if 0 <= t <= 1 else dtype(0.5)  # entries at the cut
+    got = entries_above(row, t)
+    assert got.dtype == row.dtype
+    np.testing.assert_array_equal(got, row[row.astype(np.float64) > t])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bit_test_of_values(dtype):
+    """sum_and_top's pattern test: in [0, 1] exactly when the top pattern is at most 1.0's (but -0.0)."""
+    from rankseg_np.cpu._kernels import as_bits, bit_pattern, sum_and_top
+
+    one = bit_pattern(1.0, np.dtype(dtype))
+    base = np.array([0.0, 0.25, 1.0, 0.5], dtype=dtype)
+    total, top = sum_and_top(base, as_bits(base))
+    assert total == 1.75 and top == one
+    for bad in (-1e-30, -0.5, 1.0000001, np.inf, -np.inf, np.nan):
+        row = base.copy()
+        row[1] = bad
+        assert sum_and_top(row, as_bits(row))[1] > one, bad
+    for pp in (0.0, 0.1, 0.25, 0.3, 0.5, 0.999):  # max > pp exactly when the top pattern is above pp's
+        assert (sum_and_top(base[:2], as_bits(base[:2]))[1] > bit_pattern(pp, np.dtype(dtype))) == (0.25 > pp)
+
+
+@pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])
+def test_negative_zero_is_a_valid_zero(output_mode):
+    probs = make_probs((2, 3, 7, 9), np.float32, "softmax", 3)
+    signed = probs.copy()
+    signed[0, 1, :2] = -0.0
+    plain = signed + np.float32(0.0)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(rankseg(signed, output_mode=output_mode), rankseg(plain, output_mode=output_mode))
+
+
+@pytest.mark.parametrize("metric", ["dice", "iou"])
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+def test_rows_below_and_above_the_packing_level(metric, smooth):
+    """Rows whose first Dinkelbach threshold is below rma.LOW (read again) or above it (packed entries only)."""
+    from rankseg_np.cpu import rma
+
+    rng = np.random.default_rng(7)
+    flat = np.full((1, 1, 500), 0.2)  # mask {p > 1/2} empty: first threshold 0
+    weak = rng.random((1, 1, 500)) * 0.6  # a poor 1/2-mask
+    sharp = np.where(rng.random((1, 1, 500)) < 0.2, 0.95, 0.02) + rng.random((1, 1, 500)) * 0.01
+    probs = np.concatenate([flat, weak, sharp], axis=1)
+    ours = rankseg(probs, metric=metric, smooth=smooth, output_mode="multilabel")
+    assert_masks_optimal_like_reference(probs, ours, {"metric": metric, "smooth": smooth, "output_mode": "multilabel"})
+    firsts = []
+    for row in probs[0]:
+        s, n = row[row > 0.5].sum(), (row > 0.5).sum()
+        lam = rma.dice_start(0.0, row.sum() + 1.0, s, n) if metric == "dice" else rma.iou_start(smooth, row.sum(), s, n)
+        firsts.append(lam / 2 if metric == "dice" else lam / (1 + lam))
+    assert min(firsts) < rma.LOW < max(firsts)  # both paths ran

@@ -11,7 +11,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from .._decision import RowDecision
 from .._validate import raise_bad_values
@@ -51,83 +51,47 @@ def first_pass(row):
 REASSOC = {"reassoc"}
 
 
-# Values per chunk of the first read of a row: the chunk is summed, then its
-# entries above the cut are packed, while it is still in the L1 cache (4-8 KiB).
-CHUNK = 1024
-
-
-@njit(cache=True, nogil=True)
-def open_row(row, low):
-    """The first (and for RMA, only full) read of a row.
-
-    Returns ``(sum, maximum, bad, rest)``: the float64 sum, the largest entry,
-    whether any entry is NaN, infinite or outside [0, 1], and the entries
-    strictly above ``low`` in their order (see :func:`entries_above`).  The
-    sum is accumulated chunk by chunk (:data:`CHUNK`), a fixed order that
-    does not depend on the thread count.
-
-    The maximum and the validity test come from the largest bit pattern read
-    as an unsigned integer: for non-negative floats that order is the order
-    of values, and a negative sign, NaN or infinity all give a pattern above
-    that of 1.0.  Only then is the row read again value by value (which also
-    accepts -0.0, whose pattern is the sign bit alone).
-    """
-    bits = _bits_view(row)
-    cut = _round_down(low, row)
-    lanes = 64 // row.itemsize
-    out = np.empty(min(row.size, row.size // 16 + lanes), dtype=row.dtype)
-    total = 0.0
-    top = bits.dtype.type(0)
-    k = 0
-    for c0 in range(0, row.size, CHUNK):
-        c1 = min(row.size, c0 + CHUNK)
-        part, part_top = _sum_and_top(row[c0:c1], bits[c0:c1])
-        total += part
-        top = max(top, part_top)
-        if out.size - k < c1 - c0:  # room for the whole chunk, so _pack never stops inside it
-            more = np.empty(min(row.size, max(2 * out.size, k + c1 - c0)), dtype=row.dtype)
-            more[:k] = out[:k]
-            out = more
-        _, k = _pack(row[:c1], c0, out, k, cut)
-    one = _bits_view(np.ones(1, dtype=row.dtype))[0]
-    if top <= one:
-        return total, np.float64(_from_bits(top, row)), False, out[:k]
-    _, peak, bad, _, _ = first_pass(row)
-    return total, peak, bad, out[:k]
-
-
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def _sum_and_top(chunk, bits):
-    """Sum (float64) and largest bit pattern of a chunk: both reductions vectorise."""
+def sum_and_top(row, bits):
+    """One vectorised read of a row: its float64 sum and its largest bit pattern.
+
+    ``bits`` is ``row`` viewed as unsigned integers of the same width (see
+    :func:`bit_pattern`).  For non-negative floats the order of bit patterns
+    is the order of values, and a negative sign, NaN or infinity all give a
+    pattern above that of 1.0: so the row holds only values in [0, 1] when
+    the top pattern is at most ``bit_pattern(1.0)`` (the converse fails only
+    for -0.0, whose pattern is the sign bit alone), and its maximum exceeds
+    ``t`` exactly when the top pattern exceeds ``bit_pattern(t)``.  Unlike a
+    float maximum, the integer one vectorises.
+    """
     total = 0.0
     top = bits.dtype.type(0)
-    for i in range(chunk.size):
-        total += chunk[i]
+    for i in range(row.size):
+        total += row[i]
         top = max(top, bits[i])
     return total, top
 
 
-def _bits_view(row):
-    """``row`` viewed as unsigned integers of its width (uint32 for float32, uint64 for float64)."""
-    raise NotImplementedError  # compiled only, see the overload below
+def bit_pattern(t: float, dtype: np.dtype) -> int:
+    """The bit pattern of the largest value of ``dtype`` at most ``t``, as an unsigned integer.
+
+    For an entry ``v >= 0`` of that dtype: ``v > t`` exactly when its pattern is above this one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> hex(bit_pattern(1.0, np.dtype(np.float32)))
+    '0x3f800000'
+    """
+    value = np.asarray(t, dtype=dtype)
+    if float(value) > t:
+        value = np.nextafter(value, dtype.type(-np.inf))
+    return int(value.view(np.uint32 if dtype.itemsize == 4 else np.uint64))
 
 
-@overload(_bits_view)
-def _bits_view_impl(row):
-    unsigned = np.uint32 if row.dtype.bitwidth == 32 else np.uint64
-
-    def impl(row):
-        return row.view(unsigned)
-
-    return impl
-
-
-@njit(cache=True, nogil=True)
-def _from_bits(pattern, row):
-    """The value of ``row``'s dtype whose bit pattern is ``pattern``."""
-    box = np.empty(1, dtype=row.dtype)
-    _bits_view(box)[0] = pattern
-    return box[0]
+def as_bits(a: np.ndarray) -> np.ndarray:
+    """A float32/float64 array viewed as unsigned integers of the same width (no copy)."""
+    return a.view(np.uint32 if a.dtype.itemsize == 4 else np.uint64)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -157,13 +121,25 @@ def entries_above(row, t):
     # would cost a fresh mapping (and its page faults) for every long row,
     # while the entries above a first threshold are usually a few per cent.
     out = np.empty(min(row.size, row.size // 16 + lanes), dtype=row.dtype)
-    i, k = _pack(row, 0, out, 0, cut)
-    while i < row.size:
-        more = np.empty(min(row.size, 2 * out.size), dtype=row.dtype)
-        more[:k] = out[:k]
-        out = more
+    i = k = row.size - row.size  # 0, typed like the sizes (a literal 0 would compile _pack once more)
+    while True:
         i, k = _pack(row, i, out, k, cut)
-    return out[:k]
+        if i == row.size:
+            return out[:k]
+        out = _grown(out, k, 2 * out.size, row.size)
+
+
+@njit(cache=True, nogil=True)
+def _grown(out, k, size, most):
+    """A larger buffer (``min(size, most)`` entries) holding ``out[:k]``.
+
+    Copied by a loop: a slice assignment would compile NumPy's broadcasting
+    error messages, seconds of a first call's compilation.
+    """
+    more = np.empty(min(size, most), dtype=out.dtype)
+    for i in range(k):
+        more[i] = out[i]
+    return more
 
 
 @njit(cache=True, nogil=True)

@@ -29,7 +29,9 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._validate import Config
-from ._kernels import decide_rows, entries_above, open_row, sort_desc_stable, sum_above
+from ._kernels import (
+    as_bits, bit_pattern, decide_rows, entries_above, sort_desc_stable, sum_above, sum_and_top,
+)
 from ._threads import parallel_kernel
 
 # Dinkelbach's lam increases strictly at every step and there are finitely
@@ -201,24 +203,29 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
 # run: the Dice-smooth band search, for instance, is never compiled for Dice
 # with smooth = 0).
 @njit(cache=True, nogil=True)
-def _open_row(row, r, pruning_prob, threshold, tie_end, active, mu, bad):
-    """The one full read of row r (:func:`~rankseg_np.cpu._kernels.open_row`) and its
-    outputs for an inactive row.  Returns (active, sum, sum and count above 1/2, entries above LOW)."""
-    total, peak, is_bad, packed = open_row(row, LOW)
+def _open_row(row, bits, r, one, prune, threshold, tie_end, active, mu, bad):
+    """The first read of row r (:func:`~rankseg_np.cpu._kernels.sum_and_top`) and its outputs for an
+    inactive row.  Returns (active, sum, sum and count above 1/2, the entries above LOW in order)."""
+    total, top = sum_and_top(row, bits)
     mu[r] = total
-    bad[r] = is_bad
+    bad[r] = top > one  # a negative sign, NaN, inf or a value above 1; or -0.0 (see decide)
     threshold[r] = np.inf
     tie_end[r] = 0
-    active[r] = (not is_bad) and peak > pruning_prob
+    active[r] = top > prune and not bad[r]
+    if not active[r]:
+        return False, total, 0.0, 0, row[:0]
+    packed = entries_above(row, LOW)
     s_half, n_half = sum_above(packed, 0.5)  # every entry above 1/2 > LOW is packed
-    return active[r], total, s_half, n_half, packed
+    return True, total, s_half, n_half, packed
 
 
 @parallel_kernel(cache=True)
-def _dice_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+def _dice_rows(p2, bits, one, prune, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
     """Dice with smooth = 0: Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
-        go, total, s_half, n_half, packed = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
+        go, total, s_half, n_half, packed = _open_row(
+            p2[r], bits[r], r, one, prune, threshold, tie_end, active, mu, bad
+        )
         if go:
             first = 0.5 * dice_start(0.0, total + 1.0, s_half, n_half)
             source = packed if first >= LOW else p2[r]
@@ -226,10 +233,12 @@ def _dice_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
 
 
 @parallel_kernel(cache=True)
-def _iou_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+def _iou_rows(p2, bits, one, prune, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
     """IoU (any smooth): Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
-        go, total, s_half, n_half, packed = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
+        go, total, s_half, n_half, packed = _open_row(
+            p2[r], bits[r], r, one, prune, threshold, tie_end, active, mu, bad
+        )
         if go:
             lam = iou_start(smooth, total, s_half, n_half)
             source = packed if lam / (1.0 + lam) >= LOW else p2[r]
@@ -237,10 +246,12 @@ def _iou_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
 
 
 @parallel_kernel(cache=True)
-def _dice_smooth_rows(p2, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+def _dice_smooth_rows(p2, bits, one, prune, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
     """Dice with smooth > 0: the band search of :func:`_dice_smooth_row`."""
     for r in prange(p2.shape[0]):
-        go, total, s_half, n_half, packed = _open_row(p2[r], r, pruning_prob, threshold, tie_end, active, mu, bad)
+        go, total, s_half, n_half, packed = _open_row(
+            p2[r], bits[r], r, one, prune, threshold, tie_end, active, mu, bad
+        )
         if go:
             threshold[r], tie_end[r] = _dice_smooth_row(p2[r], packed, total, smooth, s_half, n_half)
 
@@ -251,4 +262,14 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
         kernel = _iou_rows
     else:
         kernel = _dice_smooth_rows if cfg.smooth > 0.0 else _dice_rows
-    return decide_rows(kernel, p3, cfg.smooth, cfg.pruning_prob)
+    one, prune = (bit_pattern(t, p3.dtype) for t in (1.0, cfg.pruning_prob))
+    b, c, d = p3.shape
+    try:
+        return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, cfg.smooth, cfg.pruning_prob)
+    except ValueError:  # raised for rows whose top bit pattern is above 1.0's
+        if not np.all((p3 >= 0.0) & (p3 <= 1.0)):  # NaN fails both comparisons
+            raise
+    # Only -0.0 (the sign bit alone) failed the bit test, and it is a valid value:
+    # adding +0.0 turns it into 0.0 and leaves every other value unchanged.
+    p3 = p3 + p3.dtype.type(0.0)
+    return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, cfg.smooth, cfg.pruning_prob)
