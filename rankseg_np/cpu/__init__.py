@@ -79,6 +79,12 @@ class _CpuExecutor:
         return module.decide(p3, cfg)
 
     @staticmethod
+    def decide_masks(module: Any, p3: np.ndarray, cfg: Config) -> np.ndarray | None:
+        """Masks from a solver that writes each row's mask in its row task (``module.masks``), else None."""
+        fused = getattr(module, "masks", None)
+        return None if fused is None else fused(p3, cfg)
+
+    @staticmethod
     def whole_images(p3: np.ndarray, cfg: Config) -> None:
         return None  # in memory, every image is whole: the solver runs natively
 

@@ -297,7 +297,7 @@ def row_stats(p2):
 
 
 @njit(cache=True, nogil=True)
-def _mask_block(row, t, k, out):
+def mask_row(row, t, k, out):
     """out[j] = row[j] > t or (row[j] == t and j < k): one block, indexed from 0.
 
     Indexing slices from 0 lets Numba prove the indices non-negative, and LLVM
@@ -322,7 +322,7 @@ def materialize(p2, threshold, tie_end, out):
         r = task // nblk
         i0 = (task % nblk) * BLOCK
         i1 = min(d, i0 + BLOCK)
-        _mask_block(p2[r, i0:i1], threshold[r], tie_end[r] - i0, out[r, i0:i1])
+        mask_row(p2[r, i0:i1], threshold[r], tie_end[r] - i0, out[r, i0:i1])
 
 
 def decide_rows(row_kernel, p3, *args):

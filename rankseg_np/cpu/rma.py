@@ -30,7 +30,7 @@ from numba import njit, prange
 from .._decision import RowDecision
 from .._validate import Config
 from ._kernels import (
-    as_bits, bit_pattern, decide_rows, entries_above, sort_desc_stable, sum_above, sum_and_top,
+    as_bits, bit_pattern, decide_rows, entries_above, mask_row, sort_desc_stable, sum_above, sum_and_top,
 )
 from ._threads import parallel_kernel
 
@@ -219,8 +219,15 @@ def _open_row(row, bits, r, one, prune, threshold, tie_end, active, mu, bad):
     return True, total, s_half, n_half, packed
 
 
+@njit(cache=True, nogil=True)
+def _write_mask(p2, r, threshold, tie_end, masks):
+    """Row r's mask, written while the row is still in cache (``masks`` has no rows: decision only)."""
+    if masks.shape[0] > 0:
+        mask_row(p2[r], threshold[r], tie_end[r], masks[r])
+
+
 @parallel_kernel(cache=True)
-def _dice_rows(p2, bits, one, prune, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+def _dice_rows(p2, bits, one, prune, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
     """Dice with smooth = 0: Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
         go, total, s_half, n_half, packed = _open_row(
@@ -230,10 +237,11 @@ def _dice_rows(p2, bits, one, prune, smooth, pruning_prob, threshold, tie_end, a
             first = 0.5 * dice_start(0.0, total + 1.0, s_half, n_half)
             source = packed if first >= LOW else p2[r]
             _, threshold[r] = dinkelbach_dice(source, 0.0, total + 1.0, s_half, n_half, 0.5)
+        _write_mask(p2, r, threshold, tie_end, masks)
 
 
 @parallel_kernel(cache=True)
-def _iou_rows(p2, bits, one, prune, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+def _iou_rows(p2, bits, one, prune, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
     """IoU (any smooth): Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
         go, total, s_half, n_half, packed = _open_row(
@@ -243,10 +251,11 @@ def _iou_rows(p2, bits, one, prune, smooth, pruning_prob, threshold, tie_end, ac
             lam = iou_start(smooth, total, s_half, n_half)
             source = packed if lam / (1.0 + lam) >= LOW else p2[r]
             _, threshold[r] = dinkelbach_iou(source, smooth, total, s_half, n_half, 0.5)
+        _write_mask(p2, r, threshold, tie_end, masks)
 
 
 @parallel_kernel(cache=True)
-def _dice_smooth_rows(p2, bits, one, prune, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+def _dice_smooth_rows(p2, bits, one, prune, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
     """Dice with smooth > 0: the band search of :func:`_dice_smooth_row`."""
     for r in prange(p2.shape[0]):
         go, total, s_half, n_half, packed = _open_row(
@@ -254,10 +263,24 @@ def _dice_smooth_rows(p2, bits, one, prune, smooth, pruning_prob, threshold, tie
         )
         if go:
             threshold[r], tie_end[r] = _dice_smooth_row(p2[r], packed, total, smooth, s_half, n_half)
+        _write_mask(p2, r, threshold, tie_end, masks)
 
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     """RMA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
+    return _solve(p3, cfg, np.zeros((0, 0), dtype=np.bool_))
+
+
+def masks(p3: np.ndarray, cfg: Config) -> np.ndarray:
+    """Boolean masks ``(B, C, d)``: the decision and each row's mask in one task per row,
+    the mask written while the row is in cache (saves a read of the input)."""
+    b, c, d = p3.shape
+    out = np.empty((b * c, d), dtype=np.bool_)
+    _solve(p3, cfg, out)
+    return out.reshape(b, c, d)
+
+
+def _solve(p3: np.ndarray, cfg: Config, out: np.ndarray) -> RowDecision:
     if cfg.metric == "iou":
         kernel = _iou_rows
     else:
@@ -265,11 +288,11 @@ def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     one, prune = (bit_pattern(t, p3.dtype) for t in (1.0, cfg.pruning_prob))
     b, c, d = p3.shape
     try:
-        return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, cfg.smooth, cfg.pruning_prob)
+        return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, cfg.smooth, cfg.pruning_prob, out)
     except ValueError:  # raised for rows whose top bit pattern is above 1.0's
         if not np.all((p3 >= 0.0) & (p3 <= 1.0)):  # NaN fails both comparisons
             raise
     # Only -0.0 (the sign bit alone) failed the bit test, and it is a valid value:
     # adding +0.0 turns it into 0.0 and leaves every other value unchanged.
     p3 = p3 + p3.dtype.type(0.0)
-    return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, cfg.smooth, cfg.pruning_prob)
+    return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, cfg.smooth, cfg.pruning_prob, out)
