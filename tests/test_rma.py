@@ -336,3 +336,15 @@ def test_rows_below_and_above_the_packing_level(metric, smooth):
         lam = rma.dice_start(0.0, row.sum() + 1.0, s, n) if metric == "dice" else rma.iou_start(smooth, row.sum(), s, n)
         firsts.append(lam / 2 if metric == "dice" else lam / (1 + lam))
     assert min(firsts) < rma.LOW < max(firsts)  # both paths ran
+
+
+@settings(max_examples=60)
+@given(prob_arrays(dtypes=(np.float32, np.float64)), rma_params(output_mode="multilabel"))
+def test_fused_masks_equal_masks_of_the_decision(probs, params):
+    """rma.masks (decision and mask per row task) == materialize(rma.decide) bit for bit."""
+    from rankseg_np import cpu
+    from rankseg_np.cpu import rma
+
+    cfg = check_config(probs.shape[1], **params)
+    p3 = cpu.as_rows(probs)
+    np.testing.assert_array_equal(rma.masks(p3, cfg), cpu.masks_from(p3, rma.decide(p3, cfg)))

@@ -221,8 +221,12 @@ def _open_row(row, bits, r, one, prune, threshold, tie_end, active, mu, bad):
 
 @njit(cache=True, nogil=True)
 def _write_mask(p2, r, threshold, tie_end, masks):
-    """Row r's mask, written while the row is still in cache (``masks`` has no rows: decision only)."""
-    if masks.shape[0] > 0:
+    """Row r's mask, written while the row is still in cache (``masks`` None: decision only).
+
+    Numba compiles a separate kernel for ``masks=None`` and prunes this branch
+    there, so a decision-only call never compiles the mask writing.
+    """
+    if masks is not None:
         mask_row(p2[r], threshold[r], tie_end[r], masks[r])
 
 
@@ -268,7 +272,7 @@ def _dice_smooth_rows(p2, bits, one, prune, smooth, pruning_prob, masks, thresho
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     """RMA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
-    return _solve(p3, cfg, np.zeros((0, 0), dtype=np.bool_))
+    return _solve(p3, cfg, None)
 
 
 def masks(p3: np.ndarray, cfg: Config) -> np.ndarray:
@@ -280,7 +284,7 @@ def masks(p3: np.ndarray, cfg: Config) -> np.ndarray:
     return out.reshape(b, c, d)
 
 
-def _solve(p3: np.ndarray, cfg: Config, out: np.ndarray) -> RowDecision:
+def _solve(p3: np.ndarray, cfg: Config, out: np.ndarray | None) -> RowDecision:
     if cfg.metric == "iou":
         kernel = _iou_rows
     else:
