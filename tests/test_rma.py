@@ -269,42 +269,53 @@ def test_half_to_single_every_pattern():
         np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
 
 
-@settings(max_examples=200)
+@settings(max_examples=300)
 @given(
     st.sampled_from([np.float32, np.float64]),
     st.integers(0, 300),
     st.integers(0, 2**32 - 1),
     st.floats(-0.1, 1.1),
     st.booleans(),
+    st.integers(0, 310),
 )
-def test_entries_above_is_the_selection(dtype, n, seed, t, ties):
-    """entries_above (vector compress-stores, a growing buffer) == NumPy's boolean selection, in order."""
+def test_entries_above_is_the_selection(dtype, n, seed, t, ties, most):
+    """entries_above (vector compress-stores, a growing buffer) == NumPy's selection, in order,
+    when it holds at most `most` entries; else the row itself, flagged."""
     from rankseg_np.cpu._kernels import entries_above
 
     rng = np.random.default_rng(seed)
     row = rng.random(n).astype(dtype)
     if ties and n:
         row[rng.integers(0, n, n // 2)] = dtype(t) if 0 <= t <= 1 else dtype(0.5)  # entries at the cut
-    got = entries_above(row, t)
-    assert got.dtype == row.dtype
-    np.testing.assert_array_equal(got, row[row.astype(np.float64) > t])
+    expected = row[row.astype(np.float64) > t]
+    got, packed = entries_above(row, t, most)
+    assert packed == (expected.size <= most)
+    if packed:
+        assert got.dtype == row.dtype
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert got is row or np.shares_memory(got, row)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bit_test_of_values(dtype):
-    """sum_and_top's pattern test: in [0, 1] exactly when the top pattern is at most 1.0's (but -0.0)."""
+    """sum_and_top's pattern tests: in [0, 1] exactly when the top pattern is at most 1.0's (but -0.0);
+    maximum and count above t by patterns, as by values."""
     from rankseg_np.cpu._kernels import as_bits, bit_pattern, sum_and_top
 
-    one = bit_pattern(1.0, np.dtype(dtype))
-    base = np.array([0.0, 0.25, 1.0, 0.5], dtype=dtype)
-    total, top = sum_and_top(base, as_bits(base))
-    assert total == 1.75 and top == one
+    dt = np.dtype(dtype)
+    one = bit_pattern(1.0, dt)
+    base = np.array([0.0, 0.25, 1.0, 0.5, 0.1], dtype=dtype)
+    total, top, _ = sum_and_top(base, as_bits(base), one)
+    assert total == pytest.approx(1.85, rel=1e-7) and top == one
     for bad in (-1e-30, -0.5, 1.0000001, np.inf, -np.inf, np.nan):
         row = base.copy()
         row[1] = bad
-        assert sum_and_top(row, as_bits(row))[1] > one, bad
-    for pp in (0.0, 0.1, 0.25, 0.3, 0.5, 0.999):  # max > pp exactly when the top pattern is above pp's
-        assert (sum_and_top(base[:2], as_bits(base[:2]))[1] > bit_pattern(pp, np.dtype(dtype))) == (0.25 > pp)
+        assert sum_and_top(row, as_bits(row), one)[1] > one, bad
+    for t in (0.0, 0.1, 0.099999, 0.25, 0.3, 0.5, 0.999, 1.0, 1 / 3):
+        _, top, count = sum_and_top(base, as_bits(base), bit_pattern(t, dt))
+        assert count == np.count_nonzero(base.astype(np.float64) > t), t
+        assert (top > bit_pattern(t, dt)) == (base.max() > t), t
 
 
 @pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])

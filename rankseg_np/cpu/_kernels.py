@@ -52,24 +52,28 @@ REASSOC = {"reassoc"}
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def sum_and_top(row, bits):
-    """One vectorised read of a row: its float64 sum and its largest bit pattern.
+def sum_and_top(row, bits, low):
+    """One vectorised read of a row: its float64 sum, its largest bit pattern, and how many
+    patterns exceed ``low``.
 
     ``bits`` is ``row`` viewed as unsigned integers of the same width (see
     :func:`bit_pattern`).  For non-negative floats the order of bit patterns
     is the order of values, and a negative sign, NaN or infinity all give a
     pattern above that of 1.0: so the row holds only values in [0, 1] when
     the top pattern is at most ``bit_pattern(1.0)`` (the converse fails only
-    for -0.0, whose pattern is the sign bit alone), and its maximum exceeds
-    ``t`` exactly when the top pattern exceeds ``bit_pattern(t)``.  Unlike a
-    float maximum, the integer one vectorises.
+    for -0.0, whose pattern is the sign bit alone); then its maximum exceeds
+    ``t`` exactly when the top pattern exceeds ``bit_pattern(t)``, and the
+    count is that of the entries above ``t`` for ``low = bit_pattern(t)``.
+    Unlike a float maximum, the integer one vectorises.
     """
     total = 0.0
     top = bits.dtype.type(0)
+    n_low = 0
     for i in range(row.size):
         total += row[i]
         top = max(top, bits[i])
-    return total, top
+        n_low += bits[i] > low
+    return total, top, n_low
 
 
 def bit_pattern(t: float, dtype: np.dtype) -> int:
@@ -107,8 +111,12 @@ def sum_above(row, t):
 
 
 @njit(cache=True, nogil=True)
-def entries_above(row, t):
-    """The entries of ``row`` strictly above ``t`` (a float64), in their order, as a new array.
+def entries_above(row, t, most):
+    """The entries of ``row`` strictly above ``t`` (a float64), in their order, if there are at most ``most``.
+
+    Returns ``(entries, True)``, or ``(row, False)`` as soon as more than
+    ``most`` entries turn out to lie above ``t`` (the caller then works on the
+    whole row: packing pays only when it leaves a small part of it).
 
     One read of the row, in 64-byte blocks: each block's entries above ``t``
     are packed with one vector compress-store (AVX-512's ``vcompressps`` /
@@ -117,16 +125,37 @@ def entries_above(row, t):
     """
     cut = _round_down(t, row)  # for an entry v of the row's dtype: v > t  <=>  v > cut
     lanes = 64 // row.itemsize
-    # Room for a sixteenth of the row, doubled when full: a row-sized buffer
-    # would cost a fresh mapping (and its page faults) for every long row,
-    # while the entries above a first threshold are usually a few per cent.
-    out = np.empty(min(row.size, row.size // 16 + lanes), dtype=row.dtype)
+    cap = min(row.size, most + lanes)  # room for `most` entries, and a block's worth beyond
+    # Room for a sixteenth of the row first, doubled when full: a row-sized buffer
+    # would cost a fresh mapping (and its page faults) for every long row.
+    out = np.empty(min(cap, row.size // 16 + lanes), dtype=row.dtype)
     i = k = row.size - row.size  # 0, typed like the sizes (a literal 0 would compile _pack once more)
     while True:
         i, k = _pack(row, i, out, k, cut)
+        if k > most:
+            return row, False
         if i == row.size:
-            return out[:k]
-        out = _grown(out, k, 2 * out.size, row.size)
+            return out[:k], True
+        if out.size == cap:  # full with at most `most` entries: the next block goes beyond
+            return row, False
+        out = _grown(out, k, 2 * out.size, cap)
+
+
+@njit(cache=True, nogil=True)
+def pack_above(row, t, n):
+    """The ``n`` entries of ``row`` strictly above ``t``, in their order (``n`` counted beforehand)."""
+    out = np.empty(n, dtype=row.dtype)  # compress-stores write only the entries they keep
+    cut = _round_down(t, row)
+    lanes = 64 // row.itemsize
+    whole = row.size // lanes * lanes
+    k = 0
+    for i in range(0, whole, lanes):
+        k += _compress_above(row, i, out, k, cut)
+    for i in range(whole, row.size):
+        if row[i] > cut:
+            out[k] = row[i]
+            k += 1
+    return out
 
 
 @njit(cache=True, nogil=True)

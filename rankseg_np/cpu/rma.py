@@ -8,12 +8,16 @@ objective is one ratio of affine functions of the mask indicator ``x``:
 and Dinkelbach's iteration solves it exactly: with ``lam = pi(x)``, the mask
 maximising ``(a - lam*b).x`` is a threshold on ``p`` (Dice: ``p > lam/2``; IoU:
 ``p > lam/(1+lam)``); ``lam`` rises strictly until the optimum, where it stops.
-Because ``lam`` only rises, so does the threshold: entries at or below the
-first threshold never count again.  The first step therefore packs the entries
-above it into a short array (:func:`~rankseg_np.cpu._kernels.entries_above`,
-one vectorised read of the row), and every later step reads only that array
-(a masked sum and a count): on a softmax map a few per cent of the row, so the
-whole iteration costs about one read of the row.  The answer is the
+Because ``lam`` only rises, so does the threshold: entries at or below a
+threshold never count again.  The row kernels read each row once in full
+(:func:`~rankseg_np.cpu._kernels.sum_and_top`: the sum, the validity test and
+the count of entries above ``LOW``), then pack the entries above ``LOW`` into
+a short array (:func:`~rankseg_np.cpu._kernels.pack_above`, vector
+compress-stores), a few per cent of a softmax row, and every Dinkelbach step
+reads only that array (a masked sum and a count) whenever its first threshold
+is at least ``LOW``.  Rows where packing would keep much of the row
+(``PACK_AT_MOST``), or whose first threshold is lower, iterate on the whole
+row.  The answer is the
 *smallest* optimal mask ``{p > lam*/2}`` (ties at the cut stay out), which is
 also the smallest optimal top-tau set: the same choice as an ``argmax`` over
 sorted volumes that takes the first maximum.
@@ -30,7 +34,7 @@ from numba import njit, prange
 from .._decision import RowDecision
 from .._validate import Config
 from ._kernels import (
-    as_bits, bit_pattern, decide_rows, entries_above, mask_row, sort_desc_stable, sum_above, sum_and_top,
+    as_bits, bit_pattern, decide_rows, entries_above, mask_row, pack_above, sort_desc_stable, sum_above, sum_and_top,
 )
 from ._threads import parallel_kernel
 
@@ -48,13 +52,18 @@ BAND_SLACK = 1e-9
 # every backend (whole rows, Dask chunks, GPU) makes the same choice.  A pixel
 # within 1e-12 of the cut changes the objective by less than 1e-12 relative.
 TIE_SLACK = 1e-12
-# The first read of a row (cpu._kernels.open_row) also packs its entries above
-# LOW.  Dinkelbach needs nothing else when its first threshold is at least LOW:
-# for Dice (threshold lam/2) when the mask {p > 1/2} scores lam >= 1/2, for
-# IoU (threshold lam/(1+lam)) when it scores lam >= 1/3: any model whose
-# 1/2-mask is roughly right.  Other rows are packed again at their own first
-# threshold (one more read).  A lower LOW packs more entries of every row.
+# Each row's entries above LOW are packed after its first read.  Dinkelbach
+# needs nothing else when its first threshold is at least LOW: for Dice
+# (threshold lam/2) when the mask {p > 1/2} scores lam >= 1/2, for IoU
+# (threshold lam/(1+lam)) when it scores lam >= 1/3: any model whose 1/2-mask
+# is roughly right.  Other rows iterate on the whole row.  A lower LOW packs
+# more entries of every row.
 LOW = 0.25
+# Packing pays while it keeps a small part of the row: each later pass reads
+# the packed part instead of the row, but the packing itself writes every entry
+# it keeps.  Rows with more than 1/PACK_AT_MOST of their entries above the cut
+# (few classes, or large objects) are iterated on whole.
+PACK_AT_MOST = 8
 
 
 @njit(cache=True, nogil=True)
@@ -77,10 +86,9 @@ def dinkelbach_dice(row, alpha, beta, s0, n0, t0):
     """
     lam = dice_start(alpha, beta, s0, n0)
     t_best = t0
-    rest = entries_above(row, 0.5 * lam)  # the thresholds only rise: nothing else ever counts
     for _ in range(MAX_STEPS):
         t = 0.5 * lam
-        s, n = sum_above(rest, t)
+        s, n = sum_above(row, t)
         new = (2.0 * s + alpha) / (beta + n)
         if new > lam:
             lam = new
@@ -97,10 +105,9 @@ def dinkelbach_iou(row, smooth, mu, s0, n0, t0):
     """Maximise (S + g) / (mu + g + n - S): keep p > lam/(1+lam) (Dinkelbach)."""
     lam = iou_start(smooth, mu, s0, n0)
     t_best = t0
-    rest = entries_above(row, lam / (1.0 + lam))  # the thresholds only rise: nothing else ever counts
     for _ in range(MAX_STEPS):
         t = lam / (1.0 + lam)
-        s, n = sum_above(rest, t)
+        s, n = sum_above(row, t)
         new = (s + smooth) / (mu + smooth + n - s)
         if new > lam:
             lam = new
@@ -155,7 +162,8 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
     # threshold, t1.  So every entry that matters is in `rest`, packed once
     # (below t1 with a margin for the band's widening).
     low = 0.5 * dice_start(0.0, a + 1.0, s0, n0) * (1.0 - 2.0 * BAND_SLACK)
-    rest = entries_above(packed if low >= LOW else row, low)
+    source = packed if low >= LOW else row
+    rest, _ = entries_above(source, low, source.size // PACK_AT_MOST)
     lam1, _ = dinkelbach_dice(rest, 0.0, a + 1.0, s0, n0, 0.5)
     c = 0.5 * smooth * (1.0 + 2.0 / a)
     lamc, _ = dinkelbach_dice(rest, 2.0 * c, a + 1.0, s0, n0, 0.5)
@@ -203,10 +211,10 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
 # run: the Dice-smooth band search, for instance, is never compiled for Dice
 # with smooth = 0).
 @njit(cache=True, nogil=True)
-def _open_row(row, bits, r, one, prune, threshold, tie_end, active, mu, bad):
+def _open_row(row, bits, r, one, prune, low, threshold, tie_end, active, mu, bad):
     """The first read of row r (:func:`~rankseg_np.cpu._kernels.sum_and_top`) and its outputs for an
     inactive row.  Returns (active, sum, sum and count above 1/2, the entries above LOW in order)."""
-    total, top = sum_and_top(row, bits)
+    total, top, n_low = sum_and_top(row, bits, low)
     mu[r] = total
     bad[r] = top > one  # a negative sign, NaN, inf or a value above 1; or -0.0 (see decide)
     threshold[r] = np.inf
@@ -214,8 +222,8 @@ def _open_row(row, bits, r, one, prune, threshold, tie_end, active, mu, bad):
     active[r] = top > prune and not bad[r]
     if not active[r]:
         return False, total, 0.0, 0, row[:0]
-    packed = entries_above(row, LOW)
-    s_half, n_half = sum_above(packed, 0.5)  # every entry above 1/2 > LOW is packed
+    packed = pack_above(row, LOW, n_low) if n_low <= row.size // PACK_AT_MOST else row
+    s_half, n_half = sum_above(packed, 0.5)  # every entry above 1/2 > LOW is there
     return True, total, s_half, n_half, packed
 
 
@@ -231,11 +239,11 @@ def _write_mask(p2, r, threshold, tie_end, masks):
 
 
 @parallel_kernel(cache=True)
-def _dice_rows(p2, bits, one, prune, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
+def _dice_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
     """Dice with smooth = 0: Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
         go, total, s_half, n_half, packed = _open_row(
-            p2[r], bits[r], r, one, prune, threshold, tie_end, active, mu, bad
+            p2[r], bits[r], r, one, prune, low, threshold, tie_end, active, mu, bad
         )
         if go:
             first = 0.5 * dice_start(0.0, total + 1.0, s_half, n_half)
@@ -245,11 +253,11 @@ def _dice_rows(p2, bits, one, prune, smooth, pruning_prob, masks, threshold, tie
 
 
 @parallel_kernel(cache=True)
-def _iou_rows(p2, bits, one, prune, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
+def _iou_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
     """IoU (any smooth): Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
         go, total, s_half, n_half, packed = _open_row(
-            p2[r], bits[r], r, one, prune, threshold, tie_end, active, mu, bad
+            p2[r], bits[r], r, one, prune, low, threshold, tie_end, active, mu, bad
         )
         if go:
             lam = iou_start(smooth, total, s_half, n_half)
@@ -259,11 +267,11 @@ def _iou_rows(p2, bits, one, prune, smooth, pruning_prob, masks, threshold, tie_
 
 
 @parallel_kernel(cache=True)
-def _dice_smooth_rows(p2, bits, one, prune, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
+def _dice_smooth_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
     """Dice with smooth > 0: the band search of :func:`_dice_smooth_row`."""
     for r in prange(p2.shape[0]):
         go, total, s_half, n_half, packed = _open_row(
-            p2[r], bits[r], r, one, prune, threshold, tie_end, active, mu, bad
+            p2[r], bits[r], r, one, prune, low, threshold, tie_end, active, mu, bad
         )
         if go:
             threshold[r], tie_end[r] = _dice_smooth_row(p2[r], packed, total, smooth, s_half, n_half)
@@ -289,14 +297,14 @@ def _solve(p3: np.ndarray, cfg: Config, out: np.ndarray | None) -> RowDecision:
         kernel = _iou_rows
     else:
         kernel = _dice_smooth_rows if cfg.smooth > 0.0 else _dice_rows
-    one, prune = (bit_pattern(t, p3.dtype) for t in (1.0, cfg.pruning_prob))
+    one, prune, low = (bit_pattern(t, p3.dtype) for t in (1.0, cfg.pruning_prob, LOW))
     b, c, d = p3.shape
     try:
-        return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, cfg.smooth, cfg.pruning_prob, out)
+        return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, low, cfg.smooth, cfg.pruning_prob, out)
     except ValueError:  # raised for rows whose top bit pattern is above 1.0's
         if not np.all((p3 >= 0.0) & (p3 <= 1.0)):  # NaN fails both comparisons
             raise
     # Only -0.0 (the sign bit alone) failed the bit test, and it is a valid value:
     # adding +0.0 turns it into 0.0 and leaves every other value unchanged.
     p3 = p3 + p3.dtype.type(0.0)
-    return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, cfg.smooth, cfg.pruning_prob, out)
+    return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, low, cfg.smooth, cfg.pruning_prob, out)
