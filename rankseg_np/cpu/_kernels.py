@@ -142,10 +142,10 @@ def entries_above(row, t, most):
 
 
 @njit(cache=True, nogil=True)
-def pack_above(row, t, n):
-    """The ``n`` entries of ``row`` strictly above ``t``, in their order (``n`` counted beforehand)."""
+def pack_above(row, cut, n):
+    """The ``n`` entries of ``row`` strictly above ``cut`` (a value of the row's dtype), in their
+    order (``n`` counted beforehand)."""
     out = np.empty(n, dtype=row.dtype)  # compress-stores write only the entries they keep
-    cut = _round_down(t, row)
     lanes = 64 // row.itemsize
     whole = row.size // lanes * lanes
     k = 0

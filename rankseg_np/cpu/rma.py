@@ -59,6 +59,7 @@ TIE_SLACK = 1e-12
 # is roughly right.  Other rows iterate on the whole row.  A lower LOW packs
 # more entries of every row.
 LOW = 0.25
+assert np.float32(LOW) == LOW  # compared in the input's precision (float32 or float64) as is
 # Packing pays while it keeps a small part of the row: each later pass reads
 # the packed part instead of the row, but the packing itself writes every entry
 # it keeps.  Rows with more than 1/PACK_AT_MOST of their entries above the cut
@@ -222,7 +223,7 @@ def _open_row(row, bits, r, one, prune, low, threshold, tie_end, active, mu, bad
     active[r] = top > prune and not bad[r]
     if not active[r]:
         return False, total, 0.0, 0, row[:0]
-    packed = pack_above(row, LOW, n_low) if n_low <= row.size // PACK_AT_MOST else row
+    packed = pack_above(row, row.dtype.type(LOW), n_low) if n_low <= row.size // PACK_AT_MOST else row
     s_half, n_half = sum_above(packed, 0.5)  # every entry above 1/2 > LOW is there
     return True, total, s_half, n_half, packed
 
