@@ -60,6 +60,9 @@ class Executor(Protocol):
     def masks(self, rows: Any, decision: Any) -> Any:
         """Boolean masks ``(B, C, d)`` of a decision."""
 
+    # Optional: decide_masks(module, rows, cfg) -> masks (B, C, d), or None where the
+    # solver has no fused path (see fused_masks).
+
     def labels(self, rows: Any, decision: Any, cfg: Config) -> tuple[Any, ClassSums | None]:
         """Labels ``(B, d)`` from the per-class decisions (MATH section 5), and what it saw of the
         class sums (``None``: not checked)."""
@@ -90,6 +93,10 @@ def run(ex: Executor, probs: Any, cfg: Config) -> Any:
         return ex.reshape(whole, out_shape)
     if how == WHOLE_IMAGES:  # the executor declined: its whole_images says how to rechunk
         raise AssertionError(f"executor {ex.name!r} must handle solver {cfg.solver!r} on whole images")
+    if cfg.output_mode == "multilabel":
+        fused = fused_masks(ex, rows, cfg)
+        if fused is not None:
+            return ex.reshape(fused, out_shape)
     decision = decide(ex, rows, cfg)
     if cfg.output_mode == "multilabel":
         return ex.reshape(ex.masks(rows, decision), out_shape)
@@ -110,6 +117,16 @@ def decide(ex: Executor, rows: Any, cfg: Config) -> Any:
         # The decision is O(B*C): only the probabilities travel, once.
         return ex.from_host(module.decide(np.ascontiguousarray(ex.to_host(rows)), cfg))
     raise AssertionError(f"unknown support {how!r} of solver {cfg.solver!r} on {ex.name!r}")
+
+
+def fused_masks(ex: Executor, rows: Any, cfg: Config) -> Any:
+    """Masks decided and written in one task per row, where the executor offers it for a native
+    solver (``decide_masks``; the CPU for RMA), else ``None``: the same masks as ``masks(decide())``."""
+    fuse = getattr(ex, "decide_masks", None)
+    solver = SOLVERS[cfg.solver]
+    if fuse is None or solver.executors[ex.name] != NATIVE:
+        return None
+    return fuse(import_module(solver.modules[ex.name]), rows, cfg)
 
 
 def accuracy(ex: Executor, rows: Any, cfg: Config) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numba
@@ -245,9 +246,116 @@ def test_small_inputs_run_the_serial_kernels(monkeypatch):
     ran = []
     monkeypatch.setattr(_threads.ParallelKernel, "serial", property(lambda self: ran.append(self) or self.parallel))
     rankseg(probs)
-    assert rma._rma_rows in ran
+    assert rma._dice_rows in ran
     ran.clear()
     monkeypatch.setattr(cpu, "SERIAL_BELOW", 0)
     if numba.get_num_threads() > 1:
         rankseg(probs)
         assert ran == []
+
+
+def test_half_to_single_every_pattern():
+    """The CPU's float16 decoder equals NumPy's cast on all 65,536 bit patterns (NaN payloads too)."""
+    from rankseg_np.cpu._kernels import half_to_single
+    from rankseg_np.cpu._threads import serial_here
+
+    every = np.arange(1 << 16, dtype=np.uint16)
+    bits = np.concatenate([every, every[::-1], every[:1000]])  # three parallel blocks, one partial
+    expected = bits.view(np.float16).astype(np.float32)
+    for serial in (False, True):
+        out = np.full(bits.size, np.nan, dtype=np.float32)
+        with serial_here() if serial else contextlib.nullcontext():
+            half_to_single(bits, out)
+        np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 300),
+    st.integers(0, 2**32 - 1),
+    st.floats(-0.1, 1.1),
+    st.booleans(),
+    st.integers(0, 310),
+)
+def test_entries_above_is_the_selection(dtype, n, seed, t, ties, most):
+    """entries_above (vector compress-stores, a growing buffer) == NumPy's selection, in order,
+    when it holds at most `most` entries; else the row itself, flagged."""
+    from rankseg_np.cpu._kernels import entries_above
+
+    rng = np.random.default_rng(seed)
+    row = rng.random(n).astype(dtype)
+    if ties and n:
+        row[rng.integers(0, n, n // 2)] = dtype(t) if 0 <= t <= 1 else dtype(0.5)  # entries at the cut
+    expected = row[row.astype(np.float64) > t]
+    got, packed = entries_above(row, t, most)
+    assert packed == (expected.size <= most)
+    if packed:
+        assert got.dtype == row.dtype
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert got is row or np.shares_memory(got, row)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bit_test_of_values(dtype):
+    """sum_and_top's pattern tests: in [0, 1] exactly when the top pattern is at most 1.0's (but -0.0);
+    maximum and count above t by patterns, as by values."""
+    from rankseg_np.cpu._kernels import as_bits, bit_pattern, sum_and_top
+
+    dt = np.dtype(dtype)
+    one = bit_pattern(1.0, dt)
+    base = np.array([0.0, 0.25, 1.0, 0.5, 0.1], dtype=dtype)
+    total, top, _ = sum_and_top(base, as_bits(base), one)
+    assert total == pytest.approx(1.85, rel=1e-7) and top == one
+    for bad in (-1e-30, -0.5, 1.0000001, np.inf, -np.inf, np.nan):
+        row = base.copy()
+        row[1] = bad
+        assert sum_and_top(row, as_bits(row), one)[1] > one, bad
+    for t in (0.0, 0.1, 0.099999, 0.25, 0.3, 0.5, 0.999, 1.0, 1 / 3):
+        _, top, count = sum_and_top(base, as_bits(base), bit_pattern(t, dt))
+        assert count == np.count_nonzero(base.astype(np.float64) > t), t
+        assert (top > bit_pattern(t, dt)) == (base.max() > t), t
+
+
+@pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])
+def test_negative_zero_is_a_valid_zero(output_mode):
+    probs = make_probs((2, 3, 7, 9), np.float32, "softmax", 3)
+    signed = probs.copy()
+    signed[0, 1, :2] = -0.0
+    plain = signed + np.float32(0.0)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(rankseg(signed, output_mode=output_mode), rankseg(plain, output_mode=output_mode))
+
+
+@pytest.mark.parametrize("metric", ["dice", "iou"])
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+def test_rows_below_and_above_the_packing_level(metric, smooth):
+    """Rows whose first Dinkelbach threshold is below rma.LOW (read again) or above it (packed entries only)."""
+    from rankseg_np.cpu import rma
+
+    rng = np.random.default_rng(7)
+    flat = np.full((1, 1, 500), 0.2)  # mask {p > 1/2} empty: first threshold 0
+    weak = rng.random((1, 1, 500)) * 0.6  # a poor 1/2-mask
+    sharp = np.where(rng.random((1, 1, 500)) < 0.2, 0.95, 0.02) + rng.random((1, 1, 500)) * 0.01
+    probs = np.concatenate([flat, weak, sharp], axis=1)
+    ours = rankseg(probs, metric=metric, smooth=smooth, output_mode="multilabel")
+    assert_masks_optimal_like_reference(probs, ours, {"metric": metric, "smooth": smooth, "output_mode": "multilabel"})
+    firsts = []
+    for row in probs[0]:
+        s, n = row[row > 0.5].sum(), (row > 0.5).sum()
+        lam = rma.dice_start(0.0, row.sum() + 1.0, s, n) if metric == "dice" else rma.iou_start(smooth, row.sum(), s, n)
+        firsts.append(lam / 2 if metric == "dice" else lam / (1 + lam))
+    assert min(firsts) < rma.LOW < max(firsts)  # both paths ran
+
+
+@settings(max_examples=60)
+@given(prob_arrays(dtypes=(np.float32, np.float64)), rma_params(output_mode="multilabel"))
+def test_fused_masks_equal_masks_of_the_decision(probs, params):
+    """rma.masks (decision and mask per row task) == materialize(rma.decide) bit for bit."""
+    from rankseg_np import cpu
+    from rankseg_np.cpu import rma
+
+    cfg = check_config(probs.shape[1], **params)
+    p3 = cpu.as_rows(probs)
+    np.testing.assert_array_equal(rma.masks(p3, cfg), cpu.masks_from(p3, rma.decide(p3, cfg)))

@@ -59,7 +59,7 @@ def compile_notice(err) -> None:
 
         from ..cpu import rma
 
-        kernel = rma._rma_rows
+        kernel = rma._dice_rows  # the default objective's row kernel
         if any(os.path.exists(k._cache._cache_file._index_path) for k in (kernel.parallel, kernel.serial)):
             return
     except Exception:  # Numba internals moved: stay quiet

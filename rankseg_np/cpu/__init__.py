@@ -28,12 +28,15 @@ __all__ = ["EXECUTOR", "as_rows", "masks_from", "materialize", "solve", "sum_abo
 
 def as_rows(probs: np.ndarray) -> np.ndarray:
     """``(B, C, *spatial)`` -> C-contiguous float32/float64 ``(B, C, d)``; copies only when needed."""
-    if probs.dtype.itemsize == 2:  # float16, either byte order: Numba has no float16
-        probs = probs.astype(np.float32)
-    elif not probs.dtype.isnative:  # e.g. '>f4' from a file: Numba needs native byte order
+    if not probs.dtype.isnative:  # e.g. '>f4' from a file: Numba needs native byte order
         probs = probs.astype(probs.dtype.newbyteorder("="))
     b, c = probs.shape[:2]
     d = int(np.prod(probs.shape[2:]))
+    if probs.dtype.itemsize == 2:  # float16: Numba has none, so decode the bits to float32
+        half = np.ascontiguousarray(probs).reshape(b, c, d)
+        out = np.empty((b, c, d), dtype=np.float32)
+        _kernels.half_to_single(half.view(np.uint16).reshape(-1), out.reshape(-1))
+        return out
     return np.ascontiguousarray(probs.reshape(b, c, d))
 
 
@@ -74,6 +77,12 @@ class _CpuExecutor:
     @staticmethod
     def decide(module: Any, p3: np.ndarray, cfg: Config) -> RowDecision:
         return module.decide(p3, cfg)
+
+    @staticmethod
+    def decide_masks(module: Any, p3: np.ndarray, cfg: Config) -> np.ndarray | None:
+        """Masks from a solver that writes each row's mask in its row task (``module.masks``), else None."""
+        fused = getattr(module, "masks", None)
+        return None if fused is None else fused(p3, cfg)
 
     @staticmethod
     def whole_images(p3: np.ndarray, cfg: Config) -> None:

@@ -8,7 +8,10 @@ so results do not depend on the number of threads.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .._decision import RowDecision
 from .._validate import raise_bad_values
@@ -49,26 +52,50 @@ REASSOC = {"reassoc"}
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def scan(row, pruning_prob):
-    """One vectorised read of a row for the solvers.
+def sum_and_top(row, bits, low):
+    """One vectorised read of a row: its float64 sum, its largest bit pattern, and how many
+    patterns exceed ``low``.
 
-    Returns (sum, whether max > pruning_prob, any value NaN/inf/outside [0, 1],
-    sum and count above 1/2).  ``max > pruning_prob`` is tested as a count,
-    which vectorises where a NaN-aware running maximum does not.
+    ``bits`` is ``row`` viewed as unsigned integers of the same width (see
+    :func:`bit_pattern`).  For non-negative floats the order of bit patterns
+    is the order of values, and a negative sign, NaN or infinity all give a
+    pattern above that of 1.0: so the row holds only values in [0, 1] when
+    the top pattern is at most ``bit_pattern(1.0)`` (the converse fails only
+    for -0.0, whose pattern is the sign bit alone); then its maximum exceeds
+    ``t`` exactly when the top pattern exceeds ``bit_pattern(t)``, and the
+    count is that of the entries above ``t`` for ``low = bit_pattern(t)``.
+    Unlike a float maximum, the integer one vectorises.
     """
     total = 0.0
-    n_bad = 0
-    n_above = 0
-    s_half = 0.0
-    n_half = 0
+    top = bits.dtype.type(0)
+    n_low = 0
     for i in range(row.size):
-        v = row[i]
-        n_bad += not (v >= 0.0 and v <= 1.0)  # NaN fails both comparisons
-        total += v
-        n_above += v > pruning_prob
-        s_half += v if v > 0.5 else 0.0
-        n_half += v > 0.5
-    return total, n_above > 0, n_bad > 0, s_half, n_half
+        total += row[i]
+        top = max(top, bits[i])
+        n_low += bits[i] > low
+    return total, top, n_low
+
+
+def bit_pattern(t: float, dtype: np.dtype) -> int:
+    """The bit pattern of the largest value of ``dtype`` at most ``t``, as an unsigned integer.
+
+    For an entry ``v >= 0`` of that dtype: ``v > t`` exactly when its pattern is above this one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> hex(bit_pattern(1.0, np.dtype(np.float32)))
+    '0x3f800000'
+    """
+    value = np.asarray(t, dtype=dtype)
+    if float(value) > t:
+        value = np.nextafter(value, dtype.type(-np.inf))
+    return int(value.view(np.uint32 if dtype.itemsize == 4 else np.uint64))
+
+
+def as_bits(a: np.ndarray) -> np.ndarray:
+    """A float32/float64 array viewed as unsigned integers of the same width (no copy)."""
+    return a.view(np.uint32 if a.dtype.itemsize == 4 else np.uint64)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -81,6 +108,138 @@ def sum_above(row, t):
         s += v if v > t else 0.0
         n += v > t
     return s, n
+
+
+@njit(cache=True, nogil=True)
+def entries_above(row, t, most):
+    """The entries of ``row`` strictly above ``t`` (a float64), in their order, if there are at most ``most``.
+
+    Returns ``(entries, True)``, or ``(row, False)`` as soon as more than
+    ``most`` entries turn out to lie above ``t`` (the caller then works on the
+    whole row: packing pays only when it leaves a small part of it).
+
+    One read of the row, in 64-byte blocks: each block's entries above ``t``
+    are packed with one vector compress-store (AVX-512's ``vcompressps`` /
+    ``vcompresspd``; on CPUs without it LLVM emits scalar code, still correct),
+    where a branch per entry would cost several times more.
+    """
+    cut = _round_down(t, row)  # for an entry v of the row's dtype: v > t  <=>  v > cut
+    lanes = 64 // row.itemsize
+    cap = min(row.size, most + lanes)  # room for `most` entries, and a block's worth beyond
+    # Room for a sixteenth of the row first, doubled when full: a row-sized buffer
+    # would cost a fresh mapping (and its page faults) for every long row.
+    out = np.empty(min(cap, row.size // 16 + lanes), dtype=row.dtype)
+    i = k = row.size - row.size  # 0, typed like the sizes (a literal 0 would compile _pack once more)
+    while True:
+        i, k = _pack(row, i, out, k, cut)
+        if k > most:
+            return row, False
+        if i == row.size:
+            return out[:k], True
+        if out.size == cap:  # full with at most `most` entries: the next block goes beyond
+            return row, False
+        out = _grown(out, k, 2 * out.size, cap)
+
+
+@njit(cache=True, nogil=True)
+def pack_above(row, cut, n):
+    """The ``n`` entries of ``row`` strictly above ``cut`` (a value of the row's dtype), in their
+    order (``n`` counted beforehand)."""
+    out = np.empty(n, dtype=row.dtype)  # compress-stores write only the entries they keep
+    lanes = 64 // row.itemsize
+    whole = row.size // lanes * lanes
+    k = 0
+    for i in range(0, whole, lanes):
+        k += _compress_above(row, i, out, k, cut)
+    for i in range(whole, row.size):
+        if row[i] > cut:
+            out[k] = row[i]
+            k += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _grown(out, k, size, most):
+    """A larger buffer (``min(size, most)`` entries) holding ``out[:k]``.
+
+    Copied by a loop: a slice assignment would compile NumPy's broadcasting
+    error messages, seconds of a first call's compilation.
+    """
+    more = np.empty(min(size, most), dtype=out.dtype)
+    for i in range(k):
+        more[i] = out[i]
+    return more
+
+
+@njit(cache=True, nogil=True)
+def _pack(row, i, out, k, cut):
+    """Pack the entries above ``cut`` of ``row[i:]`` at ``out[k:]`` while ``out`` has room for a block.
+
+    Returns where it stopped: (next entry of ``row``, next free slot of ``out``).
+    """
+    lanes = 64 // row.itemsize
+    whole = row.size // lanes * lanes
+    while i < whole and k + lanes <= out.size:
+        k += _compress_above(row, i, out, k, cut)
+        i += lanes
+    if i < whole:
+        return i, k
+    while i < row.size and k < out.size:  # the last partial block, entry by entry
+        if row[i] > cut:
+            out[k] = row[i]
+            k += 1
+        i += 1
+    return i, k
+
+
+@njit(cache=True, nogil=True)
+def _round_down(t, row):
+    """The largest value of ``row``'s dtype that is <= ``t``."""
+    cut = row.dtype.type(t)
+    if np.float64(cut) > t:
+        cut = np.nextafter(cut, row.dtype.type(-np.inf))
+    return cut
+
+
+@intrinsic
+def _compress_above(typingctx, src, i, dst, k, cut):
+    """``dst[k:]`` <- the entries of the 64-byte block ``src[i:]`` above ``cut``, in order; returns their count.
+
+    ``llvm.masked.compressstore`` writes only the selected lanes, so ``dst``
+    needs room for the count returned, not for a whole block.
+    """
+    if not (
+        isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == dst.ndim == 1
+        and src.layout == dst.layout == "C" and src.dtype == dst.dtype and src.dtype in (types.float32, types.float64)
+    ):
+        return None
+    value = src.dtype
+
+    def codegen(context, builder, sig, args):
+        src_arr, start, dst_arr, at, bound = args
+        lanes = 64 // (value.bitwidth // 8)
+        scalar = context.get_value_type(value)
+        vec = ir.VectorType(scalar, lanes)
+        mask_ty = ir.VectorType(ir.IntType(1), lanes)
+        src_ptr = builder.gep(context.make_array(sig.args[0])(context, builder, src_arr).data, [start])
+        dst_ptr = builder.gep(context.make_array(sig.args[2])(context, builder, dst_arr).data, [at])
+        block = builder.load(builder.bitcast(src_ptr, vec.as_pointer()), align=value.bitwidth // 8)
+        splat = ir.Constant(vec, ir.Undefined)
+        for lane in range(lanes):
+            splat = builder.insert_element(splat, bound, ir.Constant(ir.IntType(32), lane))
+        mask = builder.fcmp_ordered(">", block, splat)  # NaN is never above
+        store = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [vec, scalar.as_pointer(), mask_ty]),
+            f"llvm.masked.compressstore.v{lanes}f{value.bitwidth}",
+        )
+        builder.call(store, [block, dst_ptr, mask])
+        popcount = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}"
+        )
+        return builder.zext(builder.call(popcount, [builder.bitcast(mask, ir.IntType(lanes))]), ir.IntType(64))
+
+    return types.int64(src, types.int64, dst, types.int64, value), codegen
 
 
 @njit(cache=True, nogil=True)
@@ -120,6 +279,38 @@ def sort_desc_stable(v, idx):
 
 
 @parallel_kernel(cache=True)
+def half_to_single(bits, out):
+    """``out[i]`` = the float16 whose bit pattern is ``bits[i]`` (uint16), as float32, exactly.
+
+    Numba has no float16.  Decoding the bits here runs in parallel and
+    vectorises, several times faster than NumPy's single-threaded cast; every
+    float16 is exactly a float32, so the answer is NumPy's ``astype`` bit for
+    bit (NaN payloads included, ``test_half_to_single_every_pattern``).
+    """
+    n = bits.size
+    nblk = (n + BLOCK - 1) // BLOCK
+    for blk in prange(nblk):
+        i0 = blk * BLOCK
+        i1 = min(n, i0 + BLOCK)
+        _half_block(bits[i0:i1], out[i0:i1].view(np.uint32), out[i0:i1])
+
+
+@njit(cache=True, nogil=True)
+def _half_block(h, out_bits, out):
+    for j in range(h.size):  # the normal numbers, infinities and NaNs: move the fields
+        x = np.uint32(h[j])
+        exp = (x >> 10) & 0x1F
+        body = ((x & 0x3FF) << 13) | ((exp + 112) << 23)
+        body = (body | 0x7F800000) if exp == 0x1F else body  # inf/NaN keep an all-ones exponent
+        out_bits[j] = ((x & 0x8000) << 16) | body
+    for j in range(h.size):  # zeros and subnormals: mantissa * 2^-24, exact in float32
+        x = h[j]
+        if (x & 0x7C00) == 0:
+            mag = np.float32(x & 0x3FF) * np.float32(2.0**-24)
+            out[j] = -mag if x & 0x8000 else mag
+
+
+@parallel_kernel(cache=True)
 def row_stats(p2):
     """Per row: sum (float64), maximum, and whether any value is NaN/inf/outside [0, 1]."""
     rows = p2.shape[0]
@@ -135,7 +326,7 @@ def row_stats(p2):
 
 
 @njit(cache=True, nogil=True)
-def _mask_block(row, t, k, out):
+def mask_row(row, t, k, out):
     """out[j] = row[j] > t or (row[j] == t and j < k): one block, indexed from 0.
 
     Indexing slices from 0 lets Numba prove the indices non-negative, and LLVM
@@ -160,7 +351,7 @@ def materialize(p2, threshold, tie_end, out):
         r = task // nblk
         i0 = (task % nblk) * BLOCK
         i1 = min(d, i0 + BLOCK)
-        _mask_block(p2[r, i0:i1], threshold[r], tie_end[r] - i0, out[r, i0:i1])
+        mask_row(p2[r, i0:i1], threshold[r], tie_end[r] - i0, out[r, i0:i1])
 
 
 def decide_rows(row_kernel, p3, *args):

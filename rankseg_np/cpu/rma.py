@@ -8,7 +8,16 @@ objective is one ratio of affine functions of the mask indicator ``x``:
 and Dinkelbach's iteration solves it exactly: with ``lam = pi(x)``, the mask
 maximising ``(a - lam*b).x`` is a threshold on ``p`` (Dice: ``p > lam/2``; IoU:
 ``p > lam/(1+lam)``); ``lam`` rises strictly until the optimum, where it stops.
-Each step is one read of the row (a masked sum and a count).  The answer is the
+Because ``lam`` only rises, so does the threshold: entries at or below a
+threshold never count again.  The row kernels read each row once in full
+(:func:`~rankseg_np.cpu._kernels.sum_and_top`: the sum, the validity test and
+the count of entries above ``LOW``), then pack the entries above ``LOW`` into
+a short array (:func:`~rankseg_np.cpu._kernels.pack_above`, vector
+compress-stores), a few per cent of a softmax row, and every Dinkelbach step
+reads only that array (a masked sum and a count) whenever its first threshold
+is at least ``LOW``.  Rows where packing would keep much of the row
+(``PACK_AT_MOST``), or whose first threshold is lower, iterate on the whole
+row.  The answer is the
 *smallest* optimal mask ``{p > lam*/2}`` (ties at the cut stay out), which is
 also the smallest optimal top-tau set: the same choice as an ``argmax`` over
 sorted volumes that takes the first maximum.
@@ -24,8 +33,9 @@ from numba import njit, prange
 
 from .._decision import RowDecision
 from .._validate import Config
-from ._kernels import decide_rows, scan, sort_desc_stable, sum_above
-from .._solvers import DICE, IOU
+from ._kernels import (
+    as_bits, bit_pattern, decide_rows, entries_above, mask_row, pack_above, sort_desc_stable, sum_above, sum_and_top,
+)
 from ._threads import parallel_kernel
 
 # Dinkelbach's lam increases strictly at every step and there are finitely
@@ -42,6 +52,31 @@ BAND_SLACK = 1e-9
 # every backend (whole rows, Dask chunks, GPU) makes the same choice.  A pixel
 # within 1e-12 of the cut changes the objective by less than 1e-12 relative.
 TIE_SLACK = 1e-12
+# Each row's entries above LOW are packed after its first read.  Dinkelbach
+# needs nothing else when its first threshold is at least LOW: for Dice
+# (threshold lam/2) when the mask {p > 1/2} scores lam >= 1/2, for IoU
+# (threshold lam/(1+lam)) when it scores lam >= 1/3: any model whose 1/2-mask
+# is roughly right.  Other rows iterate on the whole row.  A lower LOW packs
+# more entries of every row.
+LOW = 0.25
+assert np.float32(LOW) == LOW  # compared in the input's precision (float32 or float64) as is
+# Packing pays while it keeps a small part of the row: each later pass reads
+# the packed part instead of the row, but the packing itself writes every entry
+# it keeps.  Rows with more than 1/PACK_AT_MOST of their entries above the cut
+# (few classes, or large objects) are iterated on whole.
+PACK_AT_MOST = 8
+
+
+@njit(cache=True, nogil=True)
+def dice_start(alpha, beta, s0, n0):
+    """The value (2 S + alpha) / (beta + n) of the starting mask: Dinkelbach's first lam."""
+    return (2.0 * s0 + alpha) / (beta + n0)
+
+
+@njit(cache=True, nogil=True)
+def iou_start(smooth, mu, s0, n0):
+    """The value (S + g) / (mu + g + n - S) of the starting mask: Dinkelbach's first lam."""
+    return (s0 + smooth) / (mu + smooth + n0 - s0)
 
 
 @njit(cache=True, nogil=True)
@@ -50,7 +85,7 @@ def dinkelbach_dice(row, alpha, beta, s0, n0, t0):
 
     Returns (lam*, t*) with the optimum attained by the smallest mask {p > t*}.
     """
-    lam = (2.0 * s0 + alpha) / (beta + n0)
+    lam = dice_start(alpha, beta, s0, n0)
     t_best = t0
     for _ in range(MAX_STEPS):
         t = 0.5 * lam
@@ -69,7 +104,7 @@ def dinkelbach_dice(row, alpha, beta, s0, n0, t0):
 @njit(cache=True, nogil=True)
 def dinkelbach_iou(row, smooth, mu, s0, n0, t0):
     """Maximise (S + g) / (mu + g + n - S): keep p > lam/(1+lam) (Dinkelbach)."""
-    lam = (s0 + smooth) / (mu + smooth + n0 - s0)
+    lam = iou_start(smooth, mu, s0, n0)
     t_best = t0
     for _ in range(MAX_STEPS):
         t = lam / (1.0 + lam)
@@ -91,7 +126,7 @@ def dice_smooth_value(s, tau, a, smooth):
 
 
 @njit(cache=True, nogil=True)
-def _dice_smooth_row(row, mu, smooth, s0, n0):
+def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
     """RMA Dice with smooth g > 0: f(tau) = 2 S_tau/(A+tau+1) + g/(A+tau), A = mu + g.
 
     Proof of the band (q sorted descending, S_tau the top-tau sum):
@@ -120,19 +155,27 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
     is sorted, f is evaluated in float64 at every tie-group end in
     [tau_L, tau_U], and the first maximum wins.  Returns (threshold, tie_end)
     with whole tie groups only: the mask is ``{p > hi}`` or ``{p >= v}``.
+    ``packed`` holds the row's entries above ``LOW``, in order.
     """
     a = mu + smooth
-    lam1, _ = dinkelbach_dice(row, 0.0, a + 1.0, s0, n0, 0.5)
+    # Both iterations start from the mask {p > 1/2}, the gc one at the higher
+    # value, and only rise; the band starts above lam1/2 >= their lowest first
+    # threshold, t1.  So every entry that matters is in `rest`, packed once
+    # (below t1 with a margin for the band's widening).
+    low = 0.5 * dice_start(0.0, a + 1.0, s0, n0) * (1.0 - 2.0 * BAND_SLACK)
+    source = packed if low >= LOW else row
+    rest, _ = entries_above(source, low, source.size // PACK_AT_MOST)
+    lam1, _ = dinkelbach_dice(rest, 0.0, a + 1.0, s0, n0, 0.5)
     c = 0.5 * smooth * (1.0 + 2.0 / a)
-    lamc, _ = dinkelbach_dice(row, 2.0 * c, a + 1.0, s0, n0, 0.5)
+    lamc, _ = dinkelbach_dice(rest, 2.0 * c, a + 1.0, s0, n0, 0.5)
     lo = 0.5 * lam1 * (1.0 - BAND_SLACK)
     hi = 0.5 * lamc * (1.0 + BAND_SLACK)
 
     s_top = 0.0
     n_top = 0
     n_band = 0
-    for i in range(row.size):
-        v = row[i]
+    for i in range(rest.size):
+        v = rest[i]
         if v > hi:
             s_top += v
             n_top += 1
@@ -140,8 +183,8 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
             n_band += 1
     band = np.empty(n_band)
     j = 0
-    for i in range(row.size):
-        v = row[i]
+    for i in range(rest.size):
+        v = rest[i]
         if v >= lo and v <= hi:
             band[j] = v
             j += 1
@@ -164,45 +207,105 @@ def _dice_smooth_row(row, mu, smooth, s0, n0):
     return band[best_k - 1], row.size  # {p > v} and every p == v
 
 
-# Two kernels, so that the common case (Dice with smooth = 0, or IoU) never
-# compiles the band search of Dice with smooth > 0 (a first call in a fresh
-# environment pays for every line a kernel could run).
+# One kernel per objective, so that a first call in a fresh environment
+# compiles only the iteration it runs (it pays for every line a kernel could
+# run: the Dice-smooth band search, for instance, is never compiled for Dice
+# with smooth = 0).
+@njit(cache=True, nogil=True)
+def _open_row(row, bits, r, one, prune, low, threshold, tie_end, active, mu, bad):
+    """The first read of row r (:func:`~rankseg_np.cpu._kernels.sum_and_top`) and its outputs for an
+    inactive row.  Returns (active, sum, sum and count above 1/2, the entries above LOW in order)."""
+    total, top, n_low = sum_and_top(row, bits, low)
+    mu[r] = total
+    bad[r] = top > one  # a negative sign, NaN, inf or a value above 1; or -0.0 (see decide)
+    threshold[r] = np.inf
+    tie_end[r] = 0
+    active[r] = top > prune and not bad[r]
+    if not active[r]:
+        return False, total, 0.0, 0, row[:0]
+    packed = pack_above(row, row.dtype.type(LOW), n_low) if n_low <= row.size // PACK_AT_MOST else row
+    s_half, n_half = sum_above(packed, 0.5)  # every entry above 1/2 > LOW is there
+    return True, total, s_half, n_half, packed
+
+
+@njit(cache=True, nogil=True)
+def _write_mask(p2, r, threshold, tie_end, masks):
+    """Row r's mask, written while the row is still in cache (``masks`` None: decision only).
+
+    Numba compiles a separate kernel for ``masks=None`` and prunes this branch
+    there, so a decision-only call never compiles the mask writing.
+    """
+    if masks is not None:
+        mask_row(p2[r], threshold[r], tie_end[r], masks[r])
+
+
 @parallel_kernel(cache=True)
-def _rma_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
-    """Dice with smooth = 0 and IoU: Dinkelbach from the mask {p > 1/2}."""
+def _dice_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
+    """Dice with smooth = 0: Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
-        row = p2[r]
-        total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
-        mu[r] = total
-        bad[r] = is_bad
-        threshold[r] = np.inf
-        tie_end[r] = 0
-        active[r] = (not is_bad) and any_above
-        if not active[r]:
-            continue
-        if metric == IOU:
-            _, threshold[r] = dinkelbach_iou(row, smooth, total, s_half, n_half, 0.5)
-        else:
-            _, threshold[r] = dinkelbach_dice(row, 0.0, total + 1.0, s_half, n_half, 0.5)
+        go, total, s_half, n_half, packed = _open_row(
+            p2[r], bits[r], r, one, prune, low, threshold, tie_end, active, mu, bad
+        )
+        if go:
+            first = 0.5 * dice_start(0.0, total + 1.0, s_half, n_half)
+            source = packed if first >= LOW else p2[r]
+            _, threshold[r] = dinkelbach_dice(source, 0.0, total + 1.0, s_half, n_half, 0.5)
+        _write_mask(p2, r, threshold, tie_end, masks)
 
 
 @parallel_kernel(cache=True)
-def _rma_smooth_rows(p2, metric, smooth, pruning_prob, threshold, tie_end, active, mu, bad):
+def _iou_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
+    """IoU (any smooth): Dinkelbach from the mask {p > 1/2}."""
+    for r in prange(p2.shape[0]):
+        go, total, s_half, n_half, packed = _open_row(
+            p2[r], bits[r], r, one, prune, low, threshold, tie_end, active, mu, bad
+        )
+        if go:
+            lam = iou_start(smooth, total, s_half, n_half)
+            source = packed if lam / (1.0 + lam) >= LOW else p2[r]
+            _, threshold[r] = dinkelbach_iou(source, smooth, total, s_half, n_half, 0.5)
+        _write_mask(p2, r, threshold, tie_end, masks)
+
+
+@parallel_kernel(cache=True)
+def _dice_smooth_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
     """Dice with smooth > 0: the band search of :func:`_dice_smooth_row`."""
     for r in prange(p2.shape[0]):
-        row = p2[r]
-        total, any_above, is_bad, s_half, n_half = scan(row, pruning_prob)
-        mu[r] = total
-        bad[r] = is_bad
-        threshold[r] = np.inf
-        tie_end[r] = 0
-        active[r] = (not is_bad) and any_above
-        if active[r]:
-            threshold[r], tie_end[r] = _dice_smooth_row(row, total, smooth, s_half, n_half)
+        go, total, s_half, n_half, packed = _open_row(
+            p2[r], bits[r], r, one, prune, low, threshold, tie_end, active, mu, bad
+        )
+        if go:
+            threshold[r], tie_end[r] = _dice_smooth_row(p2[r], packed, total, smooth, s_half, n_half)
+        _write_mask(p2, r, threshold, tie_end, masks)
 
 
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     """RMA decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
-    metric = IOU if cfg.metric == "iou" else DICE
-    kernel = _rma_smooth_rows if metric == DICE and cfg.smooth > 0.0 else _rma_rows
-    return decide_rows(kernel, p3, metric, cfg.smooth, cfg.pruning_prob)
+    return _solve(p3, cfg, None)
+
+
+def masks(p3: np.ndarray, cfg: Config) -> np.ndarray:
+    """Boolean masks ``(B, C, d)``: the decision and each row's mask in one task per row,
+    the mask written while the row is in cache (saves a read of the input)."""
+    b, c, d = p3.shape
+    out = np.empty((b * c, d), dtype=np.bool_)
+    _solve(p3, cfg, out)
+    return out.reshape(b, c, d)
+
+
+def _solve(p3: np.ndarray, cfg: Config, out: np.ndarray | None) -> RowDecision:
+    if cfg.metric == "iou":
+        kernel = _iou_rows
+    else:
+        kernel = _dice_smooth_rows if cfg.smooth > 0.0 else _dice_rows
+    one, prune, low = (bit_pattern(t, p3.dtype) for t in (1.0, cfg.pruning_prob, LOW))
+    b, c, d = p3.shape
+    try:
+        return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, low, cfg.smooth, cfg.pruning_prob, out)
+    except ValueError:  # raised for rows whose top bit pattern is above 1.0's
+        if not np.all((p3 >= 0.0) & (p3 <= 1.0)):  # NaN fails both comparisons
+            raise
+    # Only -0.0 (the sign bit alone) failed the bit test, and it is a valid value:
+    # adding +0.0 turns it into 0.0 and leaves every other value unchanged.
+    p3 = p3 + p3.dtype.type(0.0)
+    return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, low, cfg.smooth, cfg.pruning_prob, out)
