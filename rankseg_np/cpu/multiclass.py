@@ -62,13 +62,16 @@ def input_thresholds(threshold: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray
 
 @njit(cache=True, nogil=True)
 def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t0, t1, t2, t3, k0, k1, k2, k3, count, owner, value, total):
-    """The claims of four rows of a tile (ascending classes; class C: a pad row of zeros) on its counters.
+    """The claims of four rows of a tile (ascending classes; class C: a pad row
+    of zeros) on its counters, with thresholds ``t`` and tie cuts ``k`` (a cut
+    <= 0 claims no tie).
 
     Four rows at a time: four streams from memory at once read about twice as
     fast as one (measured, this class loop alone on (4, 21, 512, 512): 8-10
-    -> 4.5-5 ms), and the counters are loaded and stored once per four classes.
-    One loop with the tie test (a cut <= 0 claims no tie): a second, plain
-    compare loop was ~10% faster here but doubled this function's compile time.
+    -> 4.5-5 ms), and the counters are loaded and stored once per four
+    classes.  One loop with the tie test: a second, plain compare loop was ~10%
+    faster but doubled this function's compile time.  (A separate function: the
+    same loop written inside _claim_tile did not vectorise.)
     """
     for j in range(r0.size):
         v0, v1, v2, v3 = r0[j], r1[j], r2[j], r3[j]
@@ -83,10 +86,10 @@ def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t0, t1, t2, t3, k0, k1, k2, k3, 
 
 
 @njit(cache=True, nogil=True)
-def _claim_tile(p3, b, i0, i1, t_in, tie_cut, rows, n_rows, pad, lab, tau_row, m_row, sum_stats, ints, vals):
+def _claim_tile(p3, b, i0, i1, t_in, tie_cut, rows, n_rows, lab, tau_row, m_row, sum_stats, ints, vals):
     """Claims of the pixels [i0, i1) of image b (see the module docstring), on
     the per-class arrays of :func:`_claim_inputs`; ``ints`` (2 TILE int32) and
-    ``vals`` (2 TILE, the input's dtype) are work arrays.
+    ``vals`` (3 TILE, the input's dtype) are work arrays.
 
     With a non-empty ``sum_stats`` (3 floats) it also stores (pixels whose
     class sum is off 1 by more than SUM_TOL, smallest sum, largest sum) of the
@@ -99,20 +102,27 @@ def _claim_tile(p3, b, i0, i1, t_in, tie_cut, rows, n_rows, pad, lab, tau_row, m
     # values errs by ~C ulp, 2.5e-6 for 21 float32 classes, far inside
     # SUM_TOL), in class order.
     count, owner = ints[:n], ints[TILE:TILE + n]
-    value, total = vals[:n], vals[TILE:TILE + n]
+    value, total, pad = vals[:n], vals[TILE:TILE + n], vals[2 * TILE:2 * TILE + n]
     for j in range(n):
         count[j] = 0
         owner[j] = 0
         value[j] = 0.0
         total[j] = 0.0
-    t = t_in[b]
+        pad[j] = 0.0
+    # Four rows at a time (ascending classes; class C: a pad row of zeros):
+    # four streams from memory at once read about twice as fast as one
+    # (measured, this class loop alone on (4, 21, 512, 512): 8-10 -> 4.5-5 ms),
+    # and the counters are loaded and stored once per four classes.  One loop
+    # with the tie test (a cut <= 0 claims no tie): a second, plain compare
+    # loop was ~10% faster here but doubled its compile time.
+    n_cls = p3.shape[1]
     for g in range(0, n_rows[b], 4):
         c0, c1, c2, c3 = rows[b, g], rows[b, g + 1], rows[b, g + 2], rows[b, g + 3]
-        _claim_rows(p3[b, c0, i0:i1], p3[b, c1, i0:i1] if c1 < p3.shape[1] else pad[:n],
-                    p3[b, c2, i0:i1] if c2 < p3.shape[1] else pad[:n],
-                    p3[b, c3, i0:i1] if c3 < p3.shape[1] else pad[:n], c0, c1, c2, c3,
-                    t[c0], t[c1], t[c2], t[c3], tie_cut[b, c0] - i0, tie_cut[b, c1] - i0,
-                    tie_cut[b, c2] - i0, tie_cut[b, c3] - i0, count, owner, value, total)
+        _claim_rows(p3[b, c0, i0:i1], p3[b, c1, i0:i1] if c1 < n_cls else pad,
+                    p3[b, c2, i0:i1] if c2 < n_cls else pad, p3[b, c3, i0:i1] if c3 < n_cls else pad,
+                    c0, c1, c2, c3, t_in[b, c0], t_in[b, c1], t_in[b, c2], t_in[b, c3],
+                    tie_cut[b, c0] - i0, tie_cut[b, c1] - i0, tie_cut[b, c2] - i0, tie_cut[b, c3] - i0,
+                    count, owner, value, total)
     for j in range(n):
         if count[j] == 1:  # in pixel order: m's float64 sums keep their order
             o = owner[j]
@@ -141,13 +151,12 @@ def _claims(p3, t_in, tie_cut, rows, n_rows, labels, tau_part, m_part, sum_stats
     """:func:`claims` on the arrays of :func:`_claim_inputs`; class sums checked if ``sum_stats`` has a row per task."""
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
-    pad = np.zeros(TILE, dtype=p3.dtype)
     for task in prange(n_img * n_tiles):
         b = task // n_tiles
         i0 = (task % n_tiles) * TILE
-        _claim_tile(p3, b, i0, min(d, i0 + TILE), t_in, tie_cut, rows, n_rows, pad, labels[b], tau_part[task],
+        _claim_tile(p3, b, i0, min(d, i0 + TILE), t_in, tie_cut, rows, n_rows, labels[b], tau_part[task],
                     m_part[task], sum_stats[task] if sum_stats.shape[0] > 0 else sum_stats[0, 0:0],
-                    np.empty(2 * TILE, dtype=np.int32), np.empty(2 * TILE, dtype=p3.dtype))
+                    np.empty(2 * TILE, dtype=np.int32), np.empty(3 * TILE, dtype=p3.dtype))
 
 
 def _claim_inputs(p3, threshold, tie_end, active, check):
@@ -188,7 +197,7 @@ def _increment(p, metric, smooth, tau, mu, m):
     """Exact change of class c's RMA objective when pixel p joins U_c (MATH 5, factored).
 
     The reference form, one pixel at a time; :func:`_increment_terms` and
-    :func:`_increments` evaluate the same operations on many pixels at once
+    :func:`_resolve_tile` evaluate the same operations on many pixels at once
     (and must stay in step with it).
     """
     if metric == 0:  # Dice
@@ -210,7 +219,7 @@ def _increment(p, metric, smooth, tau, mu, m):
 
 
 def _increment_terms(metric, smooth, tau, mu, m):
-    """The per-class constants (B, C) of :func:`_increments`'s one formula
+    """The per-class constants (B, C) of :func:`_resolve_tile`'s one formula
     ``((u * (p - v) - w * (1 - p)) / (y - z * p)) * s - h`` for every metric:
     the operations of :func:`_increment` (in NumPy, elementwise, the same float64
     bits) padded with exact identities (``x * 1``, ``x / 1``, ``x - 0``,
@@ -233,71 +242,72 @@ def _increment_terms(metric, smooth, tau, mu, m):
 
 
 # error_model="numpy": a division by zero gives inf instead of raising, so the
-# loop (a division per pixel) vectorises.  The IoU divisor e + 1 - p is never
-# zero: it is >= 1 - p + tau + (mu - m) with m <= mu, so zero would take p = 1
-# with mu = 0.
+# increment loop (a division per pixel) vectorises.  The IoU divisor e + 1 - p
+# is never zero: it is >= 1 - p + tau + (mu - m) with m <= mu, so zero would
+# take p = 1 with mu = 0.
 @njit(cache=True, nogil=True, error_model="numpy")
-def _increments(row, idx, unclaimed, t, cut, u, v, w, y, z, s, h, out, best):
-    """``out[q]`` = :func:`_increment` of one class's probability ``row[idx[q]]``
-    (gathered first, scalar loads: LLVM skips vector gathers on many CPUs), or
-    -inf where the class may not take the pixel (a contested pixel it does not
-    claim; see :func:`conflicts`); ``best`` takes the running maximum.  One
-    vectorised formula for every metric (see :func:`_increment_terms`).
+def _increments(row, pos, unclaimed, t, cut, terms, inc, best):
+    """``inc[q]`` = :func:`_increment` of one class's probability ``row[pos[q]]``
+    (one formula for every metric, on the constants ``terms`` of
+    :func:`_increment_terms`), or -inf where the class may not take the pixel
+    (a contested pixel it does not claim: p < t, or a tie at or after the cut);
+    ``best`` takes the running maximum.  (A separate function: the same loops
+    written inside _resolve_tile did not vectorise.)
     """
-    n = idx.size
-    for q in range(n):
-        out[q] = row[idx[q]]
-    for q in range(n):
-        p = out[q]
+    u, v, w, y, z, s, h = terms[0], terms[1], terms[2], terms[3], terms[4], terms[5], terms[6]
+    for q in range(pos.size):  # scalar loads first (LLVM skips vector gathers on many CPUs)
+        inc[q] = row[pos[q]]
+    for q in range(pos.size):  # then a vectorised loop
+        p = inc[q]
         x = ((u * (p - v) - w * (1.0 - p)) / (y - z * p)) * s - h
-        x = x if (unclaimed[q] != 0) | (p > t) | ((p == t) & (idx[q] < cut)) else -np.inf
-        out[q] = x
+        x = x if (unclaimed[q] != 0) | (p > t) | ((p == t) & (pos[q] < cut)) else -np.inf
+        inc[q] = x
         best[q] = x if x > best[q] else best[q]
 
 
 @njit(cache=True, nogil=True)
-def _resolve_tile(p3, b, i0, i1, t_conf, cut_conf, comp, n_comp, terms, out, void, void_index, ints, floats):
-    """Labels of the open pixels of [i0, i1) of image b, ``out`` = their labels (see :func:`conflicts`);
-    ``ints`` (TILE + 2 OPEN_BLOCK int64) and ``floats`` ((C + 2) OPEN_BLOCK float64) are work arrays."""
+def _resolve_tile(p3, b, i0, i1, terms, plan, n_comp, out, void, void_index, ints, floats):
+    """Labels of the open pixels of [i0, i1) of image b, ``out`` = their labels
+    (see :func:`conflicts`, which prepares ``terms``, ``plan`` and ``n_comp``);
+    ``ints`` (TILE + 2 OPEN_BLOCK int32) and ``floats`` ((C + 2) OPEN_BLOCK float64)
+    are work arrays."""
     k_max = OPEN_BLOCK
     idx = ints[:TILE]
     # The open pixels, gathered into a list (branch-free); under the void
     # policy unclaimed pixels take void_index at once.
+    lowest_open = MANY if void else NONE
     n = 0
     for j in range(i1 - i0):
         s = out[j]
         idx[n] = j
-        if void:
-            n += s == MANY
-            out[j] = void_index if s == NONE else s
-        else:
-            n += s < 0
-    u, v, w, y, z, sc, h = terms
+        n += (s < 0) & (s >= lowest_open)
+        out[j] = void_index if void & (s == NONE) else s
+    comp = plan[1, b]
     # Blocks of open pixels: their increments (C x OPEN_BLOCK) stay in cache.
     for q0 in range(0, n, k_max):
         k = min(n, q0 + k_max) - q0
         pos = idx[q0:q0 + k]
         unclaimed = ints[TILE:TILE + k]
-        label = ints[TILE + k_max:TILE + k_max + k]
         best = floats[:k]
         for q in range(k):
             unclaimed[q] = out[pos[q]] == NONE
             best[q] = -np.inf
         # Classes outside, pixels inside: each competing class's increments and the running best.
         for g in range(n_comp[b]):
-            c = comp[b, g]
-            _increments(p3[b, c, i0:i1], pos, unclaimed, t_conf[b, c], cut_conf[b, c] - i0, u[b, c], v[b, c],
-                        w[b, c], y[b, c], z[b, c], sc[b, c], h[b, c], floats[(g + 2) * k_max:(g + 2) * k_max + k],
-                        best)
-        # The lowest class within DELTA_TIE_RTOL of the best (as _first_within):
-        # classes from the last to the first, each taking the pixels it ties.
-        floor = floats[k_max:k_max + k]
+            c = comp[g]
+            _increments(p3[b, c, i0:i1], pos, unclaimed, terms[7, b, c], plan[0, b, c] - i0, terms[:7, b, c],
+                        floats[(g + 2) * k_max:(g + 2) * k_max + k], best)
+        # The lowest competing class within DELTA_TIE_RTOL of the best (as
+        # _first_within): classes from the last to the first, each taking the
+        # pixels it ties (vectorised).
+        floor = floats[k_max:2 * k_max]
+        label = ints[TILE + k_max:TILE + k_max + k]
         for q in range(k):
             floor[q] = best[q] - DELTA_TIE_RTOL * abs(best[q])
             label[q] = 0
         for g in range(n_comp[b] - 1, -1, -1):
-            c = comp[b, g]
             inc = floats[(g + 2) * k_max:(g + 2) * k_max + k]
+            c = comp[g]
             for q in range(k):
                 label[q] = c if inc[q] >= floor[q] else label[q]
         for q in range(k):
@@ -307,16 +317,15 @@ def _resolve_tile(p3, b, i0, i1, t_conf, cut_conf, comp, n_comp, terms, out, voi
 
 
 @parallel_kernel(cache=True)
-def _conflicts(p3, t_conf, cut_conf, comp, n_comp, terms, labels, void, void_index):
+def _conflicts(p3, terms, plan, n_comp, labels, void, void_index):
     """:func:`conflicts` on the per-class arrays it prepares."""
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
     for task in prange(n_img * n_tiles):
         b = task // n_tiles
         i0 = (task % n_tiles) * TILE
-        i1 = min(d, i0 + TILE)
-        _resolve_tile(p3, b, i0, i1, t_conf, cut_conf, comp, n_comp, terms, labels[b, i0:i1], void, void_index,
-                      np.empty(TILE + 2 * OPEN_BLOCK, dtype=np.int64), np.empty((n_cls + 2) * OPEN_BLOCK))
+        _resolve_tile(p3, b, i0, min(d, i0 + TILE), terms, plan, n_comp, labels[b, i0:i0 + TILE], void,
+                      void_index, np.empty(TILE + 2 * OPEN_BLOCK, dtype=np.int32), np.empty((n_cls + 2) * OPEN_BLOCK))
 
 
 def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index) -> None:
@@ -330,18 +339,16 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
     and a class that may take no pixel is not evaluated (its increments would be -inf).
     """
     n_img, n_cls, _ = p3.shape
-    t_conf = np.where(active, threshold, np.inf)
-    cut_conf = np.where(active, tie_end, -(2**62))
+    terms = np.empty((8, n_img, n_cls))  # the increment's per-class constants, then the threshold
+    terms[:7] = _increment_terms(metric, float(smooth), tau, mu, m)
+    terms[7] = np.where(active, threshold, np.inf)
+    plan = np.zeros((2, n_img, n_cls), dtype=np.int64)  # tie cuts, then the competing classes
+    plan[0] = np.where(active, tie_end, -(2**62))
     competing = active | ~active.any(axis=1, keepdims=True)
-    comp = np.zeros((n_img, n_cls), dtype=np.int64)
-    n_comp = np.zeros(n_img, dtype=np.int64)
+    n_comp = competing.sum(axis=1).astype(np.int64)
     for b in range(n_img):
-        cls = np.flatnonzero(competing[b])
-        comp[b, : cls.size] = cls
-        n_comp[b] = cls.size
-    terms = tuple(np.ascontiguousarray(np.broadcast_to(a, tau.shape), dtype=np.float64)
-                  for a in _increment_terms(metric, float(smooth), tau, mu, m))
-    _conflicts(p3, t_conf, cut_conf, comp, n_comp, terms, labels, bool(void), int(void_index))
+        plan[1, b, : n_comp[b]] = np.flatnonzero(competing[b])
+    _conflicts(p3, terms, plan, n_comp, labels, bool(void), int(void_index))
 
 
 @njit(cache=True, nogil=True)
