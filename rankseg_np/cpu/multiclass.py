@@ -85,78 +85,60 @@ def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t0, t1, t2, t3, k0, k1, k2, k3, 
         value[j] = v3 if a3 else (v2 if a2 else (v1 if a1 else (v0 if a0 else value[j])))
 
 
-@njit(cache=True, nogil=True)
-def _claim_tile(p3, b, i0, i1, t_in, tie_cut, rows, n_rows, lab, tau_row, m_row, sum_stats, ints, vals):
-    """Claims of the pixels [i0, i1) of image b (see the module docstring), on
-    the per-class arrays of :func:`_claim_inputs`; ``ints`` (2 TILE int32) and
-    ``vals`` (3 TILE, the input's dtype) are work arrays.
-
-    With a non-empty ``sum_stats`` (3 floats) it also stores (pixels whose
-    class sum is off 1 by more than SUM_TOL, smallest sum, largest sum) of the
-    rows read (``rows`` then lists every class: the tile is in cache, so the
-    check costs one extra read of the inactive rows only).
-    """
-    n = i1 - i0
-    # Branch-free per-tile counters (they vectorise): claims, last claimant and
-    # its probability; the class sums in the input's precision (a sum of C
-    # values errs by ~C ulp, 2.5e-6 for 21 float32 classes, far inside
-    # SUM_TOL), in class order.
-    count, owner = ints[:n], ints[TILE:TILE + n]
-    value, total, pad = vals[:n], vals[TILE:TILE + n], vals[2 * TILE:2 * TILE + n]
-    for j in range(n):
-        count[j] = 0
-        owner[j] = 0
-        value[j] = 0.0
-        total[j] = 0.0
-        pad[j] = 0.0
-    # Four rows at a time (ascending classes; class C: a pad row of zeros):
-    # four streams from memory at once read about twice as fast as one
-    # (measured, this class loop alone on (4, 21, 512, 512): 8-10 -> 4.5-5 ms),
-    # and the counters are loaded and stored once per four classes.  One loop
-    # with the tie test (a cut <= 0 claims no tie): a second, plain compare
-    # loop was ~10% faster here but doubled its compile time.
-    n_cls = p3.shape[1]
-    for g in range(0, n_rows[b], 4):
-        c0, c1, c2, c3 = rows[b, g], rows[b, g + 1], rows[b, g + 2], rows[b, g + 3]
-        _claim_rows(p3[b, c0, i0:i1], p3[b, c1, i0:i1] if c1 < n_cls else pad,
-                    p3[b, c2, i0:i1] if c2 < n_cls else pad, p3[b, c3, i0:i1] if c3 < n_cls else pad,
-                    c0, c1, c2, c3, t_in[b, c0], t_in[b, c1], t_in[b, c2], t_in[b, c3],
-                    tie_cut[b, c0] - i0, tie_cut[b, c1] - i0, tie_cut[b, c2] - i0, tie_cut[b, c3] - i0,
-                    count, owner, value, total)
-    for j in range(n):
-        if count[j] == 1:  # in pixel order: m's float64 sums keep their order
-            o = owner[j]
-            lab[i0 + j] = o
-            tau_row[o] += 1.0
-            m_row[o] += value[j]
-        else:
-            lab[i0 + j] = NONE if count[j] == 0 else MANY
-    if sum_stats.size > 0:
-        off = 0
-        for j in range(n):
-            off += abs(total[j] - 1.0) > SUM_TOL
-        lo = np.inf
-        hi = -np.inf
-        if off:  # the range only where something is off (the message quotes it): valid input skips it
-            for j in range(n):
-                lo = min(lo, total[j])
-                hi = max(hi, total[j])
-        sum_stats[0] = off
-        sum_stats[1] = lo
-        sum_stats[2] = hi
-
-
 @parallel_kernel(cache=True)
-def _claims(p3, t_in, tie_cut, rows, n_rows, labels, tau_part, m_part, sum_stats):
-    """:func:`claims` on the arrays of :func:`_claim_inputs`; class sums checked if ``sum_stats`` has a row per task."""
+def _claims(p3, t_in, tie_cut, rows, n_rows, labels, tau_part, m_part, n_off):
+    """:func:`claims` on the per-class arrays of :func:`_claim_inputs`, in tasks
+    of one image by one tile of pixels (see the module docstring).
+
+    With an ``n_off`` of one entry per task it also counts the pixels of each
+    task whose class sum is off 1 by more than SUM_TOL (``rows`` then lists
+    every class: the tile is in cache, so the check costs one extra read of the
+    inactive rows only).
+    """
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
     for task in prange(n_img * n_tiles):
         b = task // n_tiles
         i0 = (task % n_tiles) * TILE
-        _claim_tile(p3, b, i0, min(d, i0 + TILE), t_in, tie_cut, rows, n_rows, labels[b], tau_part[task],
-                    m_part[task], sum_stats[task] if sum_stats.shape[0] > 0 else sum_stats[0, 0:0],
-                    np.empty(2 * TILE, dtype=np.int32), np.empty(3 * TILE, dtype=p3.dtype))
+        i1 = min(d, i0 + TILE)
+        n = i1 - i0
+        # Branch-free per-tile counters (they vectorise): claims, last claimant
+        # and its probability; the class sums in the input's precision (a sum
+        # of C values errs by ~C ulp, 2.5e-6 for 21 float32 classes, far inside
+        # SUM_TOL), in class order; a pad row of zeros (class C).
+        count = np.empty(n, dtype=np.int32)
+        owner = np.empty(n, dtype=np.int32)  # read only where count == 1: no need to zero it
+        value = np.empty(n, dtype=p3.dtype)  # the last claimant's probability, likewise
+        total = np.empty(n, dtype=p3.dtype)
+        pad = np.empty(n, dtype=p3.dtype)
+        for j in range(n):
+            count[j] = 0
+            total[j] = 0.0
+            pad[j] = 0.0
+        # Four rows at a time (see _claim_rows), ascending classes, padded with class C.
+        for g in range(0, n_rows[b], 4):
+            c0, c1, c2, c3 = rows[b, g], rows[b, g + 1], rows[b, g + 2], rows[b, g + 3]
+            _claim_rows(p3[b, c0, i0:i1], p3[b, c1, i0:i1] if c1 < n_cls else pad,
+                        p3[b, c2, i0:i1] if c2 < n_cls else pad, p3[b, c3, i0:i1] if c3 < n_cls else pad,
+                        c0, c1, c2, c3, t_in[b, c0], t_in[b, c1], t_in[b, c2], t_in[b, c3],
+                        tie_cut[b, c0] - i0, tie_cut[b, c1] - i0, tie_cut[b, c2] - i0, tie_cut[b, c3] - i0,
+                        count, owner, value, total)
+        lab = labels[b, i0:i1]
+        tau_row = tau_part[task]
+        m_row = m_part[task]
+        for j in range(n):
+            if count[j] == 1:  # in pixel order: m's float64 sums keep their order
+                o = owner[j]
+                lab[j] = o
+                tau_row[o] += 1.0
+                m_row[o] += value[j]
+            else:
+                lab[j] = NONE if count[j] == 0 else MANY
+        if n_off.size > 0:
+            off = 0
+            for j in range(n):
+                off += abs(total[j] - 1.0) > SUM_TOL
+            n_off[task] = off
 
 
 def _claim_inputs(p3, threshold, tie_end, active, check):
@@ -189,7 +171,7 @@ def _claim_inputs(p3, threshold, tie_end, active, check):
 def claims(p3, threshold, tie_end, active, labels, tau_part, m_part) -> None:
     """Claim states into ``labels`` (B, d) and per-task partial sums into
     ``tau_part``/``m_part`` (one zeroed row of C per image tile, in task order)."""
-    _claims(p3, *_claim_inputs(p3, threshold, tie_end, active, False), labels, tau_part, m_part, np.empty((0, 3)))
+    _claims(p3, *_claim_inputs(p3, threshold, tie_end, active, False), labels, tau_part, m_part, np.empty(0, dtype=np.int64))
 
 
 @njit(cache=True, nogil=True)
@@ -265,67 +247,62 @@ def _increments(row, pos, unclaimed, t, cut, terms, inc, best):
         best[q] = x if x > best[q] else best[q]
 
 
-@njit(cache=True, nogil=True)
-def _resolve_tile(p3, b, i0, i1, terms, plan, n_comp, out, void, void_index, ints, floats):
-    """Labels of the open pixels of [i0, i1) of image b, ``out`` = their labels
-    (see :func:`conflicts`, which prepares ``terms``, ``plan`` and ``n_comp``);
-    ``ints`` (TILE + 2 OPEN_BLOCK int32) and ``floats`` ((C + 2) OPEN_BLOCK float64)
-    are work arrays."""
-    k_max = OPEN_BLOCK
-    idx = ints[:TILE]
-    # The open pixels, gathered into a list (branch-free); under the void
-    # policy unclaimed pixels take void_index at once.
-    lowest_open = MANY if void else NONE
-    n = 0
-    for j in range(i1 - i0):
-        s = out[j]
-        idx[n] = j
-        n += (s < 0) & (s >= lowest_open)
-        out[j] = void_index if void & (s == NONE) else s
-    comp = plan[1, b]
-    # Blocks of open pixels: their increments (C x OPEN_BLOCK) stay in cache.
-    for q0 in range(0, n, k_max):
-        k = min(n, q0 + k_max) - q0
-        pos = idx[q0:q0 + k]
-        unclaimed = ints[TILE:TILE + k]
-        best = floats[:k]
-        for q in range(k):
-            unclaimed[q] = out[pos[q]] == NONE
-            best[q] = -np.inf
-        # Classes outside, pixels inside: each competing class's increments and the running best.
-        for g in range(n_comp[b]):
-            c = comp[g]
-            _increments(p3[b, c, i0:i1], pos, unclaimed, terms[7, b, c], plan[0, b, c] - i0, terms[:7, b, c],
-                        floats[(g + 2) * k_max:(g + 2) * k_max + k], best)
-        # The lowest competing class within DELTA_TIE_RTOL of the best (as
-        # _first_within): classes from the last to the first, each taking the
-        # pixels it ties (vectorised).
-        floor = floats[k_max:2 * k_max]
-        label = ints[TILE + k_max:TILE + k_max + k]
-        for q in range(k):
-            floor[q] = best[q] - DELTA_TIE_RTOL * abs(best[q])
-            label[q] = 0
-        for g in range(n_comp[b] - 1, -1, -1):
-            inc = floats[(g + 2) * k_max:(g + 2) * k_max + k]
-            c = comp[g]
-            for q in range(k):
-                label[q] = c if inc[q] >= floor[q] else label[q]
-        for q in range(k):
-            # best = -inf: no class may take the pixel, every class ties (as
-            # _first_within, whose skipped classes hold -inf too): class 0.
-            out[pos[q]] = 0 if floor[q] == -np.inf else label[q]
-
-
 @parallel_kernel(cache=True)
 def _conflicts(p3, terms, plan, n_comp, labels, void, void_index):
-    """:func:`conflicts` on the per-class arrays it prepares."""
+    """:func:`conflicts` on the per-class arrays it prepares, in tasks of one
+    image by one tile of pixels."""
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
+    k_max = OPEN_BLOCK
     for task in prange(n_img * n_tiles):
         b = task // n_tiles
         i0 = (task % n_tiles) * TILE
-        _resolve_tile(p3, b, i0, min(d, i0 + TILE), terms, plan, n_comp, labels[b, i0:i0 + TILE], void,
-                      void_index, np.empty(TILE + 2 * OPEN_BLOCK, dtype=np.int32), np.empty((n_cls + 2) * OPEN_BLOCK))
+        i1 = min(d, i0 + TILE)
+        out = labels[b, i0:i1]
+        # Work arrays of fixed sizes (sized by the open pixels: measured slower).
+        idx = np.empty(TILE, dtype=np.int32)
+        unclaimed = np.empty(k_max, dtype=np.int32)
+        label = np.empty(k_max, dtype=np.int32)
+        best = np.empty(k_max)
+        floor = np.empty(k_max)
+        incs = np.empty(n_cls * k_max)  # one block of increments per competing class
+        # The open pixels, gathered into a list (branch-free); under the void
+        # policy unclaimed pixels take void_index at once.
+        lowest_open = MANY if void else NONE
+        n = 0
+        for j in range(i1 - i0):
+            s = out[j]
+            idx[n] = j
+            n += (s < 0) & (s >= lowest_open)
+            out[j] = void_index if void & (s == NONE) else s
+        comp = plan[1, b]
+        # Blocks of open pixels: their increments (C x OPEN_BLOCK) stay in cache.
+        for q0 in range(0, n, k_max):
+            k = min(n, q0 + k_max) - q0
+            pos = idx[q0:q0 + k]
+            for q in range(k):
+                unclaimed[q] = out[pos[q]] == NONE
+                best[q] = -np.inf
+            # Classes outside, pixels inside: each competing class's increments and the running best.
+            for g in range(n_comp[b]):
+                c = comp[g]
+                _increments(p3[b, c, i0:i1], pos, unclaimed, terms[7, b, c], plan[0, b, c] - i0, terms[:7, b, c],
+                            incs[g * k_max:g * k_max + k], best)
+            # The lowest competing class within DELTA_TIE_RTOL of the best (as
+            # _first_within): classes from the last to the first, each taking
+            # the pixels it ties (vectorised).
+            for q in range(k):
+                floor[q] = best[q] - DELTA_TIE_RTOL * abs(best[q])
+                label[q] = 0
+            for g in range(n_comp[b] - 1, -1, -1):
+                inc = incs[g * k_max:g * k_max + k]
+                c = comp[g]
+                for q in range(k):
+                    label[q] = c if inc[q] >= floor[q] else label[q]
+            for q in range(k):
+                # best = -inf: no class may take the pixel, every class ties (as
+                # _first_within, whose skipped classes hold -inf too): class 0.
+                out[pos[q]] = 0 if floor[q] == -np.inf else label[q]
 
 
 def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth, void, void_index) -> None:
@@ -368,9 +345,15 @@ def checked_claims(p3, threshold, tie_end, active, labels, tau_part, m_part) -> 
     smallest sum, largest sum), the arguments of ``_layout.check_class_sums``.
     """
     n_img, _, d = p3.shape
-    stats = np.zeros((tau_part.shape[0], 3))
-    _claims(p3, *_claim_inputs(p3, threshold, tie_end, active, True), labels, tau_part, m_part, stats)
-    return n_img * d, int(stats[:, 0].sum()), float(stats[:, 1].min(initial=np.inf)), float(stats[:, 2].max(initial=-np.inf))
+    n_off = np.zeros(tau_part.shape[0], dtype=np.int64)
+    _claims(p3, *_claim_inputs(p3, threshold, tie_end, active, True), labels, tau_part, m_part, n_off)
+    off = int(n_off.sum())
+    if off == 0:  # valid input: no range needed
+        return n_img * d, 0, np.inf, -np.inf
+    # The range for the message (the failure path only): the kernel's sums
+    # (the input's precision, class order) again, in NumPy.
+    sums = p3.sum(axis=1, dtype=p3.dtype)
+    return n_img * d, off, float(sums.min()), float(sums.max())
 
 
 def resolve(p3: np.ndarray, decision: RowDecision, cfg: Config, class_sums: np.ndarray | None = None) -> np.ndarray:
