@@ -7,9 +7,8 @@ and no ``(B, C, d)`` temporary:
    input's precision, see :func:`input_thresholds`).  The label array
    doubles as scratch: ``-2`` (no claimant), ``-1`` (two or more), or the sole
    claimant.  Sole-claimant pixels add to per-task partial sums of ``tau_c``
-   and ``m_c`` (float64, in pixel order, or vectorised where the sums are
-   exact, see ``EXACT_SUM_MIN``); the partials are reduced in a fixed order,
-   so the answer does not depend on the thread count.
+   and ``m_c`` (float64, in pixel order); the partials are reduced in a fixed
+   order, so the answer does not depend on the thread count.
 2. conflicts: only pixels still labelled ``-1``/``-2`` are revisited, per tile
    as a list, classes outside and pixels inside so that the increment score
    of MATH section 5 (factored forms, float64; :func:`_increment` is the
@@ -20,6 +19,14 @@ Every shortcut gives the bits of the pixel-by-pixel rule, which
 ``tests/test_multiclass_kernels.py`` transcribes and checks.  On random
 softmax input the open pixels are so dense that conflicts rereads nearly the
 whole input: that read, not the arithmetic, is what it costs.
+
+Compile time counts as much as speed (the first call in a fresh environment
+compiles these kernels): per-class constants are prepared in NumPy, the tile
+bodies are written in the parallel kernels themselves, and only the two hot
+loops are separate functions (written inline, they did not vectorise).  Each
+vectorised loop costs LLVM time; measured alternatives that were faster warm
+but doubled the compile time (a second, plain-compare claims loop; four-row
+gathers with prefetching in conflicts; vectorised exact sole sums) are gone.
 """
 
 from __future__ import annotations
