@@ -202,7 +202,8 @@ def _claim_inputs(p3, threshold, tie_end, active, check):
 def claims(p3, threshold, tie_end, active, labels, tau_part, m_part) -> None:
     """Claim states into ``labels`` (B, d) and per-task partial sums into
     ``tau_part``/``m_part`` (one zeroed row of C per image tile, in task order)."""
-    _claims(p3, *_claim_inputs(p3, threshold, tie_end, active, False), labels, tau_part, m_part, np.empty(0, dtype=np.int64))
+    no_check = np.empty(0, dtype=np.int64)
+    _claims(p3, *_claim_inputs(p3, threshold, tie_end, active, False), labels, tau_part, m_part, no_check)
 
 
 @njit(cache=True, nogil=True)
