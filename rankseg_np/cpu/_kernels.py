@@ -111,40 +111,15 @@ def sum_above(row, t):
 
 
 @njit(cache=True, nogil=True)
-def entries_above(row, t, most):
-    """The entries of ``row`` strictly above ``t`` (a float64), in their order, if there are at most ``most``.
+def pack_above(row, cut, n):
+    """The ``n`` entries of ``row`` strictly above ``cut`` (a value of the row's dtype), in their
+    order (``n`` counted beforehand).
 
-    Returns ``(entries, True)``, or ``(row, False)`` as soon as more than
-    ``most`` entries turn out to lie above ``t`` (the caller then works on the
-    whole row: packing pays only when it leaves a small part of it).
-
-    One read of the row, in 64-byte blocks: each block's entries above ``t``
+    One read of the row, in 64-byte blocks: each block's entries above the cut
     are packed with one vector compress-store (AVX-512's ``vcompressps`` /
     ``vcompresspd``; on CPUs without it LLVM emits scalar code, still correct),
     where a branch per entry would cost several times more.
     """
-    cut = _round_down(t, row)  # for an entry v of the row's dtype: v > t  <=>  v > cut
-    lanes = 64 // row.itemsize
-    cap = min(row.size, most + lanes)  # room for `most` entries, and a block's worth beyond
-    # Room for a sixteenth of the row first, doubled when full: a row-sized buffer
-    # would cost a fresh mapping (and its page faults) for every long row.
-    out = np.empty(min(cap, row.size // 16 + lanes), dtype=row.dtype)
-    i = k = row.size - row.size  # 0, typed like the sizes (a literal 0 would compile _pack once more)
-    while True:
-        i, k = _pack(row, i, out, k, cut)
-        if k > most:
-            return row, False
-        if i == row.size:
-            return out[:k], True
-        if out.size == cap:  # full with at most `most` entries: the next block goes beyond
-            return row, False
-        out = _grown(out, k, 2 * out.size, cap)
-
-
-@njit(cache=True, nogil=True)
-def pack_above(row, cut, n):
-    """The ``n`` entries of ``row`` strictly above ``cut`` (a value of the row's dtype), in their
-    order (``n`` counted beforehand)."""
     out = np.empty(n, dtype=row.dtype)  # compress-stores write only the entries they keep
     lanes = 64 // row.itemsize
     whole = row.size // lanes * lanes
@@ -156,49 +131,6 @@ def pack_above(row, cut, n):
             out[k] = row[i]
             k += 1
     return out
-
-
-@njit(cache=True, nogil=True)
-def _grown(out, k, size, most):
-    """A larger buffer (``min(size, most)`` entries) holding ``out[:k]``.
-
-    Copied by a loop: a slice assignment would compile NumPy's broadcasting
-    error messages, seconds of a first call's compilation.
-    """
-    more = np.empty(min(size, most), dtype=out.dtype)
-    for i in range(k):
-        more[i] = out[i]
-    return more
-
-
-@njit(cache=True, nogil=True)
-def _pack(row, i, out, k, cut):
-    """Pack the entries above ``cut`` of ``row[i:]`` at ``out[k:]`` while ``out`` has room for a block.
-
-    Returns where it stopped: (next entry of ``row``, next free slot of ``out``).
-    """
-    lanes = 64 // row.itemsize
-    whole = row.size // lanes * lanes
-    while i < whole and k + lanes <= out.size:
-        k += _compress_above(row, i, out, k, cut)
-        i += lanes
-    if i < whole:
-        return i, k
-    while i < row.size and k < out.size:  # the last partial block, entry by entry
-        if row[i] > cut:
-            out[k] = row[i]
-            k += 1
-        i += 1
-    return i, k
-
-
-@njit(cache=True, nogil=True)
-def _round_down(t, row):
-    """The largest value of ``row``'s dtype that is <= ``t``."""
-    cut = row.dtype.type(t)
-    if np.float64(cut) > t:
-        cut = np.nextafter(cut, row.dtype.type(-np.inf))
-    return cut
 
 
 @intrinsic

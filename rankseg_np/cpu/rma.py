@@ -34,7 +34,7 @@ from numba import njit, prange
 from .._decision import RowDecision
 from .._validate import Config
 from ._kernels import (
-    as_bits, bit_pattern, decide_rows, entries_above, mask_row, pack_above, sort_desc_stable, sum_above, sum_and_top,
+    as_bits, bit_pattern, decide_rows, mask_row, pack_above, sort_desc_stable, sum_above, sum_and_top,
 )
 from ._threads import parallel_kernel
 
@@ -160,11 +160,10 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
     a = mu + smooth
     # Both iterations start from the mask {p > 1/2}, the gc one at the higher
     # value, and only rise; the band starts above lam1/2 >= their lowest first
-    # threshold, t1.  So every entry that matters is in `rest`, packed once
-    # (below t1 with a margin for the band's widening).
+    # threshold.  So when that threshold (less a margin for the band's widening)
+    # is at least LOW, every entry that matters is packed.
     low = 0.5 * dice_start(0.0, a + 1.0, s0, n0) * (1.0 - 2.0 * BAND_SLACK)
-    source = packed if low >= LOW else row
-    rest, _ = entries_above(source, low, source.size // PACK_AT_MOST)
+    rest = packed if low >= LOW else row
     lam1, _ = dinkelbach_dice(rest, 0.0, a + 1.0, s0, n0, 0.5)
     c = 0.5 * smooth * (1.0 + 2.0 / a)
     lamc, _ = dinkelbach_dice(rest, 2.0 * c, a + 1.0, s0, n0, 0.5)
