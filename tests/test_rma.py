@@ -354,3 +354,22 @@ def test_fused_masks_equal_masks_of_the_decision(probs, params):
     cfg = check_config(probs.shape[1], **params)
     p3 = cpu.as_rows(probs)
     np.testing.assert_array_equal(rma.masks(p3, cfg), cpu.masks_from(p3, rma.decide(p3, cfg)))
+
+
+def test_float64_bit_tests_are_exact_to_the_last_bit():
+    """One ulp above 1, above pruning_prob and above 1/4 in float64 (the patterns must be compared
+    as unsigned 64-bit integers, not through float64)."""
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        rankseg(np.array([[[0.5, np.nextafter(1.0, 2.0)]]]), output_mode="multilabel")
+    p = np.array([[[np.nextafter(0.25, 1.0), 0.125]]])
+    cfg = check_config(1, pruning_prob=0.25, output_mode="multilabel")
+    np.testing.assert_array_equal(
+        rankseg(p, pruning_prob=0.25, output_mode="multilabel"), ref.rankseg_reference(p, cfg)
+    )
+    row = np.zeros(400)  # entries a few ulps above 1/4 must be counted before they are packed
+    row[:14] = 0.25 + 3 * 2.0**-54
+    row[14:24] = np.linspace(0.6, 1.0, 10)
+    row[24:46] = np.linspace(0.26, 0.6, 22)
+    probs = np.tile(row, (8, 1, 1))
+    ours = rankseg(probs, output_mode="multilabel")
+    assert_masks_optimal_like_reference(probs, ours, {"output_mode": "multilabel"})

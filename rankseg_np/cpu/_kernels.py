@@ -76,10 +76,13 @@ def sum_and_top(row, bits, low):
     return total, top, n_low
 
 
-def bit_pattern(t: float, dtype: np.dtype) -> int:
+def bit_pattern(t: float, dtype: np.dtype) -> np.unsignedinteger:
     """The bit pattern of the largest value of ``dtype`` at most ``t``, as an unsigned integer.
 
     For an entry ``v >= 0`` of that dtype: ``v > t`` exactly when its pattern is above this one.
+    The result is a NumPy ``uint32``/``uint64`` scalar, so that a kernel receives it with the type
+    of the patterns it is compared with (a Python int arrives as int64, and Numba compares
+    uint64 with int64 in float64, which loses the last bits).
 
     Examples
     --------
@@ -90,7 +93,7 @@ def bit_pattern(t: float, dtype: np.dtype) -> int:
     value = np.asarray(t, dtype=dtype)
     if float(value) > t:
         value = np.nextafter(value, dtype.type(-np.inf))
-    return int(value.view(np.uint32 if dtype.itemsize == 4 else np.uint64))
+    return value.view(np.uint32 if dtype.itemsize == 4 else np.uint64)[()]
 
 
 def as_bits(a: np.ndarray) -> np.ndarray:
@@ -120,17 +123,21 @@ def pack_above(row, cut, n):
     ``vcompresspd``; on CPUs without it LLVM emits scalar code, still correct),
     where a branch per entry would cost several times more.
     """
-    out = np.empty(n, dtype=row.dtype)  # compress-stores write only the entries they keep
     lanes = 64 // row.itemsize
+    # Compress-stores write only the entries they keep; the extra block is a
+    # guard, so that a wrong count can never write past the buffer.
+    out = np.empty(n + lanes, dtype=row.dtype)
     whole = row.size // lanes * lanes
     k = 0
     for i in range(0, whole, lanes):
+        if k > n:
+            break
         k += _compress_above(row, i, out, k, cut)
     for i in range(whole, row.size):
-        if row[i] > cut:
+        if row[i] > cut and k < out.size:
             out[k] = row[i]
             k += 1
-    return out
+    return out[:min(k, n)]
 
 
 @intrinsic
