@@ -206,17 +206,13 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
     return band[best_k - 1], row.size  # {p > v} and every p == v
 
 
-# One kernel per objective, so that a first call in a fresh environment
-# compiles only the iteration it runs (it pays for every line a kernel could
-# run: the Dice-smooth band search, for instance, is never compiled for Dice
-# with smooth = 0).
 @njit(cache=True, nogil=True)
 def _open_row(row, bits, r, one, prune, low, threshold, tie_end, active, mu, bad):
     """The first read of row r (:func:`~rankseg_np.cpu._kernels.sum_and_top`) and its outputs for an
     inactive row.  Returns (active, sum, sum and count above 1/2, the entries above LOW in order)."""
     total, top, n_low = sum_and_top(row, bits, low)
     mu[r] = total
-    bad[r] = top > one  # a negative sign, NaN, inf or a value above 1; or -0.0 (see decide)
+    bad[r] = top > one  # a negative sign, NaN, inf or a value above 1; or -0.0 (see _solve)
     threshold[r] = np.inf
     tie_end[r] = 0
     active[r] = top > prune and not bad[r]
@@ -238,8 +234,12 @@ def _write_mask(p2, r, threshold, tie_end, masks):
         mask_row(p2[r], threshold[r], tie_end[r], masks[r])
 
 
+# One kernel per objective, so that a first call in a fresh environment
+# compiles only the iteration it runs (it pays for every line a kernel could
+# run: the Dice-smooth band search, for instance, is never compiled for Dice
+# with smooth = 0).
 @parallel_kernel(cache=True)
-def _dice_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
+def _dice_rows(p2, bits, one, prune, low, smooth, masks, threshold, tie_end, active, mu, bad):
     """Dice with smooth = 0: Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
         go, total, s_half, n_half, packed = _open_row(
@@ -253,7 +253,7 @@ def _dice_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold
 
 
 @parallel_kernel(cache=True)
-def _iou_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
+def _iou_rows(p2, bits, one, prune, low, smooth, masks, threshold, tie_end, active, mu, bad):
     """IoU (any smooth): Dinkelbach from the mask {p > 1/2}."""
     for r in prange(p2.shape[0]):
         go, total, s_half, n_half, packed = _open_row(
@@ -267,7 +267,7 @@ def _iou_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold,
 
 
 @parallel_kernel(cache=True)
-def _dice_smooth_rows(p2, bits, one, prune, low, smooth, pruning_prob, masks, threshold, tie_end, active, mu, bad):
+def _dice_smooth_rows(p2, bits, one, prune, low, smooth, masks, threshold, tie_end, active, mu, bad):
     """Dice with smooth > 0: the band search of :func:`_dice_smooth_row`."""
     for r in prange(p2.shape[0]):
         go, total, s_half, n_half, packed = _open_row(
@@ -300,11 +300,11 @@ def _solve(p3: np.ndarray, cfg: Config, out: np.ndarray | None) -> RowDecision:
     one, prune, low = (bit_pattern(t, p3.dtype) for t in (1.0, cfg.pruning_prob, LOW))
     b, c, d = p3.shape
     try:
-        return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, low, cfg.smooth, cfg.pruning_prob, out)
+        return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, low, cfg.smooth, out)
     except ValueError:  # raised for rows whose top bit pattern is above 1.0's
         if not np.all((p3 >= 0.0) & (p3 <= 1.0)):  # NaN fails both comparisons
             raise
     # Only -0.0 (the sign bit alone) failed the bit test, and it is a valid value:
     # adding +0.0 turns it into 0.0 and leaves every other value unchanged.
     p3 = p3 + p3.dtype.type(0.0)
-    return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, low, cfg.smooth, cfg.pruning_prob, out)
+    return decide_rows(kernel, p3, as_bits(p3).reshape(b * c, d), one, prune, low, cfg.smooth, out)
