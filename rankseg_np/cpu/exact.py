@@ -68,7 +68,7 @@ from .._quadrature import (  # noqa: F401  (re-exported: tests and benchmarks re
     theta_of,
 )
 from .._validate import Config
-from ._kernels import decide_rows, sort_desc_stable, sum_above
+from ._kernels import as_bits, bit_pattern, decide_rows, pack_above, sort_desc_stable, sum_above, sum_and_top
 from .rma import dinkelbach_dice, dinkelbach_iou
 from ._threads import parallel_kernel
 
@@ -134,40 +134,6 @@ def size_class(v):
     return 3
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def power_sums(vals, n_terms, pows):
-    """pows[m-1] += sum_i vals[i]^m for m = 1..n_terms, in cache-sized blocks.
-
-    Reassociation lets the sums vectorise; they stay deterministic (fixed order
-    for a given build) and float64.
-    """
-    n = vals.size
-    w = np.empty(POW_BLOCK)
-    for start in range(0, n, POW_BLOCK):
-        k = min(n, start + POW_BLOCK) - start
-        for i in range(k):
-            w[i] = vals[start + i]
-        for m in range(n_terms):
-            acc = 0.0
-            for i in range(k):
-                acc += w[i]
-                w[i] *= vals[start + i]
-            pows[m] += acc
-
-
-@njit(cache=True, nogil=True)
-def class_power_sums(buf, starts, ends, pows):
-    """Power sums of the four size classes, class c in ``buf[starts[c]:ends[c]]``.
-
-    One loop over the classes, so the term count reaches ``power_sums`` as a
-    run-time int64: four call sites with constant counts compiled four
-    specialisations of it (seconds of a first call's compilation).
-    """
-    terms = (N_MICRO, N_TINY, N_MIDSMALL, M_POW)
-    for k in range(4):
-        power_sums(buf[starts[k] : ends[k]], terms[k], pows)
-
-
 @njit(cache=True, nogil=True)
 def neumaier(total, comp, x):
     """``total + x`` with the rounding error added to ``comp`` (Neumaier's compensated sum).
@@ -187,8 +153,8 @@ def neumaier(total, comp, x):
 
 @njit(cache=True, nogil=True)
 def _power_sums_exact_order(vals, n_terms, pows):
-    """:func:`power_sums` on one block without reassociation: the same rounding in every build
-    (the parallel kernel and its serial twin inline ``power_sums`` differently)."""
+    """Power sums ``pows[m-1] += sum vals^m`` of one block without reassociation: the same rounding in every build
+    (the parallel kernel and its serial twin may inline a reassociated loop differently)."""
     w = vals.copy()
     for m in range(n_terms):
         acc = 0.0
@@ -200,7 +166,7 @@ def _power_sums_exact_order(vals, n_terms, pows):
 
 @njit(cache=True, nogil=True)
 def class_power_sums_compensated(buf, starts, ends, pows):
-    """:func:`class_power_sums` with Neumaier-compensated sums across blocks of POW_BLOCK pixels."""
+    """Power sums of four size classes (class k in ``buf[starts[k]:ends[k]]``, 2, 9, 18 and 27 terms), Neumaier-compensated across blocks of POW_BLOCK pixels."""
     comp = np.zeros(M_POW)
     blk = np.empty(M_POW)
     terms = (N_MICRO, N_TINY, N_MIDSMALL, M_POW)
@@ -218,7 +184,7 @@ def class_power_sums_compensated(buf, starts, ends, pows):
 def series_log(pows, s):
     """sum_j log(1 - p_j s) = -sum_m s^m P_m / m over the power-summed pixels (Horner)."""
     acc = 0.0
-    for m in range(M_POW, 0, -1):
+    for m in range(pows.size, 0, -1):
         acc = (acc + pows[m - 1] / m) * s
     return -acc
 
@@ -227,7 +193,7 @@ def series_log(pows, s):
 def series_frac(pows, s):
     """sum_j p_j / (1 - p_j s) = sum_m s^(m-1) P_m over the power-summed pixels."""
     acc = 0.0
-    for m in range(M_POW, 0, -1):
+    for m in range(pows.size, 0, -1):
         acc = acc * s + pows[m - 1]
     return acc
 
@@ -294,33 +260,110 @@ def _zero_score(smooth, rule, mu, lp0, pows, others, n_one):
     return p0 + smooth * acc
 
 
-# The row solver, phase by phase: histogram -> lower bound -> bracket (bins)
-# -> gather the band -> sharper bound and candidate volumes -> exact scores
+# The row solver, phase by phase: one vectorised read (sum, validity, count
+# above 1/4) -> the entries above 1/4 packed -> their histogram -> lower bound
+# -> bracket (bins) -> gather the band -> sharper bound and candidate volumes
+# -> segments and the largest s of their rules -> power sums (the row's pixels
+# at or below 1/4 in one vectorised read; the others by value) -> exact scores
 # (the empty mask; segments of candidate volumes) -> the mask's threshold.
+
+# The first read counts the entries above PACK_CUT, and they are packed (a few
+# per cent of a softmax row) when they are at most 1/PACK_AT_MOST of the row,
+# as in RMA (rankseg_np.cpu.rma).  Every later step but one vectorised read of
+# the row (the power sums of the pixels at or below PACK_CUT) then reads the
+# packed entries only, as long as the band lies above PACK_CUT's bin: the best
+# masks' thresholds (about lam/2 for Dice, lam/(1+lam) for IoU) are above 1/4
+# when they score above about 1/2 (Dice) or 1/3 (IoU).  Other rows read the
+# whole row.
+PACK_CUT = SMALL_BIN / NB
+PACK_AT_MOST = 8
+
+# Power sums (docs/exact.md section 3).  Each pixel's series is cut where its
+# remainder is at most TRUNC at every node of the row's rules (s <= s_max);
+# only pixels with p * s_max < X_SERIES use series (at most 27 terms for
+# log(1 - p s), 31 for p / (1 - p s)); the others are visited per node.
+TRUNC = 1e-18
+X_SERIES = 0.25
+M_MAX = 32
+# Pixels below NANO keep one term (remainder (ps)^2/(2(1-ps)) < 2^-61) and
+# those below MICRO two (< 2^-60/3): below TRUNC, and no product of subnormal
+# numbers (very slow arithmetic) is ever formed.
+NANO = 2.0**-30
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def range_power_sums(vals, hi, n_terms, pows):
+    """pows[m-1] += sum of v^m over the entries v < hi of vals, m = 1..n_terms (float64).
+
+    Terms m >= 2 skip v < NANO and terms m >= 3 skip v < MICRO (see NANO).
+    The entries are selected, not gathered, so the loops vectorise: one read of
+    ``vals`` in blocks of POW_BLOCK, then n_terms - 2 passes over each block in
+    cache.  Reassociation lets the sums vectorise; they stay deterministic
+    (fixed order for a given build) and float64.
+    """
+    n = vals.size
+    x = np.empty(POW_BLOCK)
+    y = np.empty(POW_BLOCK)
+    for start in range(0, n, POW_BLOCK):
+        k = min(n, start + POW_BLOCK) - start
+        blk = vals[start : start + k]
+        a1 = 0.0
+        a2 = 0.0
+        for i in range(k):
+            v = np.float64(blk[i])
+            v = v if v < hi else 0.0
+            a1 += v
+            v2 = v if v >= NANO else 0.0
+            a2 += v2 * v2
+            w = v if v >= MICRO else 0.0
+            x[i] = w
+            y[i] = w * w
+        pows[0] += a1
+        if n_terms >= 2:
+            pows[1] += a2
+        for m in range(2, n_terms):
+            acc = 0.0
+            for i in range(k):
+                y[i] *= x[i]
+                acc += y[i]
+            pows[m] += acc
 
 
 @njit(cache=True, nogil=True)
-def _histogram(row):
-    """One read of the row: NB-bin counts and float64 sums, total, maximum, any bad value."""
+def series_terms(x, frac):
+    """Fewest series terms M leaving at most TRUNC per pixel wherever p s <= x (x <= X_SERIES).
+
+    ``log(1 - ps) = -sum_m (ps)^m / m`` leaves ``<= x^(M+1) / ((M+1)(1-x))``;
+    ``p / (1 - ps) = p sum_m (ps)^(m-1)`` (``frac``) leaves a relative ``x^M / (1-x)``.
+    """
+    xm = x
+    for m in range(1, M_MAX + 1):
+        rem = xm / (1.0 - x) if frac else xm * x / ((m + 1) * (1.0 - x))
+        if rem <= TRUNC:
+            return m
+        xm *= x
+    return M_MAX
+
+
+@njit(cache=True, nogil=True)
+def _largest_s(r0, rule):
+    """The largest ``s = 1 - t`` among the nodes :func:`make_rule` builds for central rate ``r0``."""
+    if r0 <= SWITCH:
+        return 0.5 * (1.0 - rule.jac_x.min())
+    return -math.expm1(-rule.lag_v.max() / r0)
+
+
+@njit(cache=True, nogil=True)
+def _histogram(vals):
+    """NB-bin counts and float64 sums of values in [0, 1]."""
     counts = np.zeros(NB, dtype=np.int64)
     sums = np.zeros(NB)
-    total = 0.0
-    peak = -np.inf
-    bad = False
-    for i in range(row.size):
-        v = row[i]
-        if not (v >= 0.0 and v <= 1.0):  # NaN fails both
-            bad = True
-            continue
-        total += v
-        if v > peak:
-            peak = v
-        b = int(v * NB)
-        if b >= NB:
-            b = NB - 1
+    for i in range(vals.size):
+        v = vals[i]
+        b = min(int(v * NB), NB - 1)
         counts[b] += 1
         sums[b] += v
-    return counts, sums, total, peak, bad
+    return counts, sums
 
 
 @njit(cache=True, nogil=True)
@@ -388,15 +431,19 @@ def _bracket(counts, sums, lamp, alpha, ell):
 
 
 @njit(cache=True, nogil=True)
-def _gather(row, counts, b_lo, b_hi):
-    """Split the row by bins: above the band (top), the band (with indices), mid, small by size class.
+def _bin_bracket(vals, metric, mu, smooth):
+    """The histogram of ``vals``, the bound lam and the bracket of bins around the candidates."""
+    counts, sums = _histogram(vals)
+    lam = _edge_bound(counts, sums, metric, mu, smooth)
+    lamp, alpha, ell, _ = _test_terms(lam, metric, mu, smooth)
+    bstar, b_lo, b_hi = _bracket(counts, sums, lamp, alpha, ell)
+    return counts, sums, lam, bstar, b_lo, b_hi
 
-    Returns (top_buf, n_top_kept, n_one, s_top, band_v, band_i, s_band, mid_v,
-    small_buf, starts, ends); n_top counts pixels equal to 1 too (``n_one``,
-    not kept in ``top_buf``).  Small pixels below the band go to ``small_buf``
-    by size class: bins < TINY_BIN hold classes 0 (filled from the back) and
-    1 (from the front), then 2, then 3.
-    """
+
+@njit(cache=True, nogil=True)
+def _gather(src, counts, b_lo, b_hi, r_bin):
+    """Split ``src`` by bins: above the band (top, and its sum), the band (values, positions in
+    ``src``), and below it down to bin ``r_bin`` (mid); lower entries are not kept."""
     n_top = 0
     for b in range(b_hi + 1, NB):
         n_top += counts[b]
@@ -404,53 +451,31 @@ def _gather(row, counts, b_lo, b_hi):
     for b in range(b_lo, b_hi + 1):
         w_n += counts[b]
     n_mid = 0
-    for b in range(SMALL_BIN, b_lo):
+    for b in range(r_bin, b_lo):
         n_mid += counts[b]
-    n_b = np.zeros(3, dtype=np.int64)
-    for b in range(min(b_lo, SMALL_BIN)):
-        n_b[0 if b < TINY_BIN else (1 if b < MIDSMALL_BIN else 2)] += counts[b]
-    small_buf = np.empty(n_b[0] + n_b[1] + n_b[2])
-    starts = np.array([n_b[0], 0, n_b[0], n_b[0] + n_b[1]])
-    ends = starts.copy()  # fill pointers; class 0 grows downwards from n_b[0]
-    top_buf = np.empty(n_top)
+    top_v = np.empty(n_top)
     band_v = np.empty(w_n)
     band_i = np.empty(w_n, dtype=np.int64)
     mid_v = np.empty(n_mid)
     s_top = 0.0
-    s_band = 0.0
-    n_one = 0
     jt = 0
     jb = 0
     jm = 0
-    for i in range(row.size):
-        v = row[i]
-        b = int(v * NB)
-        if b >= NB:
-            b = NB - 1
+    for i in range(src.size):
+        v = src[i]
+        b = min(int(v * NB), NB - 1)
         if b > b_hi:
+            top_v[jt] = v
             s_top += v
-            if v == 1.0:
-                n_one += 1
-            else:
-                top_buf[jt] = v
-                jt += 1
+            jt += 1
         elif b >= b_lo:
             band_v[jb] = v
             band_i[jb] = i
-            s_band += v
             jb += 1
-        elif b >= SMALL_BIN:
+        elif b >= r_bin:
             mid_v[jm] = v
             jm += 1
-        elif v > 0.0:
-            k = size_class(v)
-            if k == 0:
-                starts[0] -= 1
-                small_buf[starts[0]] = v
-            else:
-                small_buf[ends[k]] = v
-                ends[k] += 1
-    return top_buf, jt, n_one, s_top, band_v, band_i, s_band, mid_v, small_buf, starts, ends
+    return top_v, s_top, band_v, band_i, mid_v
 
 
 @njit(cache=True, nogil=True)
@@ -497,26 +522,68 @@ def _candidates(cum, n_top, alpha, lamp, ell, zero_cand):
 
 
 @njit(cache=True, nogil=True)
-def _empty_mask_score(smooth, rule, mu, pows, top_v, band_v, mid_v, n_one):
-    """Exact score of tau = 0; log P0 = sum_j log(1 - p_j), power-summed pixels via the series at s = 1."""
-    others = np.empty(top_v.size + band_v.size + mid_v.size)
-    lp0 = series_log(pows, 1.0)
-    j = 0
-    for arr_i in range(3):
-        src = top_v if arr_i == 0 else (band_v if arr_i == 1 else mid_v)
-        for i in range(src.size):
-            others[j] = src[i]
-            lp0 += math.log1p(-src[i])
-            j += 1
-    return _zero_score(smooth, rule, mu, lp0, pows, others, n_one)
+def _rate(metric, tau, smooth, mu, s_tau):
+    """Central rate a + E[X] of the integrals behind the score of volume tau."""
+    if metric == DICE:
+        return tau + smooth + mu + 0.5
+    return tau + smooth + mu - s_tau
 
 
 @njit(cache=True, nogil=True)
-def _exact_scores(metric, smooth, mu, rule, c0, c1, n_top, cum, pows, mid_v, top_v, n_one, bv, w_in):
+def _segments(metric, smooth, mu, c0, c1, n_top, cum):
+    """Runs of candidate volumes whose central rates stay within SEG_RATIO: (starts, ends, r0),
+    ``r0`` the geometric mean of a run's end rates (each run gets its own rule)."""
+    n_c = c1 - c0 + 1
+    starts = np.empty(n_c, dtype=np.int64)
+    ends = np.empty(n_c, dtype=np.int64)
+    r0 = np.empty(n_c)
+    n = 0
+    seg_s = c0
+    while seg_s <= c1:
+        r_s = _rate(metric, seg_s, smooth, mu, cum[seg_s - n_top])
+        seg_e = seg_s
+        while seg_e + 1 <= c1 and _rate(metric, seg_e + 1, smooth, mu, cum[seg_e + 1 - n_top]) <= SEG_RATIO * r_s:
+            seg_e += 1
+        starts[n] = seg_s
+        ends[n] = seg_e
+        r0[n] = math.sqrt(r_s * _rate(metric, seg_e, smooth, mu, cum[seg_e - n_top]))
+        n += 1
+        seg_s = seg_e + 1
+    return starts[:n], ends[:n], r0[:n]
+
+
+@njit(cache=True, nogil=True)
+def _split_series(vals, cut, s_max, frac, pows):
+    """Entries below ``cut`` into the power sums ``pows`` (their terms for ``p s <= max * s_max``);
+    returns (the others, in order, and the number of terms used)."""
+    n_node = 0
+    x = 0.0
+    for i in range(vals.size):
+        v = vals[i]
+        if v >= cut:
+            n_node += 1
+        elif v > x:
+            x = v
+    n_terms = series_terms(x * s_max, frac)
+    range_power_sums(vals, cut, n_terms, pows)
+    node = np.empty(n_node)
+    j = 0
+    for i in range(vals.size):
+        if vals[i] >= cut:
+            node[j] = vals[i]
+            j += 1
+    return node, n_terms
+
+
+@njit(cache=True, nogil=True)
+def _exact_scores(metric, smooth, rule, starts, ends, r0, c0, c1, n_top, pows_out, o_node, pows_top, t_node, n_one,
+                  bv, w_in):
     """f[tau - c0] for tau in [c0, c1]: exact scores (IoU: before the factor S_tau + g), segment by segment.
 
-    Segments of volumes whose central rates vary by at most SEG_RATIO share
-    one quadrature rule (scaled to their geometric-mean rate).
+    Per node: the pixels outside every candidate mask through ``pows_out`` and
+    ``o_node``; for Dice the pixels inside every one (above the band) through
+    ``pows_top``, ``t_node`` and ``n_one`` (pixels equal to 1); the band's
+    first ``w_in`` pixels one by one, then each volume in O(1).
     """
     n_c = c1 - c0 + 1
     f = np.zeros(n_c)
@@ -525,35 +592,28 @@ def _exact_scores(metric, smooth, mu, rule, c0, c1, n_top, cum, pows, mid_v, top
     lw = np.empty(k_n)
     tt = np.empty(k_n)
     ss = np.empty(k_n)
-    den = np.empty(bv.size)
-    n_mid = mid_v.size
-    seg_s = c0
-    while seg_s <= c1:
-        r_s = _rate(metric, seg_s, smooth, mu, cum[seg_s - n_top])
-        seg_e = seg_s
-        while seg_e + 1 <= c1 and _rate(metric, seg_e + 1, smooth, mu, cum[seg_e + 1 - n_top]) <= SEG_RATIO * r_s:
-            seg_e += 1
-        r0 = math.sqrt(r_s * _rate(metric, seg_e, smooth, mu, cum[seg_e - n_top]))
-        c = make_rule(r0, rule, lt, lw, tt, ss)
+    den = np.empty(w_in)
+    for g in range(starts.size):
+        seg_s = starts[g]
+        seg_e = ends[g]
+        c = make_rule(r0[g], rule, lt, lw, tt, ss)
         i_s = seg_s - n_top  # band pixels [0, i_s) are inside every mask of the segment
         for k in range(k_n):
             t = tt[k]
             s = ss[k]
-            lg = series_log(pows, s)
-            for i in range(n_mid):
-                lg += math.log1p(-mid_v[i] * s)
+            lg = series_log(pows_out, s)
+            for i in range(o_node.size):
+                lg += log_one_minus(o_node[i], t, s)
             if metric == DICE:
-                lg += n_one * lt[k]
-                a_sum = n_one / t
-                for i in range(top_v.size):
-                    q = top_v[i]
-                    dd = one_minus(q, t, s)
-                    lg += math.log(dd)
-                    a_sum += q / dd
+                lg += series_log(pows_top, s) + n_one * lt[k]
+                a_sum = series_frac(pows_top, s) + n_one / t
+                for i in range(t_node.size):
+                    q = t_node[i]
+                    lg += log_one_minus(q, t, s)
+                    a_sum += q / one_minus(q, t, s)
                 for i in range(w_in):
-                    dd = one_minus(bv[i], t, s)
-                    den[i] = dd
-                    lg += math.log(dd)
+                    den[i] = one_minus(bv[i], t, s)
+                    lg += log_one_minus(bv[i], t, s)
                 for i in range(i_s):
                     a_sum += bv[i] / den[i]
                 e = math.exp(lw[k] + (seg_s + smooth - c) * lt[k] + lg)
@@ -565,25 +625,50 @@ def _exact_scores(metric, smooth, mu, rule, c0, c1, n_top, cum, pows, mid_v, top
                         e *= t
             else:
                 for i in range(i_s, w_in):
-                    dd = one_minus(bv[i], t, s)
-                    den[i] = dd
-                    lg += math.log(dd)
+                    den[i] = one_minus(bv[i], t, s)
+                    lg += log_one_minus(bv[i], t, s)
                 e = math.exp(lw[k] + (seg_s + smooth - c) * lt[k] + lg)
                 for tau in range(seg_s, seg_e + 1):
                     f[tau - c0] += e
                     if tau < seg_e:
                         e *= t / den[tau - n_top]
-        seg_s = seg_e + 1
     return f
 
 
 @njit(cache=True, nogil=True)
-def _exact_row(row, metric, smooth, pruning_prob, rule):
+def _concat(a, b, c):
+    """a, b and c end to end (element loops: slice assignments compile for seconds)."""
+    out = np.empty(a.size + b.size + c.size)
+    for i in range(a.size):
+        out[i] = a[i]
+    for i in range(b.size):
+        out[a.size + i] = b[i]
+    for i in range(c.size):
+        out[a.size + b.size + i] = c[i]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _packed_index(row, cut, pos):
+    """Index in ``row`` of its ``pos``-th entry above ``cut`` (0-based, in order)."""
+    k = -1
+    for i in range(row.size):
+        if row[i] > cut:
+            k += 1
+            if k == pos:
+                return i
+    return row.size - 1  # not reached: pos counts packed entries
+
+
+@njit(cache=True, nogil=True)
+def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
     """(threshold, tie_end, active, mu, bad) for one row; see the module docstring."""
     d = row.size
-    counts, sums, mu, peak, bad = _histogram(row)
-    if bad or not peak > pruning_prob:
-        return np.inf, 0, False, mu, bad
+    mu, top, n_low = sum_and_top(row, bits, low)
+    if top > one:  # a negative sign, NaN, inf or a value above 1 (or -0.0: see decide)
+        return np.inf, 0, False, mu, True
+    if not top > prune:
+        return np.inf, 0, False, mu, False
     if smooth == 0.0 and mu < TINY_MU:  # exact = RMA to below float64 resolution (see TINY_MU)
         s_half, n_half = sum_above(row, 0.5)
         if metric == DICE:
@@ -592,29 +677,50 @@ def _exact_row(row, metric, smooth, pruning_prob, rule):
             _, th = dinkelbach_iou(row, 0.0, mu, s_half, n_half, 0.5)
         return th, 0, True, mu, False
 
-    lam = _edge_bound(counts, sums, metric, mu, smooth)
+    # Bracket on the packed entries; on the whole row when the band reaches
+    # PACK_CUT's bin (then also bin 512 would hold unpacked entries equal to 1/4).
+    packed = n_low <= d // PACK_AT_MOST
+    src = pack_above(row, row.dtype.type(PACK_CUT), n_low) if packed else row
+    counts, sums, lam, bstar, b_lo, b_hi = _bin_bracket(src, metric, mu, smooth)
+    if packed and b_lo <= SMALL_BIN:
+        packed = False
+        src = row
+        counts, sums, lam, bstar, b_lo, b_hi = _bin_bracket(src, metric, mu, smooth)
     lamp, alpha, ell, zero_cand = _test_terms(lam, metric, mu, smooth)
-    bstar, b_lo, b_hi = _bracket(counts, sums, lamp, alpha, ell)
 
-    # Gather the band, checked in exact sums; widened until the check holds.
+    # Check the bracket with the bins' float64 sums (h at both band ends below
+    # ell); widen until the check holds.
     while True:
-        top_buf, jt, n_one, s_top, band_v, band_i, s_band, mid_v, small_buf, starts, ends = _gather(
-            row, counts, b_lo, b_hi
-        )
-        n_top = top_buf.size
-        w_n = band_v.size
+        n_top = 0
+        s_top = 0.0
+        for b in range(b_hi + 1, NB):
+            n_top += counts[b]
+            s_top += sums[b]
+        n_in = n_top
+        s_in = s_top
+        for b in range(b_lo, b_hi + 1):
+            n_in += counts[b]
+            s_in += sums[b]
         ok_top = n_top == 0 or alpha * s_top - lamp * n_top < ell
-        ok_bot = n_top + w_n == d or alpha * (s_top + s_band) - lamp * (n_top + w_n) < ell
+        ok_bot = n_in == d or alpha * s_in - lamp * n_in < ell
         if ok_top and ok_bot:
             break
         if not ok_top:
             b_hi = min(NB - 1, b_hi + max(1, b_hi - bstar))
         if not ok_bot:
             b_lo = max(0, b_lo - max(1, bstar - b_lo))
+            if packed and b_lo <= SMALL_BIN:
+                packed = False
+                src = row
+                counts, sums = _histogram(row)
 
-    pows = np.zeros(M_POW)
-    class_power_sums(small_buf, starts, ends, pows)
-    top_v = top_buf[:jt].copy()
+    # Pixels below the band and at or below PACK_CUT (below r_hi) never enter
+    # the gathered arrays: only power sums of the whole row read them.
+    r_bin = 0 if packed else SMALL_BIN
+    r_hi = np.nextafter(PACK_CUT, 1.0) if packed else min(b_lo, SMALL_BIN) / NB
+    top_v, s_top, band_v, band_i, mid_v = _gather(src, counts, b_lo, b_hi, r_bin)
+    n_top = top_v.size
+    w_n = band_v.size
     bv, bi = sort_desc_stable(band_v, band_i)  # descending; ties keep index order
     cum = np.empty(w_n + 1)  # S_tau for tau = n_top + i
     cum[0] = s_top
@@ -625,20 +731,61 @@ def _exact_row(row, metric, smooth, pruning_prob, rule):
     lamp, alpha, ell, zero_cand = _test_terms(lam, metric, mu, smooth)
     c0, c1 = _candidates(cum, n_top, alpha, lamp, ell, zero_cand)
 
+    # The rules of the segments (and of the empty mask) fix the largest s at
+    # which the power sums must hold, hence their number of terms.  Band
+    # pixels past the last candidate volume are outside every mask scored.
+    w_in = c1 - n_top if c0 >= 1 else 0
+    if c0 >= 1:
+        starts, ends, r0 = _segments(metric, smooth, mu, c0, c1, n_top, cum)
+    else:
+        starts, ends, r0 = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
+    s_max = 0.0
+    for g in range(r0.size):
+        s_max = max(s_max, _largest_s(r0[g], rule))
+    if zero_cand:
+        s_max = 1.0  # P(Gamma = 0) = G at s = 1
+    cut = X_SERIES / s_max  # pixels at or above it are visited per node
+
+    pows_out = np.zeros(M_MAX)
+    m_row = series_terms(r_hi * s_max, False)
+    range_power_sums(row, r_hi, m_row, pows_out)
+    out_v = _concat(mid_v, bv[w_in:], bv[:0])
+    o_node, m_out = _split_series(out_v, cut, s_max, False, pows_out)
+    pows_out = pows_out[: max(m_row, m_out)]
+
+    n_one = 0
+    pows_top = np.zeros(M_MAX)
+    t_node = top_v[:0]
+    m_top = 1
+    if metric == DICE or zero_cand:  # IoU's scores never see the pixels inside every mask
+        node, m_top = _split_series(top_v, cut, s_max, True, pows_top)
+        for i in range(node.size):
+            n_one += node[i] == 1.0  # log(1 - s) = log t exactly
+        t_node = np.empty(node.size - n_one)
+        j = 0
+        for i in range(node.size):
+            if node[i] < 1.0:
+                t_node[j] = node[i]
+                j += 1
+    pows_top = pows_top[:m_top]
+
     best = -np.inf
     best_tau = -1
     if zero_cand:
-        best = _empty_mask_score(smooth, rule, mu, pows, top_v, band_v, mid_v, n_one)
+        others = _concat(o_node, t_node, bv[:w_in])
+        pows_all = np.zeros(max(pows_out.size, pows_top.size))
+        for m in range(pows_out.size):
+            pows_all[m] += pows_out[m]
+        for m in range(pows_top.size):
+            pows_all[m] += pows_top[m]
+        lp0 = series_log(pows_all, 1.0)
+        for i in range(others.size):
+            lp0 += math.log1p(-others[i])
+        best = _zero_score(smooth, rule, mu, lp0, pows_all, others, n_one)
         best_tau = 0
     if c0 >= 1:
-        # Band pixels past the last candidate volume are outside every mask
-        # scored below: they need log(1 - q s) only, so the small ones join the
-        # power sums and the rest the always-out list.  Without this a row whose
-        # band is most of the row (all values in bin 0: tiny or subnormal) paid
-        # a log per band pixel per node per segment.
-        w_in = c1 - n_top
-        mid_v = _move_always_out(bv, w_in, pows, mid_v)
-        f = _exact_scores(metric, smooth, mu, rule, c0, c1, n_top, cum, pows, mid_v, top_v, n_one, bv, w_in)
+        f = _exact_scores(metric, smooth, rule, starts, ends, r0, c0, c1, n_top, pows_out, o_node, pows_top, t_node,
+                          n_one, bv, w_in)
         for tau in range(c0, c1 + 1):
             val = f[tau - c0]
             if metric == IOU:
@@ -653,53 +800,21 @@ def _exact_row(row, metric, smooth, pruning_prob, rule):
         # Only the float64-noise fallback above can pick the top set itself:
         # {p >= (b_hi + 1) / NB}, the pixels of the bins above the band.
         return (b_hi + 1) / NB, d, True, mu, False
-    # The mask: {p > v} plus the lowest-index pixels equal to v (all ties sit in the band).
-    # Equal values are sorted by index, so the included ones are exactly those
-    # equal to v with index <= bi[i].
+    # The mask: {p > v} plus the lowest-index pixels equal to v (all ties sit
+    # in the band, sorted by index).  Only a cut inside a group of ties needs
+    # the index of its last included pixel.
     i = best_tau - n_top - 1
-    return bv[i], bi[i] + 1, True, mu, False
-
-
-@njit(cache=True, nogil=True)
-def _move_always_out(bv, start, pows, mid_v):
-    """Pixels ``bv[start:]`` (descending) are in no candidate mask: add those below 1/4 to
-    the power sums ``pows`` (by size class, as in the first gather) and return ``mid_v``
-    extended by the others."""
-    n = bv.size
-    i = start
-    while i < n and bv[i] >= SMALL_BIN / NB:
-        i += 1
-    out = np.empty(mid_v.size + i - start)
-    for j in range(mid_v.size):  # element loops, not slice assignments: those compile for seconds
-        out[j] = mid_v[j]
-    for j in range(i - start):
-        out[mid_v.size + j] = bv[start + j]
-    # Size classes 3, 2, 1, 0 follow one another in descending order.  Plain
-    # tuples indexed at run time: one power_sums specialisation, not four.
-    lows = (MIDSMALL_BIN / NB, TINY_BIN / NB, MICRO, 0.0)
-    terms = (M_POW, N_MIDSMALL, N_TINY, N_MICRO)
-    for k in range(4):
-        cls_lo = lows[k]
-        j = i
-        while j < n and (bv[j] >= cls_lo if cls_lo > 0.0 else True):
-            j += 1
-        power_sums(bv[i:j], terms[k], pows)
-        i = j
-    return out
-
-
-@njit(cache=True, nogil=True)
-def _rate(metric, tau, smooth, mu, s_tau):
-    """Central rate a + E[X] of the integrals behind the score of volume tau."""
-    if metric == DICE:
-        return tau + smooth + mu + 0.5
-    return tau + smooth + mu - s_tau
+    v = bv[i]
+    if i + 1 < w_n and bv[i + 1] == v:
+        at = _packed_index(row, row.dtype.type(PACK_CUT), bi[i]) if packed else bi[i]
+        return v, at + 1, True, mu, False
+    return v, d, True, mu, False
 
 
 @parallel_kernel(cache=True)
-def _exact_rows(p2, metric, smooth, pruning_prob, rule, threshold, tie_end, active, mu, bad):
+def _exact_rows(p2, bits, one, prune, low, metric, smooth, rule, threshold, tie_end, active, mu, bad):
     for r in prange(p2.shape[0]):
-        th, te, ac, m, bd = _exact_row(p2[r], metric, smooth, pruning_prob, rule)
+        th, te, ac, m, bd = _exact_row(p2[r], bits[r], one, prune, low, metric, smooth, rule)
         threshold[r] = th
         tie_end[r] = te
         active[r] = ac
@@ -831,4 +946,15 @@ def expected_rows(p2, m2, metric, smooth, rule, out, bad):
 def decide(p3: np.ndarray, cfg: Config) -> RowDecision:
     """Exact decision for every row of a C-contiguous float32/float64 ``(B, C, d)`` array."""
     metric = IOU if cfg.metric == "iou" else DICE
-    return decide_rows(_exact_rows, p3, metric, cfg.smooth, cfg.pruning_prob, rules(cfg.smooth))
+    b, c, d = p3.shape
+    one, prune, low = (bit_pattern(t, p3.dtype) for t in (1.0, cfg.pruning_prob, PACK_CUT))
+    args = (one, prune, low, metric, cfg.smooth, rules(cfg.smooth))
+    try:
+        return decide_rows(_exact_rows, p3, as_bits(p3).reshape(b * c, d), *args)
+    except ValueError:  # raised for rows whose top bit pattern is above 1.0's
+        if not np.all((p3 >= 0.0) & (p3 <= 1.0)):  # NaN fails both comparisons
+            raise
+    # Only -0.0 (the sign bit alone) failed the bit test, and it is a valid value:
+    # adding +0.0 turns it into 0.0 and leaves every other value unchanged.
+    p3 = p3 + p3.dtype.type(0.0)
+    return decide_rows(_exact_rows, p3, as_bits(p3).reshape(b * c, d), *args)
