@@ -441,6 +441,35 @@ def _bin_bracket(vals, metric, mu, smooth):
 
 
 @njit(cache=True, nogil=True)
+def _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell):
+    """(b_lo, b_hi) widened until the bins' float64 sums show h < ell at both band ends.
+
+    ``h`` is concave, so then no volume outside the band survives; the
+    histogram's estimate in :func:`_bracket` is a heuristic, this is the check.
+    ``d`` is the row's length (the band may end at the last pixel).
+    """
+    while True:
+        n_top = 0
+        s_top = 0.0
+        for b in range(b_hi + 1, NB):
+            n_top += counts[b]
+            s_top += sums[b]
+        n_in = n_top
+        s_in = s_top
+        for b in range(b_lo, b_hi + 1):
+            n_in += counts[b]
+            s_in += sums[b]
+        ok_top = n_top == 0 or alpha * s_top - lamp * n_top < ell
+        ok_bot = n_in == d or alpha * s_in - lamp * n_in < ell
+        if ok_top and ok_bot:
+            return b_lo, b_hi
+        if not ok_top:
+            b_hi = min(NB - 1, b_hi + max(1, b_hi - bstar))
+        if not ok_bot:
+            b_lo = max(0, b_lo - max(1, bstar - b_lo))
+
+
+@njit(cache=True, nogil=True)
 def _gather(src, counts, b_lo, b_hi, r_bin):
     """Split ``src`` by bins: above the band (top, and its sum), the band (values, positions in
     ``src``), and below it down to bin ``r_bin`` (mid); lower entries are not kept."""
@@ -679,7 +708,7 @@ def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
 
     # Bracket on the packed entries; on the whole row when the band reaches
     # PACK_CUT's bin (then also bin 512 would hold unpacked entries equal to 1/4).
-    packed = n_low <= d // PACK_AT_MOST
+    packed = 0 < n_low <= d // PACK_AT_MOST  # no entry above the cut: no bound from packed entries
     src = pack_above(row, row.dtype.type(PACK_CUT), n_low) if packed else row
     counts, sums, lam, bstar, b_lo, b_hi = _bin_bracket(src, metric, mu, smooth)
     if packed and b_lo <= SMALL_BIN:
@@ -688,31 +717,12 @@ def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
         counts, sums, lam, bstar, b_lo, b_hi = _bin_bracket(src, metric, mu, smooth)
     lamp, alpha, ell, zero_cand = _test_terms(lam, metric, mu, smooth)
 
-    # Check the bracket with the bins' float64 sums (h at both band ends below
-    # ell); widen until the check holds.
-    while True:
-        n_top = 0
-        s_top = 0.0
-        for b in range(b_hi + 1, NB):
-            n_top += counts[b]
-            s_top += sums[b]
-        n_in = n_top
-        s_in = s_top
-        for b in range(b_lo, b_hi + 1):
-            n_in += counts[b]
-            s_in += sums[b]
-        ok_top = n_top == 0 or alpha * s_top - lamp * n_top < ell
-        ok_bot = n_in == d or alpha * s_in - lamp * n_in < ell
-        if ok_top and ok_bot:
-            break
-        if not ok_top:
-            b_hi = min(NB - 1, b_hi + max(1, b_hi - bstar))
-        if not ok_bot:
-            b_lo = max(0, b_lo - max(1, bstar - b_lo))
-            if packed and b_lo <= SMALL_BIN:
-                packed = False
-                src = row
-                counts, sums = _histogram(row)
+    b_lo, b_hi = _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell)
+    if packed and b_lo <= SMALL_BIN:
+        packed = False
+        src = row
+        counts, sums = _histogram(row)
+        b_lo, b_hi = _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell)
 
     # Pixels below the band and at or below PACK_CUT (below r_hi) never enter
     # the gathered arrays: only power sums of the whole row read them.
