@@ -295,7 +295,10 @@ NANO = 2.0**-30
 def range_power_sums(vals, hi, n_terms, pows):
     """pows[m-1] += sum of v^m over the entries v < hi of vals, m = 1..n_terms (float64).
 
-    Terms m >= 2 skip v < NANO and terms m >= 3 skip v < MICRO (see NANO).
+    Terms m >= 2 skip v < NANO and terms m >= 3 skip v < MICRO (see NANO):
+    right for ``log(1 - v s)``, whose remainder is absolute, and harmless for
+    ``v / (1 - v s)`` (relative remainder) only because the pixels summed for it
+    (those above the band) are at least 1/NB.
     The entries are selected, not gathered, so the loops vectorise: one read of
     ``vals`` in blocks of POW_BLOCK, then n_terms - 2 passes over each block in
     cache.  Reassociation lets the sums vectorise; they stay deterministic
@@ -441,12 +444,16 @@ def _bin_bracket(vals, metric, mu, smooth):
 
 
 @njit(cache=True, nogil=True)
-def _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell):
+def _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell, floor):
     """(b_lo, b_hi) widened until the bins' float64 sums show h < ell at both band ends.
 
     ``h`` is concave, so then no volume outside the band survives; the
     histogram's estimate in :func:`_bracket` is a heuristic, this is the check.
-    ``d`` is the row's length (the band may end at the last pixel).
+    ``d`` is the row's length (the band may end at the last pixel).  Returns
+    early once ``b_lo <= floor``: a histogram of packed entries knows nothing
+    below the pack cut (and could widen forever), so the caller reads the whole
+    row from there; ``floor = -1`` for a whole row's histogram, where the check
+    holds at the latest for the band of all bins.
     """
     while True:
         n_top = 0
@@ -467,6 +474,8 @@ def _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell):
             b_hi = min(NB - 1, b_hi + max(1, b_hi - bstar))
         if not ok_bot:
             b_lo = max(0, b_lo - max(1, bstar - b_lo))
+            if b_lo <= floor:
+                return b_lo, b_hi
 
 
 @njit(cache=True, nogil=True)
@@ -717,12 +726,12 @@ def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
         counts, sums, lam, bstar, b_lo, b_hi = _bin_bracket(src, metric, mu, smooth)
     lamp, alpha, ell, zero_cand = _test_terms(lam, metric, mu, smooth)
 
-    b_lo, b_hi = _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell)
+    b_lo, b_hi = _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell, SMALL_BIN if packed else -1)
     if packed and b_lo <= SMALL_BIN:
         packed = False
         src = row
         counts, sums = _histogram(row)
-        b_lo, b_hi = _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell)
+        b_lo, b_hi = _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell, -1)
 
     # Pixels below the band and at or below PACK_CUT (below r_hi) never enter
     # the gathered arrays: only power sums of the whole row read them.
