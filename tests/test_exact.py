@@ -27,7 +27,7 @@ from rankseg_np import expected_metric, rankseg
 from rankseg_np import _reference as ref
 from rankseg_np._validate import check_config
 from rankseg_np.data import synthetic_batch
-from strategies import make_probs, prob_arrays
+from strategies import make_probs, medium_rows, prob_arrays
 
 TOL = 1e-10  # the issue's bar for "the maximum", absolute
 
@@ -44,31 +44,6 @@ def best_over_volumes(p, metric, smooth):
     if smooth == 0.0:
         curve = curve[1:]  # the empty mask is no candidate when smooth = 0 (MATH section 4)
     return curve.max()
-
-
-@st.composite
-def medium_rows(draw):
-    """One row with d in the hundreds, from families that stress the quadrature regimes."""
-    d = draw(st.integers(100, 400))
-    kind = draw(st.sampled_from(["powered", "few_confident", "flat", "spread", "ties", "sparse", "ones"]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    if kind == "powered":  # many small values, a few large
-        p = rng.uniform(0, 1, d) ** rng.uniform(1, 10)
-    elif kind == "few_confident":  # small mu: the t-domain (Jacobi) rule
-        p = np.r_[rng.uniform(0.5, 1, rng.integers(1, 8)), rng.uniform(0, rng.uniform(0.001, 0.1), d)]
-    elif kind == "flat":  # a wide candidate window of volumes
-        p = np.r_[rng.uniform(0.6, 1, rng.integers(0, 4)), np.full(d, rng.uniform(0.02, 0.5))]
-    elif kind == "spread":
-        p = rng.beta(0.3, 0.3, d)
-    elif kind == "ties":
-        p = np.round(rng.uniform(0, 1, d), 1)
-    elif kind == "sparse":
-        p = np.where(rng.random(d) < 0.1, rng.uniform(0.3, 1, d), rng.uniform(0, 1e-3, d))
-    else:
-        p = rng.choice([0.0, 1.0, 0.5, 0.9, 0.02], d)
-    p = np.asarray(p, dtype=np.float64)
-    p[rng.integers(p.size)] = max(p.max(), 0.6)  # keep it interesting: one confident pixel
-    return p
 
 
 # ----------------------------------------------------------------- optimality

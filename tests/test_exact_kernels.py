@@ -7,6 +7,9 @@ paths they open (docs/exact.md sections 1 and 3).
 * ``_largest_s`` is the largest ``s`` of the nodes ``make_rule`` builds;
 * ``_widen`` returns a bracket outside which no volume survives (brute force
   over the sorted row); ``_packed_index`` = ``np.flatnonzero``;
+* the solver's own scores of its candidate volumes (``_scored_volumes``) =
+  the oracle's within 1e-12 absolute (the bound of docs/exact.md), on medium
+  rows (every candidate) and on packed rows (a sample of candidates);
 * end to end, on rows of a few thousand pixels whose entries above 1/4 are
   packed (the top pixels then go through power sums or are split between power
   sums and per-node visits, pixels equal to 1 included): the solver's volume
@@ -22,10 +25,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracles import mask_score
+from oracles import mask_score, topk_curve
 from rankseg_np import rankseg
 from rankseg_np._quadrature import rules
 from rankseg_np.cpu import exact as E
+from strategies import medium_rows
+
+METRIC_CODES = {"dice": E.DICE, "iou": E.IOU}
 
 
 @st.composite
@@ -180,3 +186,37 @@ def test_packed_rows_pick_the_best_nearby_volume(metric, smooth, case):
             mask = np.zeros(p.size, dtype=bool)
             mask[order[:other]] = True
             assert mine >= mask_score(p, mask, metric, smooth) - 1e-10
+
+
+def solver_scores(p, metric, smooth):
+    """(empty-mask score or -inf, first candidate volume, scores) as the row solver computes them."""
+    p = np.ascontiguousarray(p, dtype=np.float64)
+    n_low = int((p > E.PACK_CUT).sum())
+    zero, c0, f, *_ = E._scored_volumes(p, n_low, p.sum(), METRIC_CODES[metric], smooth, rules(smooth))
+    return zero, c0, f
+
+
+@settings(max_examples=25, deadline=None)
+@given(medium_rows(), st.sampled_from(["dice", "iou"]), st.sampled_from([0.0, 0.05, 1.0, 4.5]))
+def test_solver_scores_on_every_candidate(p, metric, smooth):
+    zero, c0, f = solver_scores(p, metric, smooth)
+    curve = topk_curve(p, metric, smooth)
+    if zero > -np.inf:
+        assert abs(zero - curve[0]) <= 1e-12
+    np.testing.assert_allclose(f, curve[c0 : c0 + f.size], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["dice", "iou"])
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+def test_solver_scores_on_packed_rows(metric, smooth):
+    """Rows whose top pixels go through power sums (rates ~ 200-700): a sample of candidates."""
+    rng = np.random.default_rng(4)
+    for d, n_high, n_one in ((3000, 300, 5), (1600, 120, 3)):
+        p = packed_rows(rng, d, n_high, n_one, 0.3)
+        zero, c0, f = solver_scores(p, metric, smooth)
+        assert c0 >= 1 and f.size > 0
+        order = np.argsort(-p, kind="stable")
+        for j in np.unique(np.r_[0, f.size - 1, np.argmax(f), rng.integers(0, f.size, 3)]):
+            mask = np.zeros(p.size, dtype=bool)
+            mask[order[: c0 + j]] = True
+            assert abs(f[j] - mask_score(p, mask, metric, smooth)) <= 1e-12

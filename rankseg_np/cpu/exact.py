@@ -699,22 +699,18 @@ def _packed_index(row, cut, pos):
 
 
 @njit(cache=True, nogil=True)
-def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
-    """(threshold, tie_end, active, mu, bad) for one row; see the module docstring."""
-    d = row.size
-    mu, top, n_low = sum_and_top(row, bits, low)
-    if top > one:  # a negative sign, NaN, inf or a value above 1 (or -0.0: see decide)
-        return np.inf, 0, False, mu, True
-    if not top > prune:
-        return np.inf, 0, False, mu, False
-    if smooth == 0.0 and mu < TINY_MU:  # exact = RMA to below float64 resolution (see TINY_MU)
-        s_half, n_half = sum_above(row, 0.5)
-        if metric == DICE:
-            _, th = dinkelbach_dice(row, 0.0, mu + 1.0, s_half, n_half, 0.5)
-        else:
-            _, th = dinkelbach_iou(row, 0.0, mu, s_half, n_half, 0.5)
-        return th, 0, True, mu, False
+def _scored_volumes(row, n_low, mu, metric, smooth, rule):
+    """The candidate volumes of an active row and their exact scores.
 
+    ``n_low`` counts the entries above PACK_CUT, ``mu`` is the row's sum.
+    Returns ``(zero, c0, f, n_top, bv, bi, packed, b_hi)``: ``zero`` the
+    empty mask's score (-inf when it is no candidate), ``f[tau - c0]`` the
+    score of volume ``tau`` in ``[c0, c0 + f.size)`` (``c0 = -1``, ``f``
+    empty: none), ``bv``/``bi`` the band sorted (values descending, positions
+    in the packed entries when ``packed``, else in the row), ``n_top`` the
+    pixels above it (bins above ``b_hi``).
+    """
+    d = row.size
     # Bracket on the packed entries; on the whole row when the band reaches
     # PACK_CUT's bin (then also bin 512 would hold unpacked entries equal to 1/4).
     packed = 0 < n_low <= d // PACK_AT_MOST  # no entry above the cut: no bound from packed entries
@@ -788,8 +784,7 @@ def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
                 j += 1
     pows_top = pows_top[:m_top]
 
-    best = -np.inf
-    best_tau = -1
+    zero = -np.inf
     if zero_cand:
         others = _concat(o_node, t_node, bv[:w_in])
         pows_all = np.zeros(max(pows_out.size, pows_top.size))
@@ -800,18 +795,42 @@ def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
         lp0 = series_log(pows_all, 1.0)
         for i in range(others.size):
             lp0 += math.log1p(-others[i])
-        best = _zero_score(smooth, rule, mu, lp0, pows_all, others, n_one)
-        best_tau = 0
-    if c0 >= 1:
-        f = _exact_scores(metric, smooth, rule, starts, ends, r0, c0, c1, n_top, pows_out, o_node, pows_top, t_node,
-                          n_one, bv, w_in)
+        zero = _zero_score(smooth, rule, mu, lp0, pows_all, others, n_one)
+    if c0 < 1:
+        return zero, -1, np.empty(0), n_top, bv, bi, packed, b_hi
+    f = _exact_scores(metric, smooth, rule, starts, ends, r0, c0, c1, n_top, pows_out, o_node, pows_top, t_node,
+                      n_one, bv, w_in)
+    if metric == IOU:
         for tau in range(c0, c1 + 1):
-            val = f[tau - c0]
-            if metric == IOU:
-                val *= cum[tau - n_top] + smooth
-            if val > best:
-                best = val
-                best_tau = tau
+            f[tau - c0] *= cum[tau - n_top] + smooth
+    return zero, c0, f, n_top, bv, bi, packed, b_hi
+
+
+@njit(cache=True, nogil=True)
+def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
+    """(threshold, tie_end, active, mu, bad) for one row; see the module docstring."""
+    d = row.size
+    mu, top, n_low = sum_and_top(row, bits, low)
+    if top > one:  # a negative sign, NaN, inf or a value above 1 (or -0.0: see decide)
+        return np.inf, 0, False, mu, True
+    if not top > prune:
+        return np.inf, 0, False, mu, False
+    if smooth == 0.0 and mu < TINY_MU:  # exact = RMA to below float64 resolution (see TINY_MU)
+        s_half, n_half = sum_above(row, 0.5)
+        if metric == DICE:
+            _, th = dinkelbach_dice(row, 0.0, mu + 1.0, s_half, n_half, 0.5)
+        else:
+            _, th = dinkelbach_iou(row, 0.0, mu, s_half, n_half, 0.5)
+        return th, 0, True, mu, False
+
+    zero, c0, f, n_top, bv, bi, packed, b_hi = _scored_volumes(row, n_low, mu, metric, smooth, rule)
+    best = zero
+    best_tau = 0 if zero > -np.inf else -1
+    for j in range(f.size):  # the first maximum
+        if f[j] > best:
+            best = f[j]
+            best_tau = c0 + j
+    w_n = bv.size
 
     if best_tau <= 0:
         return np.inf, 0, True, mu, False
