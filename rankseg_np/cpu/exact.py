@@ -276,6 +276,7 @@ def _zero_score(smooth, rule, mu, lp0, pows, others, n_one):
 # when they score above about 1/2 (Dice) or 1/3 (IoU).  Other rows read the
 # whole row.
 PACK_CUT = SMALL_BIN / NB
+ABOVE_PACK_CUT = float(np.nextafter(PACK_CUT, 1.0))  # v <= PACK_CUT iff v < ABOVE_PACK_CUT
 PACK_AT_MOST = 8
 
 # Power sums (docs/exact.md section 3).  Each pixel's series is cut where its
@@ -351,9 +352,14 @@ def series_terms(x, frac):
 @njit(cache=True, nogil=True)
 def _largest_s(r0, rule):
     """The largest ``s = 1 - t`` among the nodes :func:`make_rule` builds for central rate ``r0``."""
-    if r0 <= SWITCH:
-        return 0.5 * (1.0 - rule.jac_x.min())
-    return -math.expm1(-rule.lag_v.max() / r0)
+    largest = 0.0
+    for k in range(rule.lag_v.size):  # loops: np.min / np.max add compilation
+        if r0 <= SWITCH:
+            s = 0.5 * (1.0 - rule.jac_x[k])
+        else:
+            s = -math.expm1(-rule.lag_v[k] / r0)
+        largest = max(largest, s)
+    return largest
 
 
 @njit(cache=True, nogil=True)
@@ -591,35 +597,41 @@ def _segments(metric, smooth, mu, c0, c1, n_top, cum):
 
 
 @njit(cache=True, nogil=True)
-def _split_series(vals, cut, s_max, frac, pows):
-    """Entries below ``cut`` into the power sums ``pows`` (their terms for ``p s <= max * s_max``);
-    returns (the others, in order, and the number of terms used)."""
-    n_node = 0
+def _largest_below(vals, cut):
+    """The largest entry of ``vals`` below ``cut`` (0 if none)."""
     x = 0.0
     for i in range(vals.size):
-        v = vals[i]
-        if v >= cut:
-            n_node += 1
-        elif v > x:
-            x = v
-    n_terms = series_terms(x * s_max, frac)
-    range_power_sums(vals, cut, n_terms, pows)
-    node = np.empty(n_node)
-    j = 0
-    for i in range(vals.size):
-        if vals[i] >= cut:
-            node[j] = vals[i]
-            j += 1
-    return node, n_terms
+        if vals[i] < cut and vals[i] > x:
+            x = vals[i]
+    return x
 
 
 @njit(cache=True, nogil=True)
-def _exact_scores(metric, smooth, rule, starts, ends, r0, c0, c1, n_top, pows_out, o_node, pows_top, t_node, n_one,
-                  bv, w_in):
+def _per_node(vals, cut):
+    """(the entries at or above ``cut`` but below 1, in order; how many entries equal 1):
+    the pixels visited per node (those equal to 1 give ``log(1 - s) = log t`` exactly)."""
+    n_node = 0
+    n_one = 0
+    for i in range(vals.size):
+        if vals[i] >= cut:  # below it, 1 itself is in the power sums
+            n_node += 1
+            n_one += vals[i] == 1.0
+    node = np.empty(n_node - n_one)
+    j = 0
+    for i in range(vals.size):
+        if vals[i] >= cut and vals[i] < 1.0:
+            node[j] = vals[i]
+            j += 1
+    return node, n_one
+
+
+@njit(cache=True, nogil=True)
+def _exact_scores(metric, smooth, rule, starts, ends, r0, c0, c1, n_top, pows_out, o_node, o_one, pows_top, t_node,
+                  n_one, bv, w_in):
     """f[tau - c0] for tau in [c0, c1]: exact scores (IoU: before the factor S_tau + g), segment by segment.
 
-    Per node: the pixels outside every candidate mask through ``pows_out`` and
-    ``o_node``; for Dice the pixels inside every one (above the band) through
+    Per node: the pixels outside every candidate mask through ``pows_out``,
+    ``o_node`` and ``o_one`` (pixels equal to 1); for Dice the pixels inside every one (above the band) through
     ``pows_top``, ``t_node`` and ``n_one`` (pixels equal to 1); the band's
     first ``w_in`` pixels one by one, then each volume in O(1).
     """
@@ -639,7 +651,7 @@ def _exact_scores(metric, smooth, rule, starts, ends, r0, c0, c1, n_top, pows_ou
         for k in range(k_n):
             t = tt[k]
             s = ss[k]
-            lg = series_log(pows_out, s)
+            lg = series_log(pows_out, s) + o_one * lt[k]
             for i in range(o_node.size):
                 lg += log_one_minus(o_node[i], t, s)
             if metric == DICE:
@@ -713,26 +725,24 @@ def _scored_volumes(row, n_low, mu, metric, smooth, rule):
     d = row.size
     # Bracket on the packed entries; on the whole row when the band reaches
     # PACK_CUT's bin (then also bin 512 would hold unpacked entries equal to 1/4).
+    # One call site per kernel: each inlined copy adds compilation time.
     packed = 0 < n_low <= d // PACK_AT_MOST  # no entry above the cut: no bound from packed entries
     src = pack_above(row, row.dtype.type(PACK_CUT), n_low) if packed else row
-    counts, sums, lam, bstar, b_lo, b_hi = _bin_bracket(src, metric, mu, smooth)
-    if packed and b_lo <= SMALL_BIN:
-        packed = False
-        src = row
+    while True:
         counts, sums, lam, bstar, b_lo, b_hi = _bin_bracket(src, metric, mu, smooth)
-    lamp, alpha, ell, zero_cand = _test_terms(lam, metric, mu, smooth)
-
-    b_lo, b_hi = _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell, SMALL_BIN if packed else -1)
-    if packed and b_lo <= SMALL_BIN:
-        packed = False
-        src = row
-        counts, sums = _histogram(row)
-        b_lo, b_hi = _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell, -1)
+        lamp, alpha, ell, zero_cand = _test_terms(lam, metric, mu, smooth)
+        if not (packed and b_lo <= SMALL_BIN):
+            b_lo, b_hi = _widen(counts, sums, d, bstar, b_lo, b_hi, lamp, alpha, ell, SMALL_BIN if packed else -1)
+        if packed and b_lo <= SMALL_BIN:
+            packed = False
+            src = row
+            continue
+        break
 
     # Pixels below the band and at or below PACK_CUT (below r_hi) never enter
     # the gathered arrays: only power sums of the whole row read them.
     r_bin = 0 if packed else SMALL_BIN
-    r_hi = np.nextafter(PACK_CUT, 1.0) if packed else min(b_lo, SMALL_BIN) / NB
+    r_hi = ABOVE_PACK_CUT if packed else min(b_lo, SMALL_BIN) / NB
     top_v, s_top, band_v, band_i, mid_v = _gather(src, counts, b_lo, b_hi, r_bin)
     n_top = top_v.size
     w_n = band_v.size
@@ -765,23 +775,15 @@ def _scored_volumes(row, n_low, mu, metric, smooth, rule):
     m_row = series_terms(r_hi * s_max, False)
     range_power_sums(row, r_hi, m_row, pows_out)
     out_v = _concat(mid_v, bv[w_in:], bv[:0])
-    o_node, m_out = _split_series(out_v, cut, s_max, False, pows_out)
-    pows_out = pows_out[: max(m_row, m_out)]
-
-    n_one = 0
     pows_top = np.zeros(M_MAX)
-    t_node = top_v[:0]
-    m_top = 1
-    if metric == DICE or zero_cand:  # IoU's scores never see the pixels inside every mask
-        node, m_top = _split_series(top_v, cut, s_max, True, pows_top)
-        for i in range(node.size):
-            n_one += node[i] == 1.0  # log(1 - s) = log t exactly
-        t_node = np.empty(node.size - n_one)
-        j = 0
-        for i in range(node.size):
-            if node[i] < 1.0:
-                t_node[j] = node[i]
-                j += 1
+    in_every = top_v if metric == DICE or zero_cand else top_v[:0]  # IoU's scores never see them
+    m_out = series_terms(_largest_below(out_v, cut) * s_max, False)
+    m_top = series_terms(_largest_below(in_every, cut) * s_max, True)
+    for k in range(2):  # one call site (see above)
+        range_power_sums((out_v, in_every)[k], cut, (m_out, m_top)[k], (pows_out, pows_top)[k])
+    o_node, o_one = _per_node(out_v, cut)
+    t_node, n_one = _per_node(in_every, cut)
+    pows_out = pows_out[: max(m_row, m_out)]
     pows_top = pows_top[:m_top]
 
     zero = -np.inf
@@ -795,11 +797,11 @@ def _scored_volumes(row, n_low, mu, metric, smooth, rule):
         lp0 = series_log(pows_all, 1.0)
         for i in range(others.size):
             lp0 += math.log1p(-others[i])
-        zero = _zero_score(smooth, rule, mu, lp0, pows_all, others, n_one)
+        zero = _zero_score(smooth, rule, mu, lp0, pows_all, others, n_one + o_one)
     if c0 < 1:
         return zero, -1, np.empty(0), n_top, bv, bi, packed, b_hi
-    f = _exact_scores(metric, smooth, rule, starts, ends, r0, c0, c1, n_top, pows_out, o_node, pows_top, t_node,
-                      n_one, bv, w_in)
+    f = _exact_scores(metric, smooth, rule, starts, ends, r0, c0, c1, n_top, pows_out, o_node, o_one, pows_top,
+                      t_node, n_one, bv, w_in)
     if metric == IOU:
         for tau in range(c0, c1 + 1):
             f[tau - c0] *= cum[tau - n_top] + smooth
