@@ -13,8 +13,15 @@ just before the first call to just after it (imports are timed separately):
   under ``numba.njit(parallel=True)``: the floor any parallel Numba code pays
   (LLVM, the threading layer's start-up);
 * ``rankseg(probs)`` (RMA Dice, multiclass, the default) on a small float32
-  batch, then a second call with float64 input and ``output_mode='multilabel'``;
-* ``rankseg(probs, solver="exact")``.
+  batch, then a second call, then one with float64 input and
+  ``output_mode='multilabel'``: a process's first small calls run in NumPy
+  and compile nothing (``rankseg_np._first_calls``);
+* the first call on the demo's shape ``(4, 4, 256, 256)`` (also NumPy);
+* the same small first call with ``RANKSEG_NP_FIRST_CALLS=numba``: what
+  compiling RMA's Numba kernels costs (every process that goes on to call
+  more than ``_first_calls.BUDGET`` probabilities pays it once, or loads
+  them from the disk cache);
+* ``rankseg(probs, solver="exact")`` (always Numba).
 
 The ratio of the first ``rankseg`` call to the trivial kernel is the figure
 issue 15 states its goal in.  Best (minimum) over ``--runs`` fresh processes.
@@ -57,6 +64,24 @@ rankseg_np.rankseg(probs.astype(np.float64), output_mode="multilabel")
 times["then float64 multilabel"] = time.perf_counter() - t0
 """
 
+DEMO_SHAPE = """
+import rankseg_np, numpy as np
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((4, 4, 256, 256)).astype(np.float32)
+probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+t0 = time.perf_counter(); rankseg_np.rankseg(probs)
+times["first rankseg(probs), probs (4, 4, 256, 256)"] = time.perf_counter() - t0
+"""
+
+COMPILING = """
+import rankseg_np, numpy as np
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((2, 4, 64, 64)).astype(np.float32)
+probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+t0 = time.perf_counter(); rankseg_np.rankseg(probs)
+times["first rankseg(probs) with RANKSEG_NP_FIRST_CALLS=numba (compiles)"] = time.perf_counter() - t0
+"""
+
 EXACT = """
 import rankseg_np, numpy as np
 rng = np.random.default_rng(0)
@@ -67,11 +92,13 @@ times["first rankseg(probs, solver='exact')"] = time.perf_counter() - t0
 """
 
 
-def fresh(body: str) -> dict[str, float]:
+def fresh(body: str, **env_vars: str) -> dict[str, float]:
     """Run ``body`` in a new interpreter with an empty Numba cache; return its ``times``."""
     code = "import json, time\ntimes = {}\n" + textwrap.dedent(body) + "\nprint(json.dumps(times))\n"
     with tempfile.TemporaryDirectory(prefix="numba-cold-") as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("RANKSEG_NP_FIRST_CALLS", None)
+        env.update(env_vars)
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -84,9 +111,10 @@ def main(argv=None) -> None:
     runs = 1 if args.quick else args.runs
     best: dict[str, float] = {}
     load0 = os.getloadavg()[0]
-    for body in (TRIVIAL, RANKSEG, EXACT):
+    cases = ((TRIVIAL, {}), (RANKSEG, {}), (DEMO_SHAPE, {}), (COMPILING, {"RANKSEG_NP_FIRST_CALLS": "numba"}), (EXACT, {}))
+    for body, env_vars in cases:
         for _ in range(runs):
-            for name, t in fresh(body).items():
+            for name, t in fresh(body, **env_vars).items():
                 best[name] = min(t, best.get(name, float("inf")))
     import numba
 
