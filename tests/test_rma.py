@@ -269,6 +269,30 @@ def test_half_to_single_every_pattern():
         np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
 
 
+def _scan(row, low_value, cut, room):
+    from rankseg_np.cpu._kernels import as_bits, bit_pattern, scan_row
+
+    lanes = 64 // row.itemsize
+    out = np.full(room + lanes, np.nan, dtype=row.dtype)
+    return scan_row(row, as_bits(row), bit_pattern(low_value, row.dtype), row.dtype.type(cut), out), out
+
+
+def _scan_order_sum(row):
+    """scan_row's float64 sum transcribed: per-lane sums of 64-byte blocks, halves added
+    lane by lane, then the tail in order."""
+    lanes = 64 // row.itemsize
+    whole = row.size // lanes * lanes
+    acc = np.zeros(lanes)
+    for i in range(0, whole, lanes):
+        acc = acc + row[i:i + lanes].astype(np.float64)
+    while acc.size > 1:
+        acc = acc[: acc.size // 2] + acc[acc.size // 2:]
+    total = acc[0]
+    for v in row[whole:]:
+        total += float(v)
+    return total
+
+
 @settings(max_examples=300)
 @given(
     st.sampled_from([np.float32, np.float64]),
@@ -276,41 +300,57 @@ def test_half_to_single_every_pattern():
     st.integers(0, 2**32 - 1),
     st.floats(0.0, 1.0),
     st.booleans(),
+    st.integers(0, 80),
 )
-def test_pack_above_is_the_selection(dtype, n, seed, cut, ties):
-    """pack_above (vector compress-stores in 64-byte blocks, then entry by entry) == NumPy's selection, in order."""
-    from rankseg_np.cpu._kernels import pack_above
+def test_scan_row_is_the_selection_sum_and_count(dtype, n, seed, cut, ties, room):
+    """scan_row == NumPy: the entries above the cut in order (while they fit), their count, the top
+    pattern, and the float64 sum bit for bit in its documented order."""
+    from rankseg_np.cpu._kernels import as_bits
 
     rng = np.random.default_rng(seed)
     row = rng.random(n).astype(dtype)
     cut = dtype(cut)
     if ties and n:
         row[rng.integers(0, n, n // 2)] = cut  # entries at the cut stay out
+    (total, top, n_low, k), out = _scan(row, float(cut), cut, room)
     expected = row[row > cut]
-    got = pack_above(row, cut, expected.size)
-    assert got.dtype == row.dtype
-    np.testing.assert_array_equal(got, expected)
+    assert n_low == expected.size
+    assert top == (as_bits(row).max() if n else 0)
+    assert total == _scan_order_sum(row)
+    if expected.size <= room:
+        assert k == expected.size
+        np.testing.assert_array_equal(out[:k], expected)
+    assert np.isnan(out[k:]).all()  # nothing written past the entries kept
+
+
+def test_scan_row_stops_packing_past_its_room():
+    row = np.linspace(0.0, 1.0, 1000, dtype=np.float32)
+    (total, _, n_low, k), out = _scan(row, 0.25, 0.25, 100)
+    assert n_low == np.count_nonzero(row > 0.25) > 100 + 16 >= k and total == _scan_order_sum(row)
+    np.testing.assert_array_equal(out[:k], row[row > 0.25][:k])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bit_test_of_values(dtype):
-    """sum_and_top's pattern tests: in [0, 1] exactly when the top pattern is at most 1.0's (but -0.0);
-    maximum and count above t by patterns, as by values."""
-    from rankseg_np.cpu._kernels import as_bits, bit_pattern, sum_and_top
+    """scan_row's pattern tests: in [0, 1] exactly when the top pattern is at most 1.0's (but -0.0);
+    maximum and count above t by patterns, as by values; in the vector blocks and in the tail."""
+    from rankseg_np.cpu._kernels import bit_pattern
 
     dt = np.dtype(dtype)
     one = bit_pattern(1.0, dt)
-    base = np.array([0.0, 0.25, 1.0, 0.5, 0.1], dtype=dtype)
-    total, top, _ = sum_and_top(base, as_bits(base), one)
-    assert total == pytest.approx(1.85, rel=1e-7) and top == one
-    for bad in (-1e-30, -0.5, 1.0000001, np.inf, -np.inf, np.nan):
-        row = base.copy()
-        row[1] = bad
-        assert sum_and_top(row, as_bits(row), one)[1] > one, bad
-    for t in (0.0, 0.1, 0.099999, 0.25, 0.3, 0.5, 0.999, 1.0, 1 / 3):
-        _, top, count = sum_and_top(base, as_bits(base), bit_pattern(t, dt))
-        assert count == np.count_nonzero(base.astype(np.float64) > t), t
-        assert (top > bit_pattern(t, dt)) == (base.max() > t), t
+    values = np.array([0.0, 0.25, 1.0, 0.5, 0.1], dtype=dtype)
+    for base in (values, np.tile(values, 7)):  # a tail only; 64-byte blocks and a tail
+        (total, top, _, _), _ = _scan(base, 1.0, 2.0, 0)
+        assert total == pytest.approx(1.85 * base.size / 5, rel=1e-7) and top == one
+        for at in (1, base.size - 2):
+            for bad in (-1e-30, -0.5, 1.0000001, np.inf, -np.inf, np.nan):
+                row = base.copy()
+                row[at] = bad
+                assert _scan(row, 1.0, 2.0, 0)[0][1] > one, bad
+        for t in (0.0, 0.1, 0.099999, 0.25, 0.3, 0.5, 0.999, 1.0, 1 / 3):
+            (_, top, count, _), _ = _scan(base, t, 2.0, 0)
+            assert count == np.count_nonzero(base.astype(np.float64) > t), t
+            assert (top > bit_pattern(t, dt)) == (base.max() > t), t
 
 
 @pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])

@@ -10,12 +10,11 @@ maximising ``(a - lam*b).x`` is a threshold on ``p`` (Dice: ``p > lam/2``; IoU:
 ``p > lam/(1+lam)``); ``lam`` rises strictly until the optimum, where it stops.
 Because ``lam`` only rises, so does the threshold: entries at or below a
 threshold never count again.  The row kernels read each row once in full
-(:func:`~rankseg_np.cpu._kernels.sum_and_top`: the sum, the validity test and
-the count of entries above ``LOW``), then pack the entries above ``LOW`` into
-a short array (:func:`~rankseg_np.cpu._kernels.pack_above`, vector
-compress-stores), a few per cent of a softmax row, and every Dinkelbach step
-reads only that array (a masked sum and a count) whenever its first threshold
-is at least ``LOW``.  Rows where packing would keep much of the row
+(:func:`~rankseg_np.cpu._kernels.scan_row`: the sum, the validity test, the
+count of entries above ``LOW``, and those entries packed into a short array
+with vector compress-stores in the same pass), a few per cent of a softmax
+row, and every Dinkelbach step reads only that array (a masked sum and a
+count) whenever its first threshold is at least ``LOW``.  Rows where packing would keep much of the row
 (``PACK_AT_MOST``), or whose first threshold is lower, iterate on the whole
 row.  The answer is the
 *smallest* optimal mask ``{p > lam*/2}`` (ties at the cut stay out), which is
@@ -34,7 +33,7 @@ from numba import njit, prange
 from .._decision import RowDecision
 from .._validate import Config
 from ._kernels import (
-    as_bits, bit_pattern, decide_rows, mask_row, pack_above, sort_desc_stable, sum_above, sum_and_top,
+    as_bits, bit_pattern, decide_rows, mask_row, scan_row, sort_desc_stable, sum_above,
 )
 from ._threads import parallel_kernel
 
@@ -60,10 +59,10 @@ TIE_SLACK = 1e-12
 # more entries of every row.
 LOW = 0.25
 assert np.float32(LOW) == LOW  # compared in the input's precision (float32 or float64) as is
-# Packing pays while it keeps a small part of the row: each later pass reads
-# the packed part instead of the row, but the packing itself writes every entry
-# it keeps.  Rows with more than 1/PACK_AT_MOST of their entries above the cut
-# (few classes, or large objects) are iterated on whole.
+# The first read packs into a buffer of 1/PACK_AT_MOST of the row (the scratch
+# memory of one row task).  Rows with more entries above the cut (few classes,
+# or large objects) are iterated on whole: there packing would save less, and
+# each entry it keeps is also written once.
 PACK_AT_MOST = 8
 
 
@@ -208,9 +207,11 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
 
 @njit(cache=True, nogil=True)
 def _open_row(row, bits, r, one, prune, low, threshold, tie_end, active, mu, bad):
-    """The first read of row r (:func:`~rankseg_np.cpu._kernels.sum_and_top`) and its outputs for an
+    """The one full read of row r (:func:`~rankseg_np.cpu._kernels.scan_row`) and its outputs for an
     inactive row.  Returns (active, sum, sum and count above 1/2, the entries above LOW in order)."""
-    total, top, n_low = sum_and_top(row, bits, low)
+    lanes = 64 // row.itemsize
+    out = np.empty(row.size // PACK_AT_MOST + lanes, dtype=row.dtype)
+    total, top, n_low, k = scan_row(row, bits, low, row.dtype.type(LOW), out)
     mu[r] = total
     bad[r] = top > one  # a negative sign, NaN, inf or a value above 1; or -0.0 (see _solve)
     threshold[r] = np.inf
@@ -218,7 +219,8 @@ def _open_row(row, bits, r, one, prune, low, threshold, tie_end, active, mu, bad
     active[r] = top > prune and not bad[r]
     if not active[r]:
         return False, total, 0.0, 0, row[:0]
-    packed = pack_above(row, row.dtype.type(LOW), n_low) if n_low <= row.size // PACK_AT_MOST else row
+    # Valid values: k == n_low, every entry above LOW, when there are at most row.size // PACK_AT_MOST.
+    packed = out[:k] if n_low <= row.size // PACK_AT_MOST else row
     s_half, n_half = sum_above(packed, 0.5)  # every entry above 1/2 > LOW is there
     return True, total, s_half, n_half, packed
 
