@@ -277,14 +277,15 @@ def _scan(row, low_value, cut, room):
     return scan_row(row, as_bits(row), bit_pattern(low_value, row.dtype), row.dtype.type(cut), out), out
 
 
-def _scan_order_sum(row):
-    """scan_row's float64 sum transcribed: per-lane sums of 64-byte blocks, halves added
-    lane by lane, then the tail in order."""
+def _scan_order_sum(row, above=-np.inf):
+    """The float64 sum of scan_row and sum_above (of the entries above ``above``) transcribed:
+    per-lane sums of 64-byte blocks, halves added lane by lane, then the tail in order."""
     lanes = 64 // row.itemsize
     whole = row.size // lanes * lanes
+    row = np.where(row.astype(np.float64) > above, row.astype(np.float64), 0.0)
     acc = np.zeros(lanes)
     for i in range(0, whole, lanes):
-        acc = acc + row[i:i + lanes].astype(np.float64)
+        acc = acc + row[i:i + lanes]
     while acc.size > 1:
         acc = acc[: acc.size // 2] + acc[acc.size // 2:]
     total = acc[0]
@@ -321,6 +322,30 @@ def test_scan_row_is_the_selection_sum_and_count(dtype, n, seed, cut, ties, room
         assert k == expected.size
         np.testing.assert_array_equal(out[:k], expected)
     assert np.isnan(out[k:]).all()  # nothing written past the entries kept
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 300),
+    st.integers(0, 2**32 - 1),
+    st.floats(0.0, 1.0),
+    st.booleans(),
+)
+def test_sum_above_is_its_documented_sum(dtype, n, seed, t, tie):
+    """sum_above: the count of entries above t (compared in float64), and their float64 sum bit
+    for bit in its documented order, whatever the CPU; strided views are read as they are."""
+    from rankseg_np.cpu._kernels import sum_above
+
+    rng = np.random.default_rng(seed)
+    row = rng.random(n).astype(dtype)
+    if tie and n:
+        t = float(row[rng.integers(0, n)])  # entries equal to t stay out
+    s, count = sum_above(row, t)
+    assert count == np.count_nonzero(row.astype(np.float64) > t)
+    assert s == _scan_order_sum(row, t)
+    strided = np.repeat(row, 2)[::2]
+    assert sum_above(strided, t) == (s, count)
 
 
 def test_scan_row_stops_packing_past_its_room():

@@ -44,11 +44,6 @@ def first_pass(row):
     return total, peak, bad, s_half, n_half
 
 
-# Reductions below may be reassociated ("reassoc" only: NaN and inf keep their
-# IEEE meaning, so the validity test still sees them) so that LLVM vectorises
-# them; the order is fixed at compile time, so results stay identical across
-# runs and thread counts (float64 accumulation either way).
-REASSOC = {"reassoc"}
 
 
 def bit_pattern(t: float, dtype: np.dtype) -> np.unsignedinteger:
@@ -76,16 +71,106 @@ def as_bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint32 if a.dtype.itemsize == 4 else np.uint64)
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
+@njit(cache=True, nogil=True)
 def sum_above(row, t):
-    """Sum and count of the entries strictly above ``t`` (float64 accumulation)."""
-    s = 0.0
-    n = 0
-    for i in range(row.size):
+    """Sum and count of the entries strictly above ``t`` (compared and summed in float64).
+
+    The sum's order is :func:`scan_row`'s (per-lane sums of 64-byte blocks, a
+    fixed tree, then the tail in order), so it has the same bits on every CPU.
+    """
+    row = np.ascontiguousarray(row)  # a no-op for the contiguous rows of the solvers
+    lanes = 64 // row.itemsize
+    n_blocks = row.size // lanes
+    s, n = _sum_above_blocks(row, n_blocks, t)
+    for i in range(n_blocks * lanes, row.size):
         v = row[i]
-        s += v if v > t else 0.0
-        n += v > t
+        if v > t:
+            s += v
+            n += 1
     return s, n
+
+
+def _reduce_lanes(builder, vectors, combine):
+    """Halves combined lane by lane (lanes 0..7 with 8..15, then 0..3 with 4..7, ...), for each
+    vector with its own ``combine``; returns lane 0 of each: a fixed order on every CPU."""
+    i32 = ir.IntType(32)
+    n = vectors[0].type.count
+    while n > 1:
+        h = n // 2
+        lo = ir.Constant(ir.VectorType(i32, h), list(range(h)))
+        hi = ir.Constant(ir.VectorType(i32, h), list(range(h, n)))
+        vectors = [
+            fn(builder, builder.shuffle_vector(x, x, lo), builder.shuffle_vector(x, x, hi))
+            for x, fn in zip(vectors, combine)
+        ]
+        n = h
+    return [builder.extract_element(x, ir.Constant(i32, 0)) for x in vectors]
+
+
+def _splat(builder, x, ty):
+    v = ir.Constant(ty, ir.Undefined)
+    for lane in range(ty.count):
+        v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), lane))
+    return v
+
+
+def _fadd(builder, a, b):
+    return builder.fadd(a, b)
+
+
+def _iadd(builder, a, b):
+    return builder.add(a, b)
+
+
+def _umax(builder, a, b):
+    return builder.select(builder.icmp_unsigned(">", b, a), b, a)
+
+
+@intrinsic
+def _sum_above_blocks(typingctx, src, n_blocks, t):
+    """The 64-byte blocks of :func:`sum_above`, as one LLVM loop with per-lane float64 sums and
+    counts, reduced in a fixed tree (no fast-math flags: LLVM keeps the order)."""
+    if not (
+        isinstance(src, types.Array) and src.ndim == 1 and src.layout == "C"
+        and src.dtype in (types.float32, types.float64) and isinstance(t, types.Float)
+    ):
+        return None
+    value = src.dtype
+    width = value.bitwidth
+
+    def codegen(context, builder, sig, args):
+        src_arr, nblk, t_v = args
+        lanes = 512 // width
+        i64, f64 = ir.IntType(64), ir.DoubleType()
+        vec, dvec, qvec = ir.VectorType(context.get_value_type(value), lanes), ir.VectorType(f64, lanes), ir.VectorType(i64, lanes)
+        src_ptr = context.make_array(sig.args[0])(context, builder, src_arr).data
+        t_s = _splat(builder, context.cast(builder, t_v, sig.args[2], types.float64), dvec)
+        zero = ir.Constant(dvec, [0.0] * lanes)
+        entry = builder.block
+        loop, body, done = (builder.append_basic_block(f"above.{n}") for n in ("loop", "body", "done"))
+        builder.branch(loop)
+
+        builder.position_at_end(loop)
+        i, acc, cnt = builder.phi(i64), builder.phi(dvec), builder.phi(qvec)
+        i.add_incoming(ir.Constant(i64, 0), entry)
+        acc.add_incoming(zero, entry)
+        cnt.add_incoming(ir.Constant(qvec, [0] * lanes), entry)
+        builder.cbranch(builder.icmp_signed("<", i, nblk), body, done)
+
+        builder.position_at_end(body)
+        at = builder.gep(src_ptr, [builder.mul(i, ir.Constant(i64, lanes))])
+        v = builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
+        vd = builder.fpext(v, dvec) if width == 32 else v
+        above = builder.fcmp_ordered(">", vd, t_s)
+        i.add_incoming(builder.add(i, ir.Constant(i64, 1)), body)
+        acc.add_incoming(builder.fadd(acc, builder.select(above, vd, zero)), body)
+        cnt.add_incoming(builder.add(cnt, builder.zext(above, qvec)), body)
+        builder.branch(loop)
+
+        builder.position_at_end(done)
+        return context.make_tuple(builder, sig.return_type, _reduce_lanes(builder, [acc, cnt], [_fadd, _iadd]))
+
+    return types.Tuple([types.float64, types.int64])(src, types.int64, t), codegen
 
 
 @intrinsic
@@ -120,15 +205,9 @@ def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
         vec, ivec = ir.VectorType(scalar, lanes), ir.VectorType(iw, lanes)
         dvec, qvec = ir.VectorType(ir.DoubleType(), lanes), ir.VectorType(i64, lanes)
 
-        def splat(x, ty):
-            v = ir.Constant(ty, ir.Undefined)
-            for lane in range(lanes):
-                v = builder.insert_element(v, x, ir.Constant(i32, lane))
-            return v
-
         src_ptr = context.make_array(sig.args[0])(context, builder, src_arr).data
         dst_ptr = context.make_array(sig.args[4])(context, builder, dst_arr).data
-        low_s, cut_s = splat(low_v, ivec), splat(cut_v, vec)
+        low_s, cut_s = _splat(builder, low_v, ivec), _splat(builder, cut_v, vec)
         compress = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [vec, scalar.as_pointer(), ir.VectorType(i1, lanes)]),
             f"llvm.masked.compressstore.v{lanes}f{width}",
@@ -172,21 +251,9 @@ def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
             phi.add_incoming(nxt, cont)
         builder.branch(loop)
 
-        builder.position_at_end(done)  # halves added lane by lane: lanes 0..7 + 8..15, then 0..3 + 4..7, ...
-        a, t, c = acc, top, builder.zext(cnt, qvec)
-        n = lanes
-        while n > 1:
-            h = n // 2
-            lo = ir.Constant(ir.VectorType(i32, h), list(range(h)))
-            hi = ir.Constant(ir.VectorType(i32, h), list(range(h, n)))
-            a0, a1 = builder.shuffle_vector(a, a, lo), builder.shuffle_vector(a, a, hi)
-            t0, t1 = builder.shuffle_vector(t, t, lo), builder.shuffle_vector(t, t, hi)
-            c0, c1 = builder.shuffle_vector(c, c, lo), builder.shuffle_vector(c, c, hi)
-            a, t, c = builder.fadd(a0, a1), builder.select(builder.icmp_unsigned(">", t1, t0), t1, t0), builder.add(c0, c1)
-            n = h
-        first = ir.Constant(i32, 0)
-        out = [builder.extract_element(x, first) for x in (a, t, c)] + [k]
-        return context.make_tuple(builder, sig.return_type, out)
+        builder.position_at_end(done)
+        out = _reduce_lanes(builder, [acc, top, builder.zext(cnt, qvec)], [_fadd, _umax, _iadd])
+        return context.make_tuple(builder, sig.return_type, out + [k])
 
     return types.Tuple([types.float64, pattern, types.int64, types.int64])(
         src, types.int64, pattern, value, dst, types.int64
