@@ -438,3 +438,37 @@ def test_float64_bit_tests_are_exact_to_the_last_bit():
     probs = np.tile(row, (8, 1, 1))
     ours = rankseg(probs, output_mode="multilabel")
     assert_masks_optimal_like_reference(probs, ours, {"output_mode": "multilabel"})
+
+
+_DECISION_BITS = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+from strategies import make_probs
+from rankseg_np.cpu import as_rows, rma
+from rankseg_np._validate import check_config
+for metric, smooth in (("dice", 0.0), ("iou", 0.0), ("dice", 1.0)):
+    for dtype in (np.float32, np.float64):
+        probs = make_probs((2, 5, 37, 101), dtype, "softmax", 11)
+        d = rma.decide(as_rows(probs), check_config(5, metric=metric, smooth=smooth))
+        print(d.threshold.tobytes().hex(), d.mu.tobytes().hex(), d.tie_end.tobytes().hex())
+"""
+
+
+@pytest.mark.slow
+def test_decisions_have_the_same_bits_without_avx512():
+    """The RMA decision (thresholds and row sums, bit for bit) is the same when Numba targets a CPU
+    without AVX-512 (Haswell: AVX2), in a fresh process with its own cache."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    import tempfile
+
+    code = _DECISION_BITS.format(tests=str(Path(__file__).parent))
+    outputs = []
+    for target in ({}, {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "+avx2,+fma,+avx,+sse4.2,+popcnt,+bmi2"}):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache, **target)
+            done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
