@@ -348,6 +348,30 @@ def test_sum_above_is_its_documented_sum(dtype, n, seed, t, tie):
     assert sum_above(strided, t) == (s, count)
 
 
+@settings(max_examples=300)
+@given(
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(1, 200),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["value", "above", "below", "any", "inf"]),
+    st.integers(-5, 210),
+)
+def test_mask_row_is_the_tie_rule(dtype, n, seed, where, k):
+    """mask_row == (p > t) | ((p == t) & (j < k)) compared in float64, for thresholds on, just
+    above and just below the row's values (float64 numbers between two float32 ones)."""
+    from rankseg_np.cpu._kernels import mask_row
+
+    rng = np.random.default_rng(seed)
+    row = np.round(rng.random(n), 2).astype(dtype)  # ties
+    v = float(row[rng.integers(0, n)])
+    t = {"value": v, "above": np.nextafter(v, 2.0), "below": np.nextafter(v, -1.0),
+         "any": float(rng.random()), "inf": np.inf}[where]
+    out = np.empty(n, dtype=np.bool_)
+    mask_row(row, t, k, out)
+    wide = row.astype(np.float64)
+    np.testing.assert_array_equal(out, (wide > t) | ((wide == t) & (np.arange(n) < k)))
+
+
 def test_scan_row_stops_packing_past_its_room():
     row = np.linspace(0.0, 1.0, 1000, dtype=np.float32)
     (total, _, n_low, k), out = _scan(row, 0.25, 0.25, 100)

@@ -386,11 +386,18 @@ def mask_row(row, t, k, out):
 
     Indexing slices from 0 lets Numba prove the indices non-negative, and LLVM
     then vectorises the loop (it does not for ``range(i0, i1)``: measured 4-5x
-    slower).  The tie cut is usually before the block, leaving ``p > t``.
+    slower).  The tie cut is usually before the block, leaving ``p > t``, and
+    that test runs in the row's precision: with ``t_in`` the largest value of
+    the row's dtype at most ``t``, ``v > t`` exactly when ``v > t_in`` (no
+    value of the dtype lies between them), so float32 rows compare 16 lanes
+    at a time instead of 8 (measured in cache: 34 -> 24 us per 2^18 values).
     """
-    if k <= 0:
+    t_in = row.dtype.type(t)  # rounded to nearest
+    if t_in > t:
+        t_in = np.nextafter(t_in, row.dtype.type(-np.inf))
+    if k <= 0 or t_in != t:  # a threshold that is no value of the dtype ties nothing
         for j in range(row.size):
-            out[j] = row[j] > t
+            out[j] = row[j] > t_in
     else:
         for j in range(row.size):
             v = row[j]
