@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -85,8 +86,22 @@ def test_stop_and_disabled_account():
 
 
 def test_renting_is_thread_safe():
-    """Concurrent callers never rent past the budget: exactly budget // charge calls are rented."""
+    """Concurrent callers never rent past the budget: exactly budget // charge calls are rented.
+
+    Each check of the budget yields the GIL (``time.sleep(0)``) before the
+    charge, so threads interleave between check and charge: an account without
+    its lock rents past the budget here (checked by removing it), and with the
+    lock the other callers wait.
+    """
     account = FirstCalls(budget=1000, at_most=1000, min_charge=7)
+    fits = account._fits
+
+    def fits_then_yield(size):
+        answer = fits(size)
+        time.sleep(0)
+        return answer
+
+    account._fits = fits_then_yield
     rented = []
 
     def caller():
