@@ -230,3 +230,39 @@ def test_the_callers_array_is_not_modified(account):
     assert account.spent > 0
     np.testing.assert_array_equal(probs.view(np.uint32), before.view(np.uint32))
 
+
+
+# --------------------------------------------------------------------------- #
+# The CLI's compile notice
+# --------------------------------------------------------------------------- #
+
+@pytest.fixture
+def fresh_environment(monkeypatch):
+    """No Numba cache index (``*.nbi``) exists: the next Numba call would compile."""
+    exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda path: not str(path).endswith(".nbi") and exists(path))
+
+
+def test_compile_notice_only_before_a_call_that_compiles(account, fresh_environment):
+    import io
+
+    from rankseg_np.cli._common import compile_notice
+
+    kw = dict(metric="dice", smooth=0.0, output_mode="multiclass", solver=None, pruning_prob=0.5)
+    small = np.zeros((1, 3, 8, 8), dtype=np.float32)
+    large = np.broadcast_to(np.float32(0.5), (1, 2, _first_calls.AT_MOST))  # over AT_MOST, no memory
+    cases = [
+        (small, kw, False),  # rented: nothing compiles, ask again next time
+        (small, dict(kw, solver="exact"), True),  # never rented
+        (large, kw, True),  # too large to rent
+        (small, dict(kw, metric="nope"), False),  # the call itself reports the error
+        (None, None, True),  # no array (demo, bench): Numba
+    ]
+    for probs, params, compiles in cases:
+        err = io.StringIO()
+        assert compile_notice(err, probs, params) == compiles
+        assert ("compiling the Numba kernels" in err.getvalue()) == compiles
+    assert account.spent == 0  # asking charges nothing
+    account.stop()
+    err = io.StringIO()
+    assert compile_notice(err, small, kw) and "compiling" in err.getvalue()
