@@ -92,8 +92,8 @@ class XpExecutor:
         warning is the same too; ``xp.sum`` would add in another order (pairwise, or a tree).
         """
         xp = self.xp
-        sums = p3[:, 0].copy()
-        for cls in range(1, p3.shape[1]):
+        sums = xp.zeros((p3.shape[0], p3.shape[2]), dtype=p3.dtype)  # from +0.0, as the CPU: no -0.0 sum
+        for cls in range(p3.shape[1]):
             sums += p3[:, cls]
         off = xp.abs(sums.astype(xp.float64) - 1.0) > SUM_TOL
         stats = xp.stack([xp.sum(off, dtype=xp.float64), xp.min(sums).astype(xp.float64), xp.max(sums).astype(xp.float64)])
