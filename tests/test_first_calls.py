@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -85,8 +86,22 @@ def test_stop_and_disabled_account():
 
 
 def test_renting_is_thread_safe():
-    """Concurrent callers never rent past the budget: exactly budget // charge calls are rented."""
+    """Concurrent callers never rent past the budget: exactly budget // charge calls are rented.
+
+    Each check of the budget yields the GIL (``time.sleep(0)``) before the
+    charge, so threads interleave between check and charge: an account without
+    its lock rents past the budget here (checked by removing it), and with the
+    lock the other callers wait.
+    """
     account = FirstCalls(budget=1000, at_most=1000, min_charge=7)
+    fits = account._fits
+
+    def fits_then_yield(size):
+        answer = fits(size)
+        time.sleep(0)
+        return answer
+
+    account._fits = fits_then_yield
     rented = []
 
     def caller():
@@ -207,6 +222,24 @@ def test_rented_errors_and_warnings_are_numbas(mode, metric, defect):
         assert rented[1] == numba[1]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_class_sums_on_the_tolerance_warn_alike(seed):
+    """Probabilities rounded to 1/100 often sum to 0.99 or 1.01, on SUM_TOL: in float32,
+    0.2 + 0.28 + 0.51 is 0.99000001 (not off), in float64 0.98999999 (off).  Both engines
+    add in the input's precision in class order, so they count (and warn) alike."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, 40, 40)) * 2
+    probs = np.round(np.exp(x) / np.exp(x).sum(axis=1, keepdims=True), 2).astype(np.float32)
+    probs[0, :, 0, :] = np.array([0.2, 0.28, 0.51], dtype=np.float32)[:, None]
+    rented, numba = _both(probs)
+    assert rented[1] == numba[1]
+    rented, numba = _both(probs[:1, :, :1])  # only the row on the tolerance: no warning at all
+    assert rented[1] == numba[1] == []
+    probs[0, :, 1, :] = -0.0  # the smallest sum is +0, not -0, in both messages
+    rented, numba = _both(probs)
+    assert rented[1] == numba[1]
+
+
 def test_the_callers_array_is_not_modified(account):
     probs = make_probs((2, 3, 6, 6), np.float32, "softmax", 2)
     probs[0, 0, 0, :] = -0.0
@@ -215,3 +248,39 @@ def test_the_callers_array_is_not_modified(account):
     assert account.spent > 0
     np.testing.assert_array_equal(probs.view(np.uint32), before.view(np.uint32))
 
+
+
+# --------------------------------------------------------------------------- #
+# The CLI's compile notice
+# --------------------------------------------------------------------------- #
+
+@pytest.fixture
+def fresh_environment(monkeypatch):
+    """No Numba cache index (``*.nbi``) exists: the next Numba call would compile."""
+    exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda path: not str(path).endswith(".nbi") and exists(path))
+
+
+def test_compile_notice_only_before_a_call_that_compiles(account, fresh_environment):
+    import io
+
+    from rankseg_np.cli._common import compile_notice
+
+    kw = dict(metric="dice", smooth=0.0, output_mode="multiclass", solver=None, pruning_prob=0.5)
+    small = np.zeros((1, 3, 8, 8), dtype=np.float32)
+    large = np.broadcast_to(np.float32(0.5), (1, 2, _first_calls.AT_MOST))  # over AT_MOST, no memory
+    cases = [
+        (small, kw, False),  # rented: nothing compiles, ask again next time
+        (small, dict(kw, solver="exact"), True),  # never rented
+        (large, kw, True),  # too large to rent
+        (small, dict(kw, metric="nope"), False),  # the call itself reports the error
+        (None, None, True),  # no array (demo, bench): Numba
+    ]
+    for probs, params, compiles in cases:
+        err = io.StringIO()
+        assert compile_notice(err, probs, params) == compiles
+        assert ("compiling the Numba kernels" in err.getvalue()) == compiles
+    assert account.spent == 0  # asking charges nothing
+    account.stop()
+    err = io.StringIO()
+    assert compile_notice(err, small, kw) and "compiling" in err.getvalue()
