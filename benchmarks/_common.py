@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 
-from rankseg_np import _first_calls
+import rankseg_np
 
 # Benchmarks time the Numba kernels a long run uses, not the NumPy code that
 # answers a process's first small calls (see rankseg_np._first_calls).
-_first_calls.ACCOUNT.stop()
+rankseg_np.use_numba()
 
 
 def softmax_probs(shape, seed=0, scale=3.0):

@@ -43,9 +43,9 @@ import numpy as np
 from scipy import ndimage
 
 import rankseg_np
-from rankseg_np import _first_calls, rankseg
+from rankseg_np import rankseg
 
-_first_calls.ACCOUNT.stop()  # time the Numba kernels, not the first calls' NumPy path
+rankseg_np.use_numba()  # time the Numba kernels, not the first calls' NumPy path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "python benchmarks/speed.py"

@@ -1,12 +1,14 @@
 """Which engine answers the first NumPy calls of a process: NumPy now, or Numba after compiling.
 
 Numba compiles a solver's kernels on their first call, once per environment
-(they are then cached on disk): about 4-5 s for RMA in a fresh environment
-(new container, CI job, a user's first try), and still 0.5-1 s to load them
-from the disk cache in every new process.  Until then the same decision is
-available without compiling: the array-namespace executor
+(they are then cached on disk): about 4.5-6 s for RMA in a fresh environment
+(new container, CI job, a user's first try), and still about 0.8 s to load
+them from the disk cache in every new process.  Until then the same decision
+is available without compiling: the array-namespace executor
 (:mod:`rankseg_np.gpu`, which runs the GPU algorithm on any namespace) on
-NumPy, at roughly 30-160 ns per probability on one core against Numba's few.
+NumPy, at about 20-80 ns per probability on one core (0.4 ms for a tiny
+call) against Numba's few.  These figures are measured by
+``benchmarks/bench_cold_start.py`` (``benchmarks/results/bench_cold_start.md``).
 
 So a process starts by *renting*: it answers RMA and accuracy calls with the
 NumPy code while those calls stay small, and *buys* (compiles or loads the
@@ -15,13 +17,14 @@ is the ski-rental rule, which never pays more than about twice the better of
 the two choices made in hindsight:
 
 * every call is charged its number of probabilities, and at least
-  ``MIN_CHARGE`` (NumPy's fixed cost per call is a few milliseconds);
-* calls are rented while the total stays within ``BUDGET`` (about 0.3-1.5 s
+  ``MIN_CHARGE`` (NumPy's fixed cost per call);
+* calls are rented while the total stays within ``BUDGET`` (about 0.2-0.7 s
   of NumPy work: the cost of loading the kernels from the disk cache, and a
   fraction of a fresh compilation);
 * one call of more than ``AT_MOST`` probabilities, or the first call that
   would exceed the budget, buys: from then on every call uses Numba;
-* other solvers (exact, BA, TRNA) always use Numba; they do not end renting.
+* other solvers (exact, BA, TRNA) always use Numba, and empty batches run no
+  kernel; neither ends renting.
 
 Both engines implement MATH sections 4-5 with float64 sums and the same tie
 rules, and the test suite compares each with the reference
@@ -30,12 +33,16 @@ Their sums are accumulated in different orders, so, as between any two
 executors (CPU, GPU, Dask), a pixel lying within float64 rounding (~1e-16,
 relative) of a row's cut may fall on different sides; the cut already sits
 ``TIE_SLACK`` (1e-12) above exact ties, so this takes values placed there on
-purpose.  The routing depends only on the sizes of the earlier calls, never on
-time, so a program's answers are reproducible.
+purpose.  (One known exception: Dice with a ``smooth`` of 1e6 or more, where
+the objective's differences between volumes fall below float64's resolution
+and the two band searches may settle tie groups differently.)  The routing
+depends only on the sizes of the earlier calls, never on time, so a program's
+answers are reproducible.
 
-Setting the environment variable ``RANKSEG_NP_FIRST_CALLS=numba`` (before
-importing rankseg_np) turns renting off: every call uses Numba.  The CLI's
-``demo`` and ``bench`` do the same, since they time the kernels a long run uses.
+:func:`use_numba` (public as ``rankseg_np.use_numba``), or the environment
+variable ``RANKSEG_NP_FIRST_CALLS=numba`` set before importing rankseg_np,
+turns renting off: every call uses Numba.  The CLI's ``demo`` and ``bench``
+do the same, since they time the kernels a long run uses.
 """
 
 from __future__ import annotations
@@ -44,14 +51,13 @@ import os
 import threading
 
 # Probabilities: the budget of rented calls in all, the largest call rented,
-# and the least a call is charged.  Measured on this project's 2-core machine
-# (``gpu.solve_with(probs, cfg, numpy)``): 30-160 ns per probability (21 and 4
-# classes), 2-3 ms for a call of 2^15; loading RMA's Numba kernels from the
-# disk cache takes 0.5-1 s, compiling them 4-5 s.  AT_MOST also bounds the
-# NumPy code's temporaries (a few (B, C, d) float64 arrays, ~4x the input).
+# and the least a call is charged (a tiny call costs about what 2^12
+# probabilities do).  See the module docstring for the measurements behind
+# them.  AT_MOST also bounds the NumPy code's temporaries (up to ~4x the input
+# for two classes, about 1x for many).
 BUDGET = 1 << 23
 AT_MOST = 1 << 22
-MIN_CHARGE = 1 << 15
+MIN_CHARGE = 1 << 12
 
 # Solvers whose NumPy version is fast enough to rent (the capability table's keys).
 RENTED_SOLVERS = frozenset({"rma", "argmax", "tr"})
@@ -83,7 +89,7 @@ class FirstCalls:
 
     def rent(self, size: int, solver: str) -> bool:
         """True when a call of ``size`` probabilities for ``solver`` should run in NumPy (and charge it)."""
-        if solver not in RENTED_SOLVERS:
+        if solver not in RENTED_SOLVERS or size == 0:  # an empty batch runs no kernel either way
             return False
         with self._lock:
             if not self._fits(size):
@@ -95,7 +101,7 @@ class FirstCalls:
     def would_rent(self, size: int, solver: str) -> bool:
         """What :meth:`rent` would answer now, without charging anything."""
         with self._lock:
-            return solver in RENTED_SOLVERS and self._fits(size)
+            return solver in RENTED_SOLVERS and size > 0 and self._fits(size)
 
     def _fits(self, size: int) -> bool:
         charge = max(int(size), self.min_charge)
@@ -105,6 +111,26 @@ class FirstCalls:
         """Buy now: every later call uses Numba."""
         with self._lock:
             self.renting = False
+
+
+def use_numba() -> None:
+    """Answer every later NumPy call of this process with the Numba kernels.
+
+    A process's first small calls otherwise run in plain NumPy while compiling
+    would not pay yet (see the module :mod:`rankseg_np._first_calls`).  Call
+    this before a warm-up call when you want the kernels compiled (or loaded
+    from the disk cache) at start-up, e.g. in a server or before timing; the
+    environment variable ``RANKSEG_NP_FIRST_CALLS=numba``, set before
+    ``rankseg_np`` is imported, does the same.  The answers do not change.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rankseg_np
+    >>> rankseg_np.use_numba()
+    >>> warm_up = rankseg_np.rankseg(np.full((1, 2, 4, 4), 0.5))  # compiles (or loads) the kernels now
+    """
+    ACCOUNT.stop()
 
 
 def _renting_by_default() -> bool:

@@ -7,12 +7,12 @@ import os
 import numpy as np
 from hypothesis import HealthCheck, settings
 
-from rankseg_np import _first_calls
+import rankseg_np
 
 # The suite tests each engine where it says so: the Numba kernels through
 # rankseg(), the NumPy code of a process's first calls in test_first_calls.py
 # (and test_matrix.py, as the array-namespace executor).
-_first_calls.ACCOUNT.stop()
+rankseg_np.use_numba()
 
 # Numba compiles on first use; the first example of a property test can be slow.
 settings.register_profile(

@@ -78,6 +78,20 @@ def test_other_solvers_never_rent_and_do_not_end_renting():
     assert all(account.rent(10, s) for s in ("rma", "argmax", "tr"))
 
 
+def test_empty_batches_are_neither_charged_nor_end_renting():
+    account = FirstCalls(budget=100, at_most=60, min_charge=10)
+    assert not account.rent(0, "rma") and not account.would_rent(0, "rma")
+    assert account.renting and account.spent == 0
+
+
+def test_use_numba_ends_renting_of_the_process(account, engines):
+    probs = make_probs((1, 3, 8, 8), np.float32, "softmax", 0)
+    rankseg_np.rankseg(probs)
+    rankseg_np.use_numba()
+    rankseg_np.rankseg(probs)
+    assert engines == ["numpy", "numba"] and not account.renting
+
+
 def test_stop_and_disabled_account():
     account = FirstCalls()
     account.stop()

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import _first_calls
+from .._first_calls import use_numba
 from ._common import EXIT_OK, EXIT_USAGE, PROG, _one_line, compile_notice
 
 
@@ -101,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     warmup = 0.0
     # The table times the Numba kernels a long run uses, not the NumPy code that
     # answers a process's first small calls (rankseg_np._first_calls).
-    _first_calls.ACCOUNT.stop()
+    use_numba()
     compile_notice(err)
     for name, fn in methods:
         try:
@@ -175,7 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "  x 1-pass: time over a one-pass parallel Numba argmax (reads the input once); "
         "GB/s: input size over time\n\n"
     )
-    _first_calls.ACCOUNT.stop()  # time the Numba kernels (see cmd_demo)
+    use_numba()  # time the Numba kernels (see cmd_demo)
     compile_notice(sys.stderr)
     readable = probs if probs.dtype != np.float16 else probs.astype(np.float32)  # Numba has no float16
     cases: list[tuple[str, Callable[[], Any]]] = [
