@@ -33,9 +33,7 @@ Their sums are accumulated in different orders, so, as between any two
 executors (CPU, GPU, Dask), a pixel lying within float64 rounding (~1e-16,
 relative) of a row's cut may fall on different sides; the cut already sits
 ``TIE_SLACK`` (1e-12) above exact ties, so this takes values placed there on
-purpose.  (One known exception: Dice with a ``smooth`` of 1e6 or more, where
-the objective's differences between volumes fall below float64's resolution
-and the two band searches may settle tie groups differently.)  The routing
+purpose.  The routing
 depends only on the sizes of the earlier calls, never on time, so a program's
 answers are reproducible.
 
