@@ -6,6 +6,12 @@ import time
 
 import numpy as np
 
+import rankseg_np
+
+# Benchmarks time the Numba kernels a long run uses, not the NumPy code that
+# answers a process's first small calls (see rankseg_np._first_calls).
+rankseg_np.use_numba()
+
 
 def softmax_probs(shape, seed=0, scale=3.0):
     """float32 softmax over axis 1 of N(0, scale^2) logits, built in place (one array of memory)."""

@@ -13,8 +13,19 @@ just before the first call to just after it (imports are timed separately):
   under ``numba.njit(parallel=True)``: the floor any parallel Numba code pays
   (LLVM, the threading layer's start-up);
 * ``rankseg(probs)`` (RMA Dice, multiclass, the default) on a small float32
-  batch, then a second call with float64 input and ``output_mode='multilabel'``;
-* ``rankseg(probs, solver="exact")``.
+  batch, then a second call, then one with float64 input and
+  ``output_mode='multilabel'``: a process's first small calls run in NumPy
+  and compile nothing (``rankseg_np._first_calls``);
+* the first call on the demo's shape ``(4, 4, 256, 256)`` (also NumPy);
+* the same small first call with ``RANKSEG_NP_FIRST_CALLS=numba``: what
+  compiling RMA's Numba kernels costs (every process that goes on to call
+  more than ``_first_calls.BUDGET`` probabilities pays it once, or loads
+  them from the disk cache);
+* the same again in a second process on the same cache: loading the
+  kernels from the disk cache;
+* ``rankseg(probs, solver="exact")`` (always Numba);
+* then, in this process, what the NumPy code of rented calls costs per call
+  and per probability, up to the per-call cap.
 
 The ratio of the first ``rankseg`` call to the trivial kernel is the figure
 issue 15 states its goal in.  Best (minimum) over ``--runs`` fresh processes.
@@ -57,6 +68,26 @@ rankseg_np.rankseg(probs.astype(np.float64), output_mode="multilabel")
 times["then float64 multilabel"] = time.perf_counter() - t0
 """
 
+DEMO_SHAPE = """
+import rankseg_np, numpy as np
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((4, 4, 256, 256)).astype(np.float32)
+probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+t0 = time.perf_counter(); rankseg_np.rankseg(probs)
+times["first rankseg(probs), probs (4, 4, 256, 256)"] = time.perf_counter() - t0
+"""
+
+COMPILING = """
+import rankseg_np, numpy as np
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((2, 4, 64, 64)).astype(np.float32)
+probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+t0 = time.perf_counter(); rankseg_np.rankseg(probs)
+times["first rankseg(probs) with RANKSEG_NP_FIRST_CALLS=numba (compiles)"] = time.perf_counter() - t0
+"""
+
+LOADING = COMPILING.replace("(compiles)", "(loads them from a warm disk cache)")
+
 EXACT = """
 import rankseg_np, numpy as np
 rng = np.random.default_rng(0)
@@ -67,13 +98,54 @@ times["first rankseg(probs, solver='exact')"] = time.perf_counter() - t0
 """
 
 
-def fresh(body: str) -> dict[str, float]:
-    """Run ``body`` in a new interpreter with an empty Numba cache; return its ``times``."""
+def fresh(body: str, warm: bool = False, **env_vars: str) -> dict[str, float]:
+    """Run ``body`` in a new interpreter with an empty Numba cache; return its ``times``.
+
+    ``warm``: run it once first in another process on the same cache, and return
+    the second run's times (the kernels are then loaded from the disk cache).
+    """
     code = "import json, time\ntimes = {}\n" + textwrap.dedent(body) + "\nprint(json.dumps(times))\n"
     with tempfile.TemporaryDirectory(prefix="numba-cold-") as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        env.pop("RANKSEG_NP_FIRST_CALLS", None)
+        env.update(env_vars)
+        for _ in range(2 if warm else 1):
+            done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# What the first calls rented in NumPy cost (rankseg_np._first_calls), in this process:
+# shapes up to the per-call cap AT_MOST = 2^22 probabilities.
+RENTED_SHAPES = ((1, 2, 8, 8), (2, 4, 64, 64), (4, 4, 256, 256), (4, 4, 512, 512), (1, 16, 512, 512), (4, 2, 512, 512))
+
+
+def rented_costs(repeat: int) -> list[str]:
+    """Markdown rows: the NumPy code of the first calls (``gpu.solve_with(probs, cfg, numpy)``),
+    best of ``repeat``, per call and per probability, float32 softmax, multiclass and multilabel."""
+    import time
+
+    import numpy as np
+
+    from rankseg_np import gpu
+    from rankseg_np._validate import check_config
+
+    rows = []
+    for shape in RENTED_SHAPES:
+        rng = np.random.default_rng(0)
+        logits = rng.standard_normal(shape, dtype=np.float32) * np.float32(3.0)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        cells = []
+        for mode in ("multiclass", "multilabel"):
+            cfg = check_config(shape[1], output_mode=mode)
+            best = float("inf")
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                gpu.solve_with(probs, cfg, np)
+                best = min(best, time.perf_counter() - t0)
+            cells += [f"{1e3 * best:.2f}", f"{1e9 * best / probs.size:.0f}"]
+        rows.append(f"| {shape} | {probs.size:,} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def main(argv=None) -> None:
@@ -84,9 +156,12 @@ def main(argv=None) -> None:
     runs = 1 if args.quick else args.runs
     best: dict[str, float] = {}
     load0 = os.getloadavg()[0]
-    for body in (TRIVIAL, RANKSEG, EXACT):
+    numba_now = {"RANKSEG_NP_FIRST_CALLS": "numba"}
+    cases = ((TRIVIAL, False, {}), (RANKSEG, False, {}), (DEMO_SHAPE, False, {}), (COMPILING, False, numba_now),
+             (LOADING, True, numba_now), (EXACT, False, {}))
+    for body, warm, env_vars in cases:
         for _ in range(runs):
-            for name, t in fresh(body).items():
+            for name, t in fresh(body, warm, **env_vars).items():
                 best[name] = min(t, best.get(name, float("inf")))
     import numba
 
@@ -101,6 +176,14 @@ def main(argv=None) -> None:
     ]
     for name, t in best.items():
         lines.append(f"| {name} | {t:.2f} | {t / base:.2f} |")
+    lines += [
+        "",
+        "What a rented first call costs: the NumPy code (`gpu.solve_with(probs, cfg, numpy)`) on float32",
+        f"softmax, RMA Dice, one thread, best of {3 * runs} in this process:",
+        "",
+        "| shape | probabilities | multiclass (ms) | (ns per probability) | multilabel (ms) | (ns per probability) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ] + rented_costs(3 * runs)
     print("\n".join(lines))
     if not args.quick:
         out = ROOT / "benchmarks" / "results" / "bench_cold_start.md"

@@ -48,6 +48,8 @@ from scipy import stats
 
 import rankseg_np
 from rankseg_np import rankseg
+
+rankseg_np.use_numba()  # its timings are of the Numba kernels, not of a process's first calls
 from rankseg_np.calibration import TemperatureScaling
 from rankseg_np.data import synthetic_batch
 from rankseg_np.metrics import dice_score, iou_score, one_hot

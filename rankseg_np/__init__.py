@@ -11,6 +11,7 @@ from . import _numba_cache
 _numba_cache.configure()  # before any kernel is defined: a read-only install still needs a cache
 
 from ._api import RankSEG, rankseg  # noqa: E402
+from ._first_calls import use_numba  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
 from .expected import expected_metric  # noqa: E402
 
@@ -19,4 +20,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["RankSEG", "rankseg", "evaluate", "expected_metric", "__version__"]
+__all__ = ["RankSEG", "rankseg", "evaluate", "expected_metric", "use_numba", "__version__"]

@@ -10,7 +10,8 @@ framework is imported unless ``probs`` comes from it.
 =====================================  =====================================================
 input                                  route
 =====================================  =====================================================
-``numpy.ndarray``                      CPU (Numba), NumPy out
+``numpy.ndarray``                      CPU (Numba), NumPy out; a process's first small
+                                       calls run in NumPy (``rankseg_np._first_calls``)
 ``cupy.ndarray``                       GPU (CuPy), CuPy out, same device
 ``dask.array.Array``                   ``rankseg_np.dask.solve`` (lazy Dask array out)
 ``torch.Tensor``                       DLPack -> NumPy (CPU) or CuPy (CUDA), zero-copy;
@@ -37,6 +38,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+
+from . import _first_calls
 
 Solve = Callable[[Any, Any], Any]
 Restore = Callable[[Any], Any]
@@ -98,6 +101,12 @@ def _require_cupy(what: str):
 # --------------------------------------------------------------------------- #
 
 def _cpu_solve(native: np.ndarray, cfg: Any) -> np.ndarray:
+    if _first_calls.ACCOUNT.rent(native.size, cfg.solver):
+        # Small first calls of a process: the array-namespace executor on NumPy,
+        # which compiles nothing (see rankseg_np._first_calls).
+        from . import gpu
+
+        return gpu.solve_with(native, cfg, np)
     from . import cpu
 
     return cpu.solve(native, cfg)

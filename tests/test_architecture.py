@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rankseg_np"
-LEAVES = {"rankseg_np._solvers", "rankseg_np._decision", "rankseg_np._quadrature", "rankseg_np._layout"}
+LEAVES = {
+    "rankseg_np._solvers", "rankseg_np._decision", "rankseg_np._quadrature", "rankseg_np._layout",
+    "rankseg_np._first_calls",
+}
 EXECUTORS = ("rankseg_np.cpu", "rankseg_np.gpu", "rankseg_np.dask")
 FRAMEWORKS = {"torch", "jax", "jaxlib", "tensorflow", "cupy"}
 # Where a framework may be imported: the dispatch layer; CuPy in the GPU executor;

@@ -80,3 +80,47 @@ def test_multiclass_dice_huge_smooth_matches_exact_rational_oracle(smooth, kind)
     for name, got in executors.items():
         assert_labels_match(np.asarray(got).reshape(want.shape), want, scores, name)
 
+
+
+def exact_dice_smooth_values(q_sorted, smooth):
+    """The RMA Dice objective f(tau) = 2 S_tau/(mu+g+tau+1) + g/(mu+g+tau), tau = 0..d, in exact
+    rational arithmetic (q sorted descending)."""
+    g = Fraction(smooth)
+    q = [Fraction(float(x)) for x in q_sorted]
+    mu = sum(q, Fraction(0))
+    values, s = [], Fraction(0)
+    for tau in range(len(q) + 1):
+        values.append(2 * s / (mu + g + tau + 1) + g / (mu + g + tau))
+        if tau < len(q):
+            s += q[tau]
+    return values
+
+
+@pytest.mark.parametrize("smooth", [0.5, 1.0, 3.0, 1e3, 1e6, 1e10, 1e100, 1e300])
+@pytest.mark.parametrize("seed", range(6))
+def test_dice_smooth_masks_reach_the_exact_optimum(smooth, seed):
+    """Multilabel Dice with smooth > 0 on rows with ties (values on a 1/8 grid): every engine returns
+    a top-tau set of whole tie groups whose exact objective is the exact maximum, up to 1e-12 of the
+    objective's spread over the volumes.  (Evaluating f itself loses the differences between
+    volumes once smooth >~ 1e6; the engines compare f through its steps.)"""
+    rng = np.random.default_rng(seed)
+    probs = np.round(rng.random((2, 3, 11)) * 8) / 8
+    cfg = check_config(3, smooth=smooth, output_mode="multilabel", pruning_prob=0.0)
+    engines = {
+        "cpu": rankseg(probs, smooth=smooth, output_mode="multilabel", pruning_prob=0.0),
+        "gpu-code-on-numpy": gpu.solve_with(probs, cfg, np),
+    }
+    da = pytest.importorskip("dask.array")
+    engines["dask"] = rankseg(da.from_array(probs, chunks=(1, 1, 4)), smooth=smooth, output_mode="multilabel",
+                              pruning_prob=0.0).compute()
+    for b in range(2):
+        for c in range(3):
+            row = probs[b, c]
+            values = exact_dice_smooth_values(np.sort(row)[::-1], smooth)
+            best, spread = max(values), max(values) - min(values)
+            for name, masks in engines.items():
+                mask = np.asarray(masks)[b, c]
+                tau = int(mask.sum())
+                chosen = row[mask]
+                assert (chosen.min() if tau else 2.0) > (row[~mask].max() if tau < row.size else -1.0), name
+                assert best - values[tau] <= Fraction(1e-12) * spread, (name, smooth, b, c, tau)

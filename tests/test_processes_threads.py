@@ -23,7 +23,12 @@ LIMIT_S = 240
 
 
 def _run(script: str, **env: str) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+    # RANKSEG_NP_FIRST_CALLS=numba: these small calls would otherwise run in NumPy
+    # (rankseg_np._first_calls), and the Numba kernels this file is about would never run.
+    full_env = dict(
+        os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), RANKSEG_NP_FIRST_CALLS="numba",
+        **env,
+    )
     try:
         return subprocess.run(
             [sys.executable, "-c", textwrap.dedent(script)],
@@ -51,6 +56,8 @@ FORK_SCRIPT = """
         for a, b in zip(parent, children):
             for x, y in zip(a, b):
                 assert np.array_equal(x, y), "a forked worker disagrees with the parent"
+        from rankseg_np import _first_calls
+        assert _first_calls.ACCOUNT.spent == 0, "the parent's calls ran in NumPy, not Numba"
         print("ok")
 """
 
@@ -89,6 +96,8 @@ THREADS_SCRIPT = """
         assert np.array_equal(results[i][0], rankseg(p))
         assert np.array_equal(results[i][1], masks)
         assert np.array_equal(results[i][2], expected_metric(p, masks))
+    from rankseg_np import _first_calls
+    assert _first_calls.ACCOUNT.spent == 0, "the calls ran in NumPy, not Numba"
     print("ok")
 """
 

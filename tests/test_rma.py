@@ -269,6 +269,31 @@ def test_half_to_single_every_pattern():
         np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
 
 
+def _scan(row, low_value, cut, room):
+    from rankseg_np.cpu._kernels import as_bits, bit_pattern, scan_row
+
+    lanes = 64 // row.itemsize
+    out = np.full(room + lanes, np.nan, dtype=row.dtype)
+    return scan_row(row, as_bits(row), bit_pattern(low_value, row.dtype), row.dtype.type(cut), out), out
+
+
+def _scan_order_sum(row, above=-np.inf):
+    """The float64 sum of scan_row and sum_above (of the entries above ``above``) transcribed:
+    per-lane sums of 64-byte blocks, halves added lane by lane, then the tail in order."""
+    lanes = 64 // row.itemsize
+    whole = row.size // lanes * lanes
+    row = np.where(row.astype(np.float64) > above, row.astype(np.float64), 0.0)
+    acc = np.zeros(lanes)
+    for i in range(0, whole, lanes):
+        acc = acc + row[i:i + lanes]
+    while acc.size > 1:
+        acc = acc[: acc.size // 2] + acc[acc.size // 2:]
+    total = acc[0]
+    for v in row[whole:]:
+        total += float(v)
+    return total
+
+
 @settings(max_examples=300)
 @given(
     st.sampled_from([np.float32, np.float64]),
@@ -276,41 +301,105 @@ def test_half_to_single_every_pattern():
     st.integers(0, 2**32 - 1),
     st.floats(0.0, 1.0),
     st.booleans(),
+    st.integers(0, 80),
 )
-def test_pack_above_is_the_selection(dtype, n, seed, cut, ties):
-    """pack_above (vector compress-stores in 64-byte blocks, then entry by entry) == NumPy's selection, in order."""
-    from rankseg_np.cpu._kernels import pack_above
+def test_scan_row_is_the_selection_sum_and_count(dtype, n, seed, cut, ties, room):
+    """scan_row == NumPy: the entries above the cut in order (while they fit), their count, the top
+    pattern, and the float64 sum bit for bit in its documented order."""
+    from rankseg_np.cpu._kernels import as_bits
 
     rng = np.random.default_rng(seed)
     row = rng.random(n).astype(dtype)
     cut = dtype(cut)
     if ties and n:
         row[rng.integers(0, n, n // 2)] = cut  # entries at the cut stay out
+    (total, top, n_low, k), out = _scan(row, float(cut), cut, room)
     expected = row[row > cut]
-    got = pack_above(row, cut, expected.size)
-    assert got.dtype == row.dtype
-    np.testing.assert_array_equal(got, expected)
+    assert n_low == expected.size
+    assert top == (as_bits(row).max() if n else 0)
+    assert total == _scan_order_sum(row)
+    if expected.size <= room:
+        assert k == expected.size
+        np.testing.assert_array_equal(out[:k], expected)
+    assert np.isnan(out[k:]).all()  # nothing written past the entries kept
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 300),
+    st.integers(0, 2**32 - 1),
+    st.floats(0.0, 1.0),
+    st.booleans(),
+)
+def test_sum_above_is_its_documented_sum(dtype, n, seed, t, tie):
+    """sum_above: the count of entries above t (compared in float64), and their float64 sum bit
+    for bit in its documented order, whatever the CPU; strided views are read as they are."""
+    from rankseg_np.cpu._kernels import sum_above
+
+    rng = np.random.default_rng(seed)
+    row = rng.random(n).astype(dtype)
+    if tie and n:
+        t = float(row[rng.integers(0, n)])  # entries equal to t stay out
+    s, count = sum_above(row, t)
+    assert count == np.count_nonzero(row.astype(np.float64) > t)
+    assert s == _scan_order_sum(row, t)
+    strided = np.repeat(row, 2)[::2]
+    assert sum_above(strided, t) == (s, count)
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(1, 200),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["value", "above", "below", "any", "inf"]),
+    st.integers(-5, 210),
+)
+def test_mask_row_is_the_tie_rule(dtype, n, seed, where, k):
+    """mask_row == (p > t) | ((p == t) & (j < k)) compared in float64, for thresholds on, just
+    above and just below the row's values (float64 numbers between two float32 ones)."""
+    from rankseg_np.cpu._kernels import mask_row
+
+    rng = np.random.default_rng(seed)
+    row = np.round(rng.random(n), 2).astype(dtype)  # ties
+    v = float(row[rng.integers(0, n)])
+    t = {"value": v, "above": np.nextafter(v, 2.0), "below": np.nextafter(v, -1.0),
+         "any": float(rng.random()), "inf": np.inf}[where]
+    out = np.empty(n, dtype=np.bool_)
+    mask_row(row, t, k, out)
+    wide = row.astype(np.float64)
+    np.testing.assert_array_equal(out, (wide > t) | ((wide == t) & (np.arange(n) < k)))
+
+
+def test_scan_row_stops_packing_past_its_room():
+    row = np.linspace(0.0, 1.0, 1000, dtype=np.float32)
+    (total, _, n_low, k), out = _scan(row, 0.25, 0.25, 100)
+    assert n_low == np.count_nonzero(row > 0.25) > 100 + 16 >= k and total == _scan_order_sum(row)
+    np.testing.assert_array_equal(out[:k], row[row > 0.25][:k])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bit_test_of_values(dtype):
-    """sum_and_top's pattern tests: in [0, 1] exactly when the top pattern is at most 1.0's (but -0.0);
-    maximum and count above t by patterns, as by values."""
-    from rankseg_np.cpu._kernels import as_bits, bit_pattern, sum_and_top
+    """scan_row's pattern tests: in [0, 1] exactly when the top pattern is at most 1.0's (but -0.0);
+    maximum and count above t by patterns, as by values; in the vector blocks and in the tail."""
+    from rankseg_np.cpu._kernels import bit_pattern
 
     dt = np.dtype(dtype)
     one = bit_pattern(1.0, dt)
-    base = np.array([0.0, 0.25, 1.0, 0.5, 0.1], dtype=dtype)
-    total, top, _ = sum_and_top(base, as_bits(base), one)
-    assert total == pytest.approx(1.85, rel=1e-7) and top == one
-    for bad in (-1e-30, -0.5, 1.0000001, np.inf, -np.inf, np.nan):
-        row = base.copy()
-        row[1] = bad
-        assert sum_and_top(row, as_bits(row), one)[1] > one, bad
-    for t in (0.0, 0.1, 0.099999, 0.25, 0.3, 0.5, 0.999, 1.0, 1 / 3):
-        _, top, count = sum_and_top(base, as_bits(base), bit_pattern(t, dt))
-        assert count == np.count_nonzero(base.astype(np.float64) > t), t
-        assert (top > bit_pattern(t, dt)) == (base.max() > t), t
+    values = np.array([0.0, 0.25, 1.0, 0.5, 0.1], dtype=dtype)
+    for base in (values, np.tile(values, 7)):  # a tail only; 64-byte blocks and a tail
+        (total, top, _, _), _ = _scan(base, 1.0, 2.0, 0)
+        assert total == pytest.approx(1.85 * base.size / 5, rel=1e-7) and top == one
+        for at in (1, base.size - 2):
+            for bad in (-1e-30, -0.5, 1.0000001, np.inf, -np.inf, np.nan):
+                row = base.copy()
+                row[at] = bad
+                assert _scan(row, 1.0, 2.0, 0)[0][1] > one, bad
+        for t in (0.0, 0.1, 0.099999, 0.25, 0.3, 0.5, 0.999, 1.0, 1 / 3):
+            (_, top, count, _), _ = _scan(base, t, 2.0, 0)
+            assert count == np.count_nonzero(base.astype(np.float64) > t), t
+            assert (top > bit_pattern(t, dt)) == (base.max() > t), t
 
 
 @pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])
@@ -373,3 +462,37 @@ def test_float64_bit_tests_are_exact_to_the_last_bit():
     probs = np.tile(row, (8, 1, 1))
     ours = rankseg(probs, output_mode="multilabel")
     assert_masks_optimal_like_reference(probs, ours, {"output_mode": "multilabel"})
+
+
+_DECISION_BITS = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+from strategies import make_probs
+from rankseg_np.cpu import as_rows, rma
+from rankseg_np._validate import check_config
+for metric, smooth in (("dice", 0.0), ("iou", 0.0), ("dice", 1.0)):
+    for dtype in (np.float32, np.float64):
+        probs = make_probs((2, 5, 37, 101), dtype, "softmax", 11)
+        d = rma.decide(as_rows(probs), check_config(5, metric=metric, smooth=smooth))
+        print(d.threshold.tobytes().hex(), d.mu.tobytes().hex(), d.tie_end.tobytes().hex())
+"""
+
+
+@pytest.mark.slow
+def test_decisions_have_the_same_bits_without_avx512():
+    """The RMA decision (thresholds and row sums, bit for bit) is the same when Numba targets a CPU
+    without AVX-512 (Haswell: AVX2), in a fresh process with its own cache."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    import tempfile
+
+    code = _DECISION_BITS.format(tests=str(Path(__file__).parent))
+    outputs = []
+    for target in ({}, {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "+avx2,+fma,+avx,+sse4.2,+popcnt,+bmi2"}):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache, **target)
+            done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]

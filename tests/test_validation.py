@@ -107,6 +107,18 @@ def test_strings_are_case_insensitive_and_stripped():
     np.testing.assert_array_equal(rankseg(probs, unassigned_policy=" VOID", void_index=np.int16(9)), base)
 
 
+@pytest.mark.parametrize("output_mode", ["multiclass", "multilabel"])
+@pytest.mark.parametrize("solver", ["RMA", "exact"])
+def test_negative_zero_arguments_are_zero(solver, output_mode):
+    """-0.0 == 0.0: pruning_prob=-0.0 keeps every row whose largest probability is above 0 active
+    (the CPU's bit-pattern pruning test once read -0.0 as above every probability: all masks empty)."""
+    probs = np.array([0.3, 0.6, 0.1, 0.2, 0.7, 0.4, 0.9, 0.8]).reshape(1, 2, 4)
+    zero = rankseg(probs, solver=solver, output_mode=output_mode, pruning_prob=0.0, smooth=0.0)
+    assert zero.any()
+    negative = rankseg(probs, solver=solver, output_mode=output_mode, pruning_prob=-0.0, smooth=-0.0)
+    np.testing.assert_array_equal(negative, zero)
+
+
 def test_safe_screening_is_accepted_and_changes_nothing():
     probs = np.random.default_rng(1).uniform(size=(2, 3, 6, 6))
     for value in (True, False, "auto"):

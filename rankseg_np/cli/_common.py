@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
+
+import numpy as np
 
 PROG = "rankseg-np"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -47,13 +50,26 @@ def _has(module: str) -> bool:
 
 
 
-def compile_notice(err) -> None:
-    """One line on ``err`` when the first solve will compile Numba's kernels (their disk cache is empty).
+def compile_notice(err, probs: Any = None, kw: dict[str, Any] | None = None) -> bool:
+    """One line on ``err`` when the next solve will compile Numba's kernels (their disk cache is empty).
 
-    Looks for the on-disk cache index of the RMA row kernel, parallel or
+    Returns False, and writes nothing, when ``rankseg(probs, **kw)`` will run
+    without Numba (a small first call of the process, see
+    :mod:`rankseg_np._first_calls`): ask again before the next call.  Else
+    looks for the on-disk cache index of the RMA row kernel, parallel or
     serial (in ``__pycache__`` or ``NUMBA_CACHE_DIR``): when neither exists the
     environment is fresh.  Any problem reading it means no notice, never an error.
     """
+    if probs is not None and isinstance(probs, np.ndarray):
+        from .. import _first_calls
+        from .._validate import check_options
+
+        try:
+            solver = check_options(**(kw or {})).solver
+        except (TypeError, ValueError):  # reported by the call itself
+            return False
+        if _first_calls.ACCOUNT.would_rent(probs.size, solver):
+            return False
     try:
         import os
 
@@ -61,8 +77,9 @@ def compile_notice(err) -> None:
 
         kernel = rma._dice_rows  # the default objective's row kernel
         if any(os.path.exists(k._cache._cache_file._index_path) for k in (kernel.parallel, kernel.serial)):
-            return
+            return True
     except Exception:  # Numba internals moved: stay quiet
-        return
+        return True
     err.write(f"{PROG}: compiling the Numba kernels for the first call (once: they are then cached on disk) ...\n")
     err.flush()
+    return True

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._first_calls import use_numba
 from ._common import EXIT_OK, EXIT_USAGE, PROG, _one_line, compile_notice
 
 
@@ -98,6 +99,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = []
     base_time = None
     warmup = 0.0
+    # The table times the Numba kernels a long run uses, not the NumPy code that
+    # answers a process's first small calls (rankseg_np._first_calls).
+    use_numba()
     compile_notice(err)
     for name, fn in methods:
         try:
@@ -171,6 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "  x 1-pass: time over a one-pass parallel Numba argmax (reads the input once); "
         "GB/s: input size over time\n\n"
     )
+    use_numba()  # time the Numba kernels (see cmd_demo)
     compile_notice(sys.stderr)
     readable = probs if probs.dtype != np.float16 else probs.astype(np.float32)  # Numba has no float16
     cases: list[tuple[str, Callable[[], Any]]] = [

@@ -317,8 +317,7 @@ def _process(job: Job, args: argparse.Namespace, kw: dict[str, Any]) -> None:
         _check_nifti_input(probs, kw)
     dtype = _output_dtype(args.dtype or ("auto" if job.fmt == NIFTI else None), int(probs.shape[1]), kw)
     if not args.quiet and not getattr(args, "_compile_noticed", False):
-        args._compile_noticed = True
-        compile_notice(sys.stderr)
+        args._compile_noticed = compile_notice(sys.stderr, probs, kw)
     try:
         if getattr(args, "calibration", None) is not None:  # --temperature: logits/probs -> calibrated probs
             probs = args.calibration.transform(probs)

@@ -10,12 +10,11 @@ maximising ``(a - lam*b).x`` is a threshold on ``p`` (Dice: ``p > lam/2``; IoU:
 ``p > lam/(1+lam)``); ``lam`` rises strictly until the optimum, where it stops.
 Because ``lam`` only rises, so does the threshold: entries at or below a
 threshold never count again.  The row kernels read each row once in full
-(:func:`~rankseg_np.cpu._kernels.sum_and_top`: the sum, the validity test and
-the count of entries above ``LOW``), then pack the entries above ``LOW`` into
-a short array (:func:`~rankseg_np.cpu._kernels.pack_above`, vector
-compress-stores), a few per cent of a softmax row, and every Dinkelbach step
-reads only that array (a masked sum and a count) whenever its first threshold
-is at least ``LOW``.  Rows where packing would keep much of the row
+(:func:`~rankseg_np.cpu._kernels.scan_row`: the sum, the validity test, the
+count of entries above ``LOW``, and those entries packed into a short array
+with vector compress-stores in the same pass), a few per cent of a softmax
+row, and every Dinkelbach step reads only that array (a masked sum and a
+count) whenever its first threshold is at least ``LOW``.  Rows where packing would keep much of the row
 (``PACK_AT_MOST``), or whose first threshold is lower, iterate on the whole
 row.  The answer is the
 *smallest* optimal mask ``{p > lam*/2}`` (ties at the cut stay out), which is
@@ -34,7 +33,7 @@ from numba import njit, prange
 from .._decision import RowDecision
 from .._validate import Config
 from ._kernels import (
-    as_bits, bit_pattern, decide_rows, mask_row, pack_above, sort_desc_stable, sum_above, sum_and_top,
+    as_bits, bit_pattern, decide_rows, mask_row, scan_row, sort_desc_stable, sum_above,
 )
 from ._threads import parallel_kernel
 
@@ -60,10 +59,10 @@ TIE_SLACK = 1e-12
 # more entries of every row.
 LOW = 0.25
 assert np.float32(LOW) == LOW  # compared in the input's precision (float32 or float64) as is
-# Packing pays while it keeps a small part of the row: each later pass reads
-# the packed part instead of the row, but the packing itself writes every entry
-# it keeps.  Rows with more than 1/PACK_AT_MOST of their entries above the cut
-# (few classes, or large objects) are iterated on whole.
+# The first read packs into a buffer of 1/PACK_AT_MOST of the row (the scratch
+# memory of one row task).  Rows with more entries above the cut (few classes,
+# or large objects) are iterated on whole: there packing would save less, and
+# each entry it keeps is also written once.
 PACK_AT_MOST = 8
 
 
@@ -121,8 +120,56 @@ def dinkelbach_iou(row, smooth, mu, s0, n0, t0):
 
 
 @njit(cache=True, nogil=True)
-def dice_smooth_value(s, tau, a, smooth):
-    return 2.0 * s / (a + tau + 1.0) + smooth / (a + tau)
+def dice_smooth_step(q, s, tau, mu, smooth):
+    """f(tau + 1) - f(tau) for f(tau) = 2 S_tau/(A+tau+1) + g/(A+tau), A = mu + g, when the next
+    pixel is ``q`` (``s`` = S_tau), times a positive factor shared by the whole row.
+
+    With u = mu + tau (so A + tau = g + u) the step is P / ((g+u)(g+u+1)(g+u+2)),
+
+        P = 2 (q (g+u+1) - S)(g+u) - g (g+u+2) = c2 g^2 + c1 g + c0,
+        c2 = 2q - 1,  c1 = 2q (2u+1) - 2S - u - 2,  c0 = 2u (q (u+1) - S),
+
+    and P is evaluated through its coefficients: the differences between
+    volumes live in c1 and c0, which the value of f (close to 1 for a large
+    g) rounds away (with g = 1e6 they are about 1e-17 of f), and for q = 1/2
+    the leading coefficient is exactly 0.  For g > 1 the step is returned
+    times g (no overflow or underflow up to the largest float64):
+    (c2 + c1/g + c0/g^2) * g/(g+u) * g/(g+u+1) * g/(g+u+2).
+    """
+    u = mu + tau
+    c2 = 2.0 * q - 1.0
+    c1 = 2.0 * q * (2.0 * u + 1.0) - 2.0 * s - u - 2.0
+    c0 = 2.0 * u * (q * (u + 1.0) - s)
+    g = smooth
+    if g > 1.0:
+        return (c2 + c1 / g + c0 / g / g) * (g / (g + u)) * (g / (g + u + 1.0)) * (g / (g + u + 2.0))
+    return (c2 * g * g + c1 * g + c0) / ((g + u) * (g + u + 1.0) * (g + u + 2.0))
+
+
+@njit(cache=True, nogil=True)
+def band_best(band, s_top, n_top, mu, smooth):
+    """The first maximiser k of f(n_top + k) over the band sorted descending (``band[:k]`` joins
+    the mask, whose other pixels sum to ``s_top``), among k = 0 and the ends of tie groups.
+
+    f is compared through its steps (:func:`dice_smooth_step`): the running
+    sum of steps is f(n_top + k) - f(n_top), up to the shared positive factor.
+    A tie group is never split (see :func:`_dice_smooth_row`).
+    """
+    n_band = band.size
+    best = 0.0
+    best_k = 0
+    rise = 0.0
+    s = s_top
+    for k in range(1, n_band + 1):
+        v = band[k - 1]
+        rise += dice_smooth_step(v, s, n_top + k - 1, mu, smooth)
+        s += v
+        if k < n_band and band[k] == v:
+            continue  # inside a tie group: not a candidate (see _dice_smooth_row)
+        if rise > best:
+            best = rise
+            best_k = k
+    return best_k
 
 
 @njit(cache=True, nogil=True)
@@ -152,8 +199,8 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
       the group is at one of the group's two ends.
 
     Only pixels with lam1/2 <= p <= lamc/2 (the band) need ordering.  The band
-    is sorted, f is evaluated in float64 at every tie-group end in
-    [tau_L, tau_U], and the first maximum wins.  Returns (threshold, tie_end)
+    is sorted, f is compared (through its steps, :func:`band_best`) at every
+    tie-group end in [tau_L, tau_U], and the first maximum wins.  Returns (threshold, tie_end)
     with whole tie groups only: the mask is ``{p > hi}`` or ``{p >= v}``.
     ``packed`` holds the row's entries above ``LOW``, in order.
     """
@@ -188,19 +235,7 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
             band[j] = v
             j += 1
     band, _ = sort_desc_stable(band, np.zeros(n_band, dtype=np.int64))  # descending
-
-    best = dice_smooth_value(s_top, n_top, a, smooth)
-    best_k = 0
-    s = s_top
-    for k in range(1, n_band + 1):
-        v = band[k - 1]
-        s += v
-        if k < n_band and band[k] == v:
-            continue  # inside a tie group: not a candidate (see above)
-        val = dice_smooth_value(s, n_top + k, a, smooth)
-        if val > best:
-            best = val
-            best_k = k
+    best_k = band_best(band, s_top, n_top, mu, smooth)
     if best_k == 0:
         return hi, 0
     return band[best_k - 1], row.size  # {p > v} and every p == v
@@ -208,9 +243,11 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
 
 @njit(cache=True, nogil=True)
 def _open_row(row, bits, r, one, prune, low, threshold, tie_end, active, mu, bad):
-    """The first read of row r (:func:`~rankseg_np.cpu._kernels.sum_and_top`) and its outputs for an
+    """The one full read of row r (:func:`~rankseg_np.cpu._kernels.scan_row`) and its outputs for an
     inactive row.  Returns (active, sum, sum and count above 1/2, the entries above LOW in order)."""
-    total, top, n_low = sum_and_top(row, bits, low)
+    lanes = 64 // row.itemsize
+    out = np.empty(row.size // PACK_AT_MOST + lanes, dtype=row.dtype)
+    total, top, n_low, k = scan_row(row, bits, low, row.dtype.type(LOW), out)
     mu[r] = total
     bad[r] = top > one  # a negative sign, NaN, inf or a value above 1; or -0.0 (see _solve)
     threshold[r] = np.inf
@@ -218,7 +255,8 @@ def _open_row(row, bits, r, one, prune, low, threshold, tie_end, active, mu, bad
     active[r] = top > prune and not bad[r]
     if not active[r]:
         return False, total, 0.0, 0, row[:0]
-    packed = pack_above(row, row.dtype.type(LOW), n_low) if n_low <= row.size // PACK_AT_MOST else row
+    # Valid values: k == n_low, every entry above LOW, when there are at most row.size // PACK_AT_MOST.
+    packed = out[:k] if n_low <= row.size // PACK_AT_MOST else row
     s_half, n_half = sum_above(packed, 0.5)  # every entry above 1/2 > LOW is there
     return True, total, s_half, n_half, packed
 

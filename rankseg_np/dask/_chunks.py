@@ -184,19 +184,10 @@ def decided_claims(p3, lo, hi, active, tau, m, undecided):
 
 
 @njit(cache=True, nogil=True)
-def band_best(band, s_top, n_top, a, smooth):
-    """First maximiser k of f(n_top + k) over the sorted (ascending) band; as in ``rma._dice_smooth_row``."""
-    n_band = band.size
-    best = rma.dice_smooth_value(s_top, n_top, a, smooth)
-    best_k = 0
-    s = s_top
-    for k in range(1, n_band + 1):
-        s += band[n_band - k]
-        val = rma.dice_smooth_value(s, n_top + k, a, smooth)
-        if val > best:
-            best = val
-            best_k = k
-    return best_k
+def band_best(band, s_top, n_top, mu, smooth):
+    """First maximiser k of f(n_top + k) over the sorted (ascending) band: ``rma.band_best`` on it
+    in descending order."""
+    return rma.band_best(band[::-1], s_top, n_top, mu, smooth)
 
 
 @contextmanager

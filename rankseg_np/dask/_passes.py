@@ -331,7 +331,7 @@ def _finish_smooth(window, s_hi, n_hi, mu, start1, start_c, smooth, idx, d):
     n_top = n_hi + int(above.sum())
     in_band = (window >= lo) & (window <= hi)
     band = np.sort(window[in_band])
-    best_k = band_best(band, s_top, n_top, a, smooth)
+    best_k = band_best(band, s_top, n_top, mu, smooth)
     if best_k == 0:
         return hi, 0
     n_band = band.size

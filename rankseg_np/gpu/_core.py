@@ -83,11 +83,20 @@ class XpExecutor:
         return labels, self._class_sums(p3)
 
     def _class_sums(self, p3: Any) -> _pipeline.ClassSums:
-        """Every pixel's class sum against 1: one float64 reduction and three scalars to the host
-        (not fused into the claims kernel, unlike the CPU path)."""
+        """Every pixel's class sum against 1, and three scalars to the host (not fused into the
+        claims kernel, unlike the CPU path).
+
+        Summed as the CPU sums (``cpu.multiclass._claims``): in the input's precision, class
+        after class, then compared with 1 in float64.  A sum that lands on the tolerance (values
+        rounded to 1/100 often do) is then counted the same on every executor, so that the
+        warning is the same too; ``xp.sum`` would add in another order (pairwise, or a tree).
+        """
         xp = self.xp
-        sums = xp.sum(p3, axis=1, dtype=xp.float64)
-        stats = xp.stack([xp.sum(xp.abs(sums - 1.0) > SUM_TOL, dtype=xp.float64), xp.min(sums), xp.max(sums)])
+        sums = xp.zeros((p3.shape[0], p3.shape[2]), dtype=p3.dtype)  # from +0.0, as the CPU: no -0.0 sum
+        for cls in range(p3.shape[1]):
+            sums += p3[:, cls]
+        off = xp.abs(sums.astype(xp.float64) - 1.0) > SUM_TOL
+        stats = xp.stack([xp.sum(off, dtype=xp.float64), xp.min(sums).astype(xp.float64), xp.max(sums).astype(xp.float64)])
         n_off, lo, hi = (float(v) for v in to_host(stats))
         return _pipeline.ClassSums(int(sums.size), int(n_off), lo, hi)
 

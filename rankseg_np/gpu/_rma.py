@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from .._decision import RowDecision
 from .._validate import Config
-from ._rows import errstate, checked_first_pass, first_true, gather_rows, pick, tie_cut
+from ._rows import errstate, checked_first_pass, first_true, gather_rows, pick
 
 # Same constants as rankseg_np.cpu.rma (tests assert they agree); repeated
 # here so that the GPU package does not import Numba.
@@ -110,18 +110,18 @@ def _dice_smooth(p2: Any, kern: Any, xp: Any, active: Any, mu: Any, smooth: floa
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         _band_block(
-            p2[r0:r1], lo[r0:r1], hi[r0:r1], s_top[r0:r1], n_top[r0:r1], a[r0:r1], smooth, xp,
+            p2[r0:r1], lo[r0:r1], hi[r0:r1], s_top[r0:r1], n_top[r0:r1], mu[r0:r1], smooth, xp,
             threshold[r0:r1], tie_end[r0:r1],
         )
     return threshold, tie_end
 
 
-def _band_block(blk, lo, hi, s_top, n_top, a, smooth, xp, threshold, tie_end) -> None:
+def _band_block(blk, lo, hi, s_top, n_top, mu, smooth, xp, threshold, tie_end) -> None:
     """Solve the band of every row of ``blk``; write into the views ``threshold`` and ``tie_end``."""
     nrows, d = blk.shape
     inband = (blk >= lo[:, None]) & (blk <= hi[:, None])
     counts = xp.sum(inband, axis=1)
-    band_px, band_ix = gather_rows(blk, inband, xp, with_index=True)
+    band_px = gather_rows(blk, inband, xp)
     del inband
     width = band_px.shape[1]
     if width == 0:
@@ -130,30 +130,34 @@ def _band_block(blk, lo, hi, s_top, n_top, a, smooth, xp, threshold, tie_end) ->
     valid = cols[None, :] < counts[:, None]
     # Descending per row, -inf padding at the end (sort ascending the negation).
     band = -xp.sort(xp.where(valid, -band_px, xp.inf), axis=1)
-    # Prefix sums s_top + q_1 + ... + q_k, accumulated left to right like the CPU loop.
-    prefix = xp.cumsum(
-        xp.concatenate([s_top[:, None], xp.where(valid, band, 0.0)], axis=1), axis=1
-    )
+    # The objective is compared through its steps, as cpu.rma.band_best does (the formula of
+    # cpu.rma.dice_smooth_step): step k adds band[k-1] to the mask of sum S (s_top + the band
+    # before it) and volume tau.
+    values = xp.where(valid, band, 0.0).astype(xp.float64)
+    before = xp.cumsum(xp.concatenate([s_top[:, None], values[:, :-1]], axis=1), axis=1)
+    u = mu[:, None] + n_top[:, None] + xp.arange(width)[None, :].astype(xp.float64)  # mu + tau
+    c2 = 2.0 * values - 1.0
+    c1 = 2.0 * values * (2.0 * u + 1.0) - 2.0 * before - u - 2.0
+    c0 = 2.0 * u * (values * (u + 1.0) - before)
+    g = smooth
+    with errstate(xp):
+        if g > 1.0:
+            steps = (c2 + c1 / g + c0 / g / g) * (g / (g + u)) * (g / (g + u + 1.0)) * (g / (g + u + 2.0))
+        else:
+            steps = (c2 * g * g + c1 * g + c0) / ((g + u) * (g + u + 1.0) * (g + u + 2.0))
+    rise = xp.cumsum(xp.concatenate([xp.zeros((nrows, 1)), xp.where(valid, steps, 0.0)], axis=1), axis=1)
+    # Candidates: k = 0 and the ends of tie groups (a group is never split, see cpu.rma).
     k = xp.arange(width + 1)
-    tau = n_top[:, None] + k[None, :].astype(xp.float64)
-    obj = 2.0 * prefix / (a[:, None] + tau + 1.0) + smooth / (a[:, None] + tau)
-    obj = xp.where(k[None, :] <= counts[:, None], obj, -xp.inf)
-    best = xp.max(obj, axis=1)
+    edge = xp.ones((nrows, 1), dtype=bool)
+    ends = xp.concatenate([edge, band[:, :-1] != band[:, 1:], edge], axis=1)  # -inf padding differs
+    rise = xp.where(ends & (k[None, :] <= counts[:, None]), rise, -xp.inf)
+    best = xp.max(rise, axis=1)
     # First maximum (lowest volume), explicitly rather than relying on argmax's tie rule.
-    best_k = first_true(obj == best[:, None], xp, width + 1)
+    best_k = first_true(rise == best[:, None], xp, width + 1)
     chosen = best_k > 0
     v = pick(band, best_k - 1, xp)
-    v = xp.where(chosen, v, 0.0)
-    n_greater = xp.sum(valid & (band > v[:, None]), axis=1)
-    n_equal = xp.sum(valid & (band == v[:, None]), axis=1)
-    need = best_k - n_greater  # how many pixels equal to v the mask takes (1..n_equal)
-    whole = chosen & (need == n_equal)
-    partial = chosen & ~whole
-
     threshold[...] = xp.where(chosen, v, threshold)
-    tie_end[...] = xp.where(whole, d, tie_end)
-    if bool(xp.any(partial)):
-        tie_end[...] = xp.where(partial, tie_cut(band_px, band_ix, valid, v, need, xp), tie_end)
+    tie_end[...] = xp.where(chosen, d, tie_end)  # {p >= v}: the whole tie group
 
 
 def decide(p3: Any, cfg: Config, xp: Any, kern: Any) -> RowDecision:
