@@ -183,8 +183,9 @@ def accuracy(rows_per_family, seed=0):
                     worst[1] = max(worst[1], err[~jac].max(initial=0.0))
                     # the row solver's scores of its candidate volumes (its own truncation and nodes)
                     if p.max() > 0:  # an active row
-                        zero, c0, f, *_ = _scored_volumes(p, int((p > PACK_CUT).sum()), p.sum(),
-                                                          DICE if metric == "dice" else IOU, smooth, rules(smooth))
+                        zero, c0, f, *_ = _scored_volumes(p, p[p > PACK_CUT], int((p > PACK_CUT).sum()),
+                                                          p.sum(), DICE if metric == "dice" else IOU, smooth,
+                                                          rules(smooth))
                         own = np.abs(f - curve[c0 : c0 + f.size]).max(initial=0.0)
                         worst[2] = max(worst[2], own, abs(zero - curve[0]) if zero > -np.inf else 0.0)
                     if p.max() > 0:

@@ -192,7 +192,8 @@ def solver_scores(p, metric, smooth):
     """(empty-mask score or -inf, first candidate volume, scores) as the row solver computes them."""
     p = np.ascontiguousarray(p, dtype=np.float64)
     n_low = int((p > E.PACK_CUT).sum())
-    zero, c0, f, *_ = E._scored_volumes(p, n_low, p.sum(), METRIC_CODES[metric], smooth, rules(smooth))
+    zero, c0, f, *_ = E._scored_volumes(p, p[p > E.PACK_CUT], n_low, p.sum(), METRIC_CODES[metric], smooth,
+                                        rules(smooth))
     return zero, c0, f
 
 

@@ -68,7 +68,7 @@ from .._quadrature import (  # noqa: F401  (re-exported: tests and benchmarks re
     theta_of,
 )
 from .._validate import Config
-from ._kernels import as_bits, bit_pattern, decide_rows, pack_above, sort_desc_stable, sum_above, sum_and_top
+from ._kernels import as_bits, bit_pattern, decide_rows, scan_row, sort_desc_stable, sum_above
 from .rma import dinkelbach_dice, dinkelbach_iou
 from ._threads import parallel_kernel
 
@@ -711,10 +711,11 @@ def _packed_index(row, cut, pos):
 
 
 @njit(cache=True, nogil=True)
-def _scored_volumes(row, n_low, mu, metric, smooth, rule):
+def _scored_volumes(row, packed_v, n_low, mu, metric, smooth, rule):
     """The candidate volumes of an active row and their exact scores.
 
-    ``n_low`` counts the entries above PACK_CUT, ``mu`` is the row's sum.
+    ``n_low`` counts the entries above PACK_CUT, ``packed_v`` holds them in
+    order when ``0 < n_low <= d // PACK_AT_MOST``, ``mu`` is the row's sum.
     Returns ``(zero, c0, f, n_top, bv, bi, packed, b_hi)``: ``zero`` the
     empty mask's score (-inf when it is no candidate), ``f[tau - c0]`` the
     score of volume ``tau`` in ``[c0, c0 + f.size)`` (``c0 = -1``, ``f``
@@ -727,7 +728,7 @@ def _scored_volumes(row, n_low, mu, metric, smooth, rule):
     # PACK_CUT's bin (then also bin 512 would hold unpacked entries equal to 1/4).
     # One call site per kernel: each inlined copy adds compilation time.
     packed = 0 < n_low <= d // PACK_AT_MOST  # no entry above the cut: no bound from packed entries
-    src = pack_above(row, row.dtype.type(PACK_CUT), n_low) if packed else row
+    src = packed_v if packed else row
     while True:
         counts, sums, lam, bstar, b_lo, b_hi = _bin_bracket(src, metric, mu, smooth)
         lamp, alpha, ell, zero_cand = _test_terms(lam, metric, mu, smooth)
@@ -812,7 +813,8 @@ def _scored_volumes(row, n_low, mu, metric, smooth, rule):
 def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
     """(threshold, tie_end, active, mu, bad) for one row; see the module docstring."""
     d = row.size
-    mu, top, n_low = sum_and_top(row, bits, low)
+    out = np.empty(d // PACK_AT_MOST + 64 // row.itemsize, dtype=row.dtype)  # room for scan_row's packing
+    mu, top, n_low, k = scan_row(row, bits, low, row.dtype.type(PACK_CUT), out)
     if top > one:  # a negative sign, NaN, inf or a value above 1 (or -0.0: see decide)
         return np.inf, 0, False, mu, True
     if not top > prune:
@@ -825,7 +827,7 @@ def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
             _, th = dinkelbach_iou(row, 0.0, mu, s_half, n_half, 0.5)
         return th, 0, True, mu, False
 
-    zero, c0, f, n_top, bv, bi, packed, b_hi = _scored_volumes(row, n_low, mu, metric, smooth, rule)
+    zero, c0, f, n_top, bv, bi, packed, b_hi = _scored_volumes(row, out[:k], n_low, mu, metric, smooth, rule)
     best = zero
     best_tau = 0 if zero > -np.inf else -1
     for j in range(f.size):  # the first maximum
