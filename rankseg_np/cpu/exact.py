@@ -802,8 +802,8 @@ def _scored_volumes(row, packed_v, n_low, mu, metric, smooth, rule):
         for m in range(pows_top.size):
             pows_all[m] += pows_top[m]
         lp0 = series_log(pows_all, 1.0)
-        for i in range(others.size):
-            lp0 += math.log1p(-others[i])
+        for i in range(others.size):  # a pixel equal to 1 (in the band) makes P0 = 0
+            lp0 += math.log1p(-others[i]) if others[i] < 1.0 else -np.inf
         zero = _zero_score(smooth, rule, mu, lp0, pows_all, others, n_one + o_one)
     if c0 < 1:
         return zero, -1, np.empty(0), n_top, bv, bi, packed, b_hi
