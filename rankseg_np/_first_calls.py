@@ -1,12 +1,12 @@
 """Which engine answers the first NumPy calls of a process: NumPy now, or Numba after compiling.
 
 Numba compiles a solver's kernels on their first call, once per environment
-(they are then cached on disk): about 4.5-6 s for RMA in a fresh environment
-(new container, CI job, a user's first try), and still about 0.8 s to load
+(they are then cached on disk): about 4 s for RMA in a fresh environment
+(new container, CI job, a user's first try), and still about 0.5 s to load
 them from the disk cache in every new process.  Until then the same decision
 is available without compiling: the array-namespace executor
 (:mod:`rankseg_np.gpu`, which runs the GPU algorithm on any namespace) on
-NumPy, at about 20-80 ns per probability on one core (0.4 ms for a tiny
+NumPy, at about 15-70 ns per probability on one core (0.3 ms for a tiny
 call) against Numba's few.  These figures are measured by
 ``benchmarks/bench_cold_start.py`` (``benchmarks/results/bench_cold_start.md``).
 
@@ -18,7 +18,7 @@ the two choices made in hindsight:
 
 * every call is charged its number of probabilities, and at least
   ``MIN_CHARGE`` (NumPy's fixed cost per call);
-* calls are rented while the total stays within ``BUDGET`` (about 0.2-0.7 s
+* calls are rented while the total stays within ``BUDGET`` (about 0.1-0.6 s
   of NumPy work: the cost of loading the kernels from the disk cache, and a
   fraction of a fresh compilation);
 * one call of more than ``AT_MOST`` probabilities, or the first call that
