@@ -68,34 +68,31 @@ rankseg_np.rankseg(probs.astype(np.float64), output_mode="multilabel")
 times["then float64 multilabel"] = time.perf_counter() - t0
 """
 
-DEMO_SHAPE = """
+def _softmax(shape: tuple[int, ...]) -> str:
+    """Child code: import rankseg_np and build float32 softmax ``probs`` of ``shape``."""
+    return f"""
 import rankseg_np, numpy as np
 rng = np.random.default_rng(0)
-logits = rng.standard_normal((4, 4, 256, 256)).astype(np.float32)
+logits = rng.standard_normal({shape}).astype(np.float32)
 probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-t0 = time.perf_counter(); rankseg_np.rankseg(probs)
-times["first rankseg(probs), probs (4, 4, 256, 256)"] = time.perf_counter() - t0
 """
 
-COMPILING = """
-import rankseg_np, numpy as np
-rng = np.random.default_rng(0)
-logits = rng.standard_normal((2, 4, 64, 64)).astype(np.float32)
-probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-t0 = time.perf_counter(); rankseg_np.rankseg(probs)
-times["first rankseg(probs) with RANKSEG_NP_FIRST_CALLS=numba (compiles)"] = time.perf_counter() - t0
+
+def _first_call(label: str, args: str = "") -> str:
+    """Child code: time ``rankseg_np.rankseg(probs{args})`` under ``label``."""
+    return f"""
+t0 = time.perf_counter(); rankseg_np.rankseg(probs{args})
+times[{label!r}] = time.perf_counter() - t0
 """
 
-LOADING = COMPILING.replace("(compiles)", "(loads them from a warm disk cache)")
 
-EXACT = """
-import rankseg_np, numpy as np
-rng = np.random.default_rng(0)
-logits = rng.standard_normal((2, 4, 64, 64)).astype(np.float32)
-probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-t0 = time.perf_counter(); rankseg_np.rankseg(probs, solver="exact")
-times["first rankseg(probs, solver='exact')"] = time.perf_counter() - t0
-"""
+DEMO_SHAPE = _softmax((4, 4, 256, 256)) + _first_call("first rankseg(probs), probs (4, 4, 256, 256)")
+COMPILING = _softmax((2, 4, 64, 64)) + _first_call("first rankseg(probs) with RANKSEG_NP_FIRST_CALLS=numba (compiles)")
+LOADING = _softmax((2, 4, 64, 64)) + _first_call(
+    "first rankseg(probs) with RANKSEG_NP_FIRST_CALLS=numba (loads them from a warm disk cache)"
+)
+EXACT = _softmax((2, 4, 64, 64)) + _first_call("first rankseg(probs, solver='exact')", ', solver="exact"')
+
 
 
 def fresh(body: str, warm: bool = False, **env_vars: str) -> dict[str, float]:

@@ -1,8 +1,11 @@
 """Small Numba kernels shared by every CPU solver.
 
 Rows are the (image, class) pairs of a ``(B, C, d)`` array viewed as
-``(B*C, d)``.  Every sum is accumulated in float64, sequentially within a row,
-so results do not depend on the number of threads.
+``(B*C, d)``.  Every sum is accumulated in float64 within one row task, so
+results do not depend on the number of threads; the row sums of the RMA
+decision (:func:`scan_row`, :func:`sum_above`) add their lanes in a fixed
+order written out in LLVM IR, so they do not depend on the CPU's vector width
+either.
 """
 
 from __future__ import annotations
