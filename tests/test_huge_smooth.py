@@ -15,6 +15,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+import rankseg_np.cpu
+
 from rankseg_np import _reference as ref
 from rankseg_np import gpu, rankseg
 from rankseg_np._validate import check_config
@@ -124,3 +126,27 @@ def test_dice_smooth_masks_reach_the_exact_optimum(smooth, seed):
                 chosen = row[mask]
                 assert (chosen.min() if tau else 2.0) > (row[~mask].max() if tau < row.size else -1.0), name
                 assert best - values[tau] <= Fraction(1e-12) * spread, (name, smooth, b, c, tau)
+
+
+
+@pytest.mark.parametrize("smooth", [1e26, 1e100, 1e200])
+def test_dice_smooth_tiny_steps_after_a_rise_are_kept(smooth):
+    """A pixel just above 1/2 then a group at exactly 1/2, with a huge smooth: the first step is
+    ~2^-31 (its leading coefficient 2q - 1), the group's steps only ~1/smooth (the leading
+    coefficient is 0).  Summed from tau = 0 the group's steps rounded away against the first
+    one and the group stayed out on every engine; the exact objective takes it (found in review)."""
+    row = np.array([0.9, 0.5 + 2.0**-32, 0.5, 0.5, 0.5] + [0.1] * 20)
+    probs = row[None, None]
+    values = exact_dice_smooth_values(np.sort(row)[::-1], smooth)
+    want = max(range(len(values)), key=lambda t: (values[t], -t))
+    assert want == 5
+    cfg = check_config(1, smooth=smooth, output_mode="multilabel", pruning_prob=0.0)
+    engines = {
+        "cpu": rankseg_np.cpu.solve(probs, cfg),  # Numba (rankseg() may rent the NumPy code)
+        "gpu-code-on-numpy": gpu.solve_with(probs, cfg, np),
+    }
+    da = pytest.importorskip("dask.array")
+    engines["dask"] = rankseg(da.from_array(probs, chunks=(1, 1, 7)), smooth=smooth, output_mode="multilabel",
+                              pruning_prob=0.0).compute()
+    for name, masks in engines.items():
+        assert int(np.asarray(masks).sum()) == want, name

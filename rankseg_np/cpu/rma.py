@@ -151,24 +151,27 @@ def band_best(band, s_top, n_top, mu, smooth):
     """The first maximiser k of f(n_top + k) over the band sorted descending (``band[:k]`` joins
     the mask, whose other pixels sum to ``s_top``), among k = 0 and the ends of tie groups.
 
-    f is compared through its steps (:func:`dice_smooth_step`): the running
-    sum of steps is f(n_top + k) - f(n_top), up to the shared positive factor.
+    f is compared through its steps (:func:`dice_smooth_step`): ``gain`` is
+    the sum of the steps since the best volume so far, f(n_top + k) -
+    f(n_top + best_k) up to the shared positive factor.  Summing from the best
+    volume rather than from k = 0 keeps steps that are tiny next to the rise
+    before them (for a huge smooth, those of pixels at 1/2 after one just
+    above it): added to that rise they would round away.
     A tie group is never split (see :func:`_dice_smooth_row`).
     """
     n_band = band.size
-    best = 0.0
     best_k = 0
-    rise = 0.0
+    gain = 0.0
     s = s_top
     for k in range(1, n_band + 1):
         v = band[k - 1]
-        rise += dice_smooth_step(v, s, n_top + k - 1, mu, smooth)
+        gain += dice_smooth_step(v, s, n_top + k - 1, mu, smooth)
         s += v
         if k < n_band and band[k] == v:
             continue  # inside a tie group: not a candidate (see _dice_smooth_row)
-        if rise > best:
-            best = rise
+        if gain > 0.0:
             best_k = k
+            gain = 0.0
     return best_k
 
 

@@ -142,18 +142,34 @@ def _band_block(blk, lo, hi, s_top, n_top, mu, smooth, xp, threshold, tie_end) -
     g = smooth
     with errstate(xp):
         if g > 1.0:
-            steps = (c2 + c1 / g + c0 / g / g) * (g / (g + u)) * (g / (g + u + 1.0)) * (g / (g + u + 2.0))
+            scale = (g / (g + u)) * (g / (g + u + 1.0)) * (g / (g + u + 2.0))
+            lead, rest = c2 * scale, (c1 / g + c0 / g / g) * scale
         else:
-            steps = (c2 * g * g + c1 * g + c0) / ((g + u) * (g + u + 1.0) * (g + u + 2.0))
-    rise = xp.cumsum(xp.concatenate([xp.zeros((nrows, 1)), xp.where(valid, steps, 0.0)], axis=1), axis=1)
+            scale = 1.0 / ((g + u) * (g + u + 1.0) * (g + u + 2.0))
+            lead, rest = c2 * g * g * scale, (c1 * g + c0) * scale
+    # The steps' two parts are summed apart: with a huge g the rest of a pixel at 1/2 (whose
+    # leading part is exactly 0) is ~1/g, and added to the rise of a pixel just above 1/2 before
+    # it, it would round away (cpu.rma.band_best sums from its best volume instead).
+    zero = xp.zeros((nrows, 1))
+    rise_lead = xp.cumsum(xp.concatenate([zero, xp.where(valid, lead, 0.0)], axis=1), axis=1)
+    rise_rest = xp.cumsum(xp.concatenate([zero, xp.where(valid, rest, 0.0)], axis=1), axis=1)
     # Candidates: k = 0 and the ends of tie groups (a group is never split, see cpu.rma).
     k = xp.arange(width + 1)
     edge = xp.ones((nrows, 1), dtype=bool)
     ends = xp.concatenate([edge, band[:, :-1] != band[:, 1:], edge], axis=1)  # -inf padding differs
-    rise = xp.where(ends & (k[None, :] <= counts[:, None]), rise, -xp.inf)
+    candidate = ends & (k[None, :] <= counts[:, None])
+    rise = xp.where(candidate, rise_lead + rise_rest, -xp.inf)
     best = xp.max(rise, axis=1)
+    ref = first_true(rise == best[:, None], xp, 0)
+    # The candidates within rounding of the best are compared again through their differences
+    # from it, part by part (equal leading parts cancel exactly, leaving the rests' difference).
+    # 1e-14 of the largest rise is well above the cumsums' rounding; a wider set loses nothing,
+    # since the gaps compare its members at least as accurately as the rises do.
+    near = candidate & (rise >= (best - 1e-14 * xp.max(xp.abs(xp.where(candidate, rise, 0.0)), axis=1))[:, None])
+    gap = (rise_lead - pick(rise_lead, ref, xp)[:, None]) + (rise_rest - pick(rise_rest, ref, xp)[:, None])
+    gap = xp.where(near, gap, -xp.inf)
     # First maximum (lowest volume), explicitly rather than relying on argmax's tie rule.
-    best_k = first_true(rise == best[:, None], xp, width + 1)
+    best_k = first_true(gap == xp.max(gap, axis=1)[:, None], xp, width + 1)
     chosen = best_k > 0
     v = pick(band, best_k - 1, xp)
     threshold[...] = xp.where(chosen, v, threshold)
