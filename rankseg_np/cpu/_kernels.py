@@ -235,6 +235,8 @@ def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
         bits = builder.bitcast(v, ivec)
         acc_next = builder.fadd(acc, builder.fpext(v, dvec) if width == 32 else v)
         top_next = builder.select(builder.icmp_unsigned(">", bits, top), bits, top)
+        # Per-lane counts in the patterns' width: 32 bits for float32 rows, exact up to
+        # 2^32 blocks (6.9e10 values in one row, 275 GB).
         cnt_next = builder.add(cnt, builder.zext(builder.icmp_unsigned(">", bits, low_s), ivec))
         builder.cbranch(builder.icmp_signed("<=", k, cap_v), pack, cont)
 
