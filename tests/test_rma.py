@@ -294,15 +294,15 @@ def _scan_order_sum(row, above=-np.inf):
     return total
 
 
-@settings(max_examples=300)
-@given(
-    st.sampled_from([np.float32, np.float64]),
-    st.integers(0, 300),
-    st.integers(0, 2**32 - 1),
-    st.floats(0.0, 1.0),
-    st.booleans(),
-    st.integers(0, 80),
+# A row (dtype, length, seed), a cut in [0, 1] and whether to put ties on it.
+_ROW_AND_CUT = (
+    st.sampled_from([np.float32, np.float64]), st.integers(0, 300), st.integers(0, 2**32 - 1),
+    st.floats(0.0, 1.0), st.booleans(),
 )
+
+
+@settings(max_examples=300)
+@given(*_ROW_AND_CUT, st.integers(0, 80))
 def test_scan_row_is_the_selection_sum_and_count(dtype, n, seed, cut, ties, room):
     """scan_row == NumPy: the entries above the cut in order (while they fit), their count, the top
     pattern, and the float64 sum bit for bit in its documented order."""
@@ -325,13 +325,7 @@ def test_scan_row_is_the_selection_sum_and_count(dtype, n, seed, cut, ties, room
 
 
 @settings(max_examples=200)
-@given(
-    st.sampled_from([np.float32, np.float64]),
-    st.integers(0, 300),
-    st.integers(0, 2**32 - 1),
-    st.floats(0.0, 1.0),
-    st.booleans(),
-)
+@given(*_ROW_AND_CUT)
 def test_sum_above_is_its_documented_sum(dtype, n, seed, t, tie):
     """sum_above: the count of entries above t (compared in float64), and their float64 sum bit
     for bit in its documented order, whatever the CPU; strided views are read as they are."""
