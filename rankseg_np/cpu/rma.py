@@ -14,10 +14,9 @@ threshold never count again.  The row kernels read each row once in full
 count of entries above ``LOW``, and those entries packed into a short array
 with vector compress-stores in the same pass), a few per cent of a softmax
 row, and every Dinkelbach step reads only that array (a masked sum and a
-count) whenever its first threshold is at least ``LOW``.  Rows where packing would keep much of the row
-(``PACK_AT_MOST``), or whose first threshold is lower, iterate on the whole
-row.  The answer is the
-*smallest* optimal mask ``{p > lam*/2}`` (ties at the cut stay out), which is
+count) whenever its first threshold is at least ``LOW``.  Rows where packing
+would keep much of the row (``PACK_AT_MOST``), or whose first threshold is
+lower, iterate on the whole row.  The answer is the *smallest* optimal mask ``{p > lam*/2}`` (ties at the cut stay out), which is
 also the smallest optimal top-tau set: the same choice as an ``argmax`` over
 sorted volumes that takes the first maximum.
 
@@ -30,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._decision import RowDecision
+from .._decision import RowDecision, dice_smooth_step
 from .._validate import Config
 from ._kernels import (
     as_bits, bit_pattern, decide_rows, mask_row, scan_row, sort_desc_stable, sum_above,
@@ -119,31 +118,8 @@ def dinkelbach_iou(row, smooth, mu, s0, n0, t0):
     return lam, t_best * (1.0 + TIE_SLACK)
 
 
-@njit(cache=True, nogil=True)
-def dice_smooth_step(q, s, tau, mu, smooth):
-    """f(tau + 1) - f(tau) for f(tau) = 2 S_tau/(A+tau+1) + g/(A+tau), A = mu + g, when the next
-    pixel is ``q`` (``s`` = S_tau), times a positive factor shared by the whole row.
-
-    With u = mu + tau (so A + tau = g + u) the step is P / ((g+u)(g+u+1)(g+u+2)),
-
-        P = 2 (q (g+u+1) - S)(g+u) - g (g+u+2) = c2 g^2 + c1 g + c0,
-        c2 = 2q - 1,  c1 = 2q (2u+1) - 2S - u - 2,  c0 = 2u (q (u+1) - S),
-
-    and P is evaluated through its coefficients: the differences between
-    volumes live in c1 and c0, which the value of f (close to 1 for a large
-    g) rounds away (with g = 1e6 they are about 1e-17 of f), and for q = 1/2
-    the leading coefficient is exactly 0.  For g > 1 the step is returned
-    times g (no overflow or underflow up to the largest float64):
-    (c2 + c1/g + c0/g^2) * g/(g+u) * g/(g+u+1) * g/(g+u+2).
-    """
-    u = mu + tau
-    c2 = 2.0 * q - 1.0
-    c1 = 2.0 * q * (2.0 * u + 1.0) - 2.0 * s - u - 2.0
-    c0 = 2.0 * u * (q * (u + 1.0) - s)
-    g = smooth
-    if g > 1.0:
-        return (c2 + c1 / g + c0 / g / g) * (g / (g + u)) * (g / (g + u + 1.0)) * (g / (g + u + 2.0))
-    return (c2 * g * g + c1 * g + c0) / ((g + u) * (g + u + 1.0) * (g + u + 2.0))
+# The step of the Dice-smooth objective (MATH 4), one definition for every executor.
+_step = njit(cache=True, nogil=True)(dice_smooth_step)
 
 
 @njit(cache=True, nogil=True)
@@ -151,7 +127,7 @@ def band_best(band, s_top, n_top, mu, smooth):
     """The first maximiser k of f(n_top + k) over the band sorted descending (``band[:k]`` joins
     the mask, whose other pixels sum to ``s_top``), among k = 0 and the ends of tie groups.
 
-    f is compared through its steps (:func:`dice_smooth_step`): ``gain`` is
+    f is compared through its steps (:func:`~rankseg_np._decision.dice_smooth_step`): ``gain`` is
     the sum of the steps since the best volume so far, f(n_top + k) -
     f(n_top + best_k) up to the shared positive factor.  Summing from the best
     volume rather than from k = 0 keeps steps that are tiny next to the rise
@@ -165,7 +141,8 @@ def band_best(band, s_top, n_top, mu, smooth):
     s = s_top
     for k in range(1, n_band + 1):
         v = band[k - 1]
-        gain += dice_smooth_step(v, s, n_top + k - 1, mu, smooth)
+        lead, rest = _step(v, s, n_top + k - 1, mu, smooth)
+        gain += lead + rest
         s += v
         if k < n_band and band[k] == v:
             continue  # inside a tie group: not a candidate (see _dice_smooth_row)
@@ -203,8 +180,8 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
 
     Only pixels with lam1/2 <= p <= lamc/2 (the band) need ordering.  The band
     is sorted, f is compared (through its steps, :func:`band_best`) at every
-    tie-group end in [tau_L, tau_U], and the first maximum wins.  Returns (threshold, tie_end)
-    with whole tie groups only: the mask is ``{p > hi}`` or ``{p >= v}``.
+    tie-group end in [tau_L, tau_U], and the first maximum wins.  Returns
+    (threshold, tie_end) with whole tie groups only: the mask is ``{p > hi}`` or ``{p >= v}``.
     ``packed`` holds the row's entries above ``LOW``, in order.
     """
     a = mu + smooth

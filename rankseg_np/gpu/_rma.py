@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .._decision import RowDecision
+from .._decision import RowDecision, dice_smooth_step
 from .._validate import Config
 from ._rows import errstate, checked_first_pass, first_true, gather_rows, pick
 
@@ -130,23 +130,13 @@ def _band_block(blk, lo, hi, s_top, n_top, mu, smooth, xp, threshold, tie_end) -
     valid = cols[None, :] < counts[:, None]
     # Descending per row, -inf padding at the end (sort ascending the negation).
     band = -xp.sort(xp.where(valid, -band_px, xp.inf), axis=1)
-    # The objective is compared through its steps, as cpu.rma.band_best does (the formula of
-    # cpu.rma.dice_smooth_step): step k adds band[k-1] to the mask of sum S (s_top + the band
-    # before it) and volume tau.
+    # The objective is compared through its steps (MATH 4), as cpu.rma.band_best does: step k
+    # adds band[k-1] to the mask of sum S (s_top + the band before it) and volume tau.
     values = xp.where(valid, band, 0.0).astype(xp.float64)
     before = xp.cumsum(xp.concatenate([s_top[:, None], values[:, :-1]], axis=1), axis=1)
-    u = mu[:, None] + n_top[:, None] + xp.arange(width)[None, :].astype(xp.float64)  # mu + tau
-    c2 = 2.0 * values - 1.0
-    c1 = 2.0 * values * (2.0 * u + 1.0) - 2.0 * before - u - 2.0
-    c0 = 2.0 * u * (values * (u + 1.0) - before)
-    g = smooth
+    tau = n_top[:, None] + xp.arange(width)[None, :].astype(xp.float64)
     with errstate(xp):
-        if g > 1.0:
-            scale = (g / (g + u)) * (g / (g + u + 1.0)) * (g / (g + u + 2.0))
-            lead, rest = c2 * scale, (c1 / g + c0 / g / g) * scale
-        else:
-            scale = 1.0 / ((g + u) * (g + u + 1.0) * (g + u + 2.0))
-            lead, rest = c2 * g * g * scale, (c1 * g + c0) * scale
+        lead, rest = dice_smooth_step(values, before, tau, mu[:, None], smooth)
     # The steps' two parts are summed apart: with a huge g the rest of a pixel at 1/2 (whose
     # leading part is exactly 0) is ~1/g, and added to the rise of a pixel just above 1/2 before
     # it, it would round away (cpu.rma.band_best sums from its best volume instead).
