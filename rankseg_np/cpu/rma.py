@@ -16,9 +16,10 @@ with vector compress-stores in the same pass), a few per cent of a softmax
 row, and every Dinkelbach step reads only that array (a masked sum and a
 count) whenever its first threshold is at least ``LOW``.  Rows where packing
 would keep much of the row (``PACK_AT_MOST``), or whose first threshold is
-lower, iterate on the whole row.  The answer is the *smallest* optimal mask ``{p > lam*/2}`` (ties at the cut stay out), which is
-also the smallest optimal top-tau set: the same choice as an ``argmax`` over
-sorted volumes that takes the first maximum.
+lower, iterate on the whole row.  The answer is the *smallest* optimal mask
+``{p > lam*/2}`` (ties at the cut stay out), which is also the smallest
+optimal top-tau set: the same choice as an ``argmax`` over sorted volumes that
+takes the first maximum.
 
 Dice with smooth ``g > 0`` is a sum of two ratios, handled by a band argument
 proved in :func:`_dice_smooth_row`.
