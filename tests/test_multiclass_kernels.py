@@ -23,6 +23,11 @@ from rankseg_np.cpu._threads import serial_here
 NONE, MANY = -2, -1
 
 
+def pair_state(low: int, high: int) -> int:
+    """The documented claim state of a pixel claimed by exactly the two classes low < high."""
+    return -3 - low - 65536 * high
+
+
 def oracle_increment(p: float, metric: str, smooth: float, tau: float, mu: float, m: float) -> float:
     """MATH 5's increment, factored as documented in ``multiclass._increment``, one Python float op at a time."""
     if metric == "dice":
@@ -39,7 +44,7 @@ def oracle_increment(p: float, metric: str, smooth: float, tau: float, mu: float
 
 
 def oracle(p3, threshold, tie_end, active, mu, metric, smooth, void, void_index, tile=multiclass.TILE):
-    """Labels, claim states (sole claimant, NONE or MANY), tau, m by the rule, pixel by pixel
+    """Labels, claim states (sole claimant, NONE, the pair of claimants or MANY), tau, m by the rule, pixel by pixel
     (float64 sums of the sole claims per tile in pixel order, then across tiles)."""
     n_img, n_cls, d = p3.shape
     labels = np.empty((n_img, d), dtype=np.int64)
@@ -66,7 +71,10 @@ def oracle(p3, threshold, tie_end, active, mu, metric, smooth, void, void_index,
         any_active = bool(active[b].any())
         for i in range(d):
             owners = np.flatnonzero(claims[b, :, i])
-            states[b, i] = owners[0] if owners.size == 1 else (NONE if owners.size == 0 else MANY)
+            if owners.size == 2:
+                states[b, i] = pair_state(owners[0], owners[1])
+            else:
+                states[b, i] = owners[0] if owners.size == 1 else (NONE if owners.size == 0 else MANY)
             if owners.size == 1:
                 labels[b, i] = owners[0]
                 continue
@@ -175,9 +183,10 @@ def test_kernels_match_the_rule_across_tiles():
         assert np.array_equal(states, want_states)
         assert np.array_equal(tau, want_tau) and np.array_equal(m, want_m)
         assert np.array_equal(labels, want)
-        assert (states == MANY).any() and (states == NONE).any()  # both kinds of open pixel were resolved
+        # every kind of open pixel was resolved
+        assert (states == MANY).any() and (states == NONE).any() and (states <= -3).any()
     # Some tile holds more open pixels than one block of conflicts resolves at once.
-    per_tile = (states[:, : 2 * multiclass.TILE] < 0).reshape(n_img, 2, -1).sum(axis=2)
+    per_tile = np.isin(states[:, : 2 * multiclass.TILE], (NONE, MANY)).reshape(n_img, 2, -1).sum(axis=2)
     assert per_tile.max() > multiclass.OPEN_BLOCK
 
 

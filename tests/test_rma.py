@@ -277,19 +277,35 @@ def _scan(row, low_value, cut, room):
     return scan_row(row, as_bits(row), bit_pattern(low_value, row.dtype), row.dtype.type(cut), out), out
 
 
+def _block_order(row):
+    """The row's 64-byte blocks (as index arrays) in their documented order: with Q = blocks // 4,
+    blocks i, Q + i, 2Q + i, 3Q + i for i < Q, then the blocks left over in turn; then the tail."""
+    lanes = 64 // row.itemsize
+    n_blocks = row.size // lanes
+    q = n_blocks // 4
+    order = [k * q + i for i in range(q) for k in range(4)] + list(range(4 * q, n_blocks))
+    return [np.arange(b * lanes, (b + 1) * lanes) for b in order], np.arange(n_blocks * lanes, row.size)
+
+
+def _scan_order(row):
+    """The row's entries in the order scan_row reads (and packs) them."""
+    blocks, tail = _block_order(row)
+    return row[np.concatenate(blocks + [tail]).astype(np.int64)]
+
+
 def _scan_order_sum(row, above=-np.inf):
     """The float64 sum of scan_row and sum_above (of the entries above ``above``) transcribed:
-    per-lane sums of 64-byte blocks, halves added lane by lane, then the tail in order."""
+    per-lane sums of 64-byte blocks in their order, halves added lane by lane, then the tail in order."""
     lanes = 64 // row.itemsize
-    whole = row.size // lanes * lanes
+    blocks, tail = _block_order(row)
     row = np.where(row.astype(np.float64) > above, row.astype(np.float64), 0.0)
     acc = np.zeros(lanes)
-    for i in range(0, whole, lanes):
-        acc = acc + row[i:i + lanes]
+    for block in blocks:
+        acc = acc + row[block]
     while acc.size > 1:
         acc = acc[: acc.size // 2] + acc[acc.size // 2:]
     total = acc[0]
-    for v in row[whole:]:
+    for v in row[tail]:
         total += float(v)
     return total
 
@@ -304,8 +320,8 @@ _ROW_AND_CUT = (
 @settings(max_examples=300)
 @given(*_ROW_AND_CUT, st.integers(0, 80))
 def test_scan_row_is_the_selection_sum_and_count(dtype, n, seed, cut, ties, room):
-    """scan_row == NumPy: the entries above the cut in order (while they fit), their count, the top
-    pattern, and the float64 sum bit for bit in its documented order."""
+    """scan_row == NumPy: the entries above the cut in its reading order (while they fit), their
+    count, the top pattern, and the float64 sum bit for bit in its documented order."""
     from rankseg_np.cpu._kernels import as_bits
 
     rng = np.random.default_rng(seed)
@@ -314,7 +330,8 @@ def test_scan_row_is_the_selection_sum_and_count(dtype, n, seed, cut, ties, room
     if ties and n:
         row[rng.integers(0, n, n // 2)] = cut  # entries at the cut stay out
     (total, top, n_low, k), out = _scan(row, float(cut), cut, room)
-    expected = row[row > cut]
+    in_order = _scan_order(row)
+    expected = in_order[in_order > cut]
     assert n_low == expected.size
     assert top == (as_bits(row).max() if n else 0)
     assert total == _scan_order_sum(row)
@@ -370,7 +387,8 @@ def test_scan_row_stops_packing_past_its_room():
     row = np.linspace(0.0, 1.0, 1000, dtype=np.float32)
     (total, _, n_low, k), out = _scan(row, 0.25, 0.25, 100)
     assert n_low == np.count_nonzero(row > 0.25) > 100 + 16 >= k and total == _scan_order_sum(row)
-    np.testing.assert_array_equal(out[:k], row[row > 0.25][:k])
+    in_order = _scan_order(row)
+    np.testing.assert_array_equal(out[:k], in_order[in_order > 0.25][:k])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -129,10 +129,62 @@ def _umax(builder, a, b):
     return builder.select(builder.icmp_unsigned(">", b, a), b, a)
 
 
+def _block_loop(builder, n_blocks, state, step):
+    """Emit ``state = step(builder, b, state)`` for the 64-byte blocks ``b`` of a row in
+    their fixed order, and return the final state.
+
+    The order: with ``Q = n_blocks // 4``, blocks ``i, Q + i, 2Q + i, 3Q + i`` for
+    ``i = 0 .. Q-1``, then blocks ``4Q ..`` in turn.  Reading the four quarters of a
+    row side by side keeps four streams from memory in flight, which reads a
+    row about 1.7x as fast as one stream (measured here: a plain sum of 88 MB
+    on two threads, 5.3 -> 3.1 ms); ``step`` may branch (it ends in any block).
+    """
+    i64 = ir.IntType(64)
+    quarter = builder.lshr(n_blocks, ir.Constant(i64, 2))
+    leftover = builder.mul(quarter, ir.Constant(i64, 4))  # the first block after the quarters
+    entry = builder.block
+    head4, body4, head1, body1, done = (builder.append_basic_block(f"blocks.{n}") for n in
+                                        ("head4", "body4", "head1", "body1", "done"))
+    builder.branch(head4)
+
+    builder.position_at_end(head4)  # four quarters side by side
+    i = builder.phi(i64)
+    phis = [builder.phi(x.type) for x in state]
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    for phi, x in zip(phis, state):
+        phi.add_incoming(x, entry)
+    builder.cbranch(builder.icmp_signed("<", i, quarter), body4, head1)
+    builder.position_at_end(body4)
+    now = phis
+    for q in range(4):
+        now = step(builder, builder.add(builder.mul(quarter, ir.Constant(i64, q)), i), now)
+    i.add_incoming(builder.add(i, ir.Constant(i64, 1)), builder.block)
+    for phi, x in zip(phis, now):
+        phi.add_incoming(x, builder.block)
+    builder.branch(head4)
+
+    builder.position_at_end(head1)  # the blocks left over, in turn
+    j = builder.phi(i64)
+    rest = [builder.phi(x.type) for x in state]
+    j.add_incoming(leftover, head4)
+    for phi, x in zip(rest, phis):
+        phi.add_incoming(x, head4)
+    builder.cbranch(builder.icmp_signed("<", j, n_blocks), body1, done)
+    builder.position_at_end(body1)
+    now = step(builder, j, rest)
+    j.add_incoming(builder.add(j, ir.Constant(i64, 1)), builder.block)
+    for phi, x in zip(rest, now):
+        phi.add_incoming(x, builder.block)
+    builder.branch(head1)
+
+    builder.position_at_end(done)
+    return rest
+
+
 @intrinsic
 def _sum_above_blocks(typingctx, src, n_blocks, t):
-    """The 64-byte blocks of :func:`sum_above`, as one LLVM loop with per-lane float64 sums and
-    counts, reduced in a fixed tree (no fast-math flags: LLVM keeps the order)."""
+    """The 64-byte blocks of :func:`sum_above` in :func:`_block_loop`'s order, with per-lane
+    float64 sums and counts reduced in a fixed tree (no fast-math flags: LLVM keeps the order)."""
     if not (
         isinstance(src, types.Array) and src.ndim == 1 and src.layout == "C"
         and src.dtype in (types.float32, types.float64) and isinstance(t, types.Float)
@@ -149,28 +201,16 @@ def _sum_above_blocks(typingctx, src, n_blocks, t):
         src_ptr = context.make_array(sig.args[0])(context, builder, src_arr).data
         t_s = _splat(builder, context.cast(builder, t_v, sig.args[2], types.float64), dvec)
         zero = ir.Constant(dvec, [0.0] * lanes)
-        entry = builder.block
-        loop, body, done = (builder.append_basic_block(f"above.{n}") for n in ("loop", "body", "done"))
-        builder.branch(loop)
 
-        builder.position_at_end(loop)
-        i, acc, cnt = builder.phi(i64), builder.phi(dvec), builder.phi(qvec)
-        i.add_incoming(ir.Constant(i64, 0), entry)
-        acc.add_incoming(zero, entry)
-        cnt.add_incoming(ir.Constant(qvec, [0] * lanes), entry)
-        builder.cbranch(builder.icmp_signed("<", i, nblk), body, done)
+        def step(builder, b, state):
+            acc, cnt = state
+            at = builder.gep(src_ptr, [builder.mul(b, ir.Constant(i64, lanes))])
+            v = builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
+            vd = builder.fpext(v, dvec) if width == 32 else v
+            above = builder.fcmp_ordered(">", vd, t_s)
+            return [builder.fadd(acc, builder.select(above, vd, zero)), builder.add(cnt, builder.zext(above, qvec))]
 
-        builder.position_at_end(body)
-        at = builder.gep(src_ptr, [builder.mul(i, ir.Constant(i64, lanes))])
-        v = builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
-        vd = builder.fpext(v, dvec) if width == 32 else v
-        above = builder.fcmp_ordered(">", vd, t_s)
-        i.add_incoming(builder.add(i, ir.Constant(i64, 1)), body)
-        acc.add_incoming(builder.fadd(acc, builder.select(above, vd, zero)), body)
-        cnt.add_incoming(builder.add(cnt, builder.zext(above, qvec)), body)
-        builder.branch(loop)
-
-        builder.position_at_end(done)
+        acc, cnt = _block_loop(builder, nblk, [zero, ir.Constant(qvec, [0] * lanes)], step)
         return context.make_tuple(builder, sig.return_type, _reduce_lanes(builder, [acc, cnt], [_fadd, _iadd]))
 
     return types.Tuple([types.float64, types.int64])(src, types.int64, t), codegen
@@ -178,8 +218,8 @@ def _sum_above_blocks(typingctx, src, n_blocks, t):
 
 @intrinsic
 def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
-    """The 64-byte blocks of :func:`scan_row`, as one LLVM loop: returns (sum, top pattern,
-    count of patterns above ``low``, entries packed into ``dst``).
+    """The 64-byte blocks of :func:`scan_row`, in :func:`_block_loop`'s order: returns (sum, top
+    pattern, count of patterns above ``low``, entries packed into ``dst``).
 
     The float64 sum is kept in one accumulator per lane and the lanes are
     added in a fixed tree at the end, written out in IR without fast-math
@@ -203,7 +243,7 @@ def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
     def codegen(context, builder, sig, args):
         src_arr, nblk, low_v, cut_v, dst_arr, cap_v = args
         lanes = 512 // width
-        i1, i32, i64, iw = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.IntType(width)
+        i1, i64, iw = ir.IntType(1), ir.IntType(64), ir.IntType(width)
         scalar = context.get_value_type(value)
         vec, ivec = ir.VectorType(scalar, lanes), ir.VectorType(iw, lanes)
         dvec, qvec = ir.VectorType(ir.DoubleType(), lanes), ir.VectorType(i64, lanes)
@@ -218,45 +258,37 @@ def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
         popcount = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}"
         )
-        entry = builder.block
-        loop, body, pack, cont, done = (builder.append_basic_block(f"scan.{n}") for n in
-                                        ("loop", "body", "pack", "cont", "done"))
-        builder.branch(loop)
 
-        builder.position_at_end(loop)  # i, per-lane sums, tops and counts, entries packed
-        i, acc, top, cnt, k = (builder.phi(t) for t in (i64, dvec, ivec, ivec, i64))
-        for phi, start in ((i, 0), (k, 0), (top, [0] * lanes), (cnt, [0] * lanes), (acc, [0.0] * lanes)):
-            phi.add_incoming(ir.Constant(phi.type, start), entry)
-        builder.cbranch(builder.icmp_signed("<", i, nblk), body, done)
+        def step(builder, b, state):  # per-lane sums, tops and counts, entries packed
+            acc, top, cnt, k = state
+            at = builder.gep(src_ptr, [builder.mul(b, ir.Constant(i64, lanes))])
+            v = builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
+            bits = builder.bitcast(v, ivec)
+            acc = builder.fadd(acc, builder.fpext(v, dvec) if width == 32 else v)
+            top = builder.select(builder.icmp_unsigned(">", bits, top), bits, top)
+            # Per-lane counts in the patterns' width: 32 bits for float32 rows, exact up to
+            # 2^32 blocks (6.9e10 values in one row, 275 GB).
+            cnt = builder.add(cnt, builder.zext(builder.icmp_unsigned(">", bits, low_s), ivec))
+            body = builder.block
+            pack, cont = (builder.append_basic_block(f"scan.{n}") for n in ("pack", "cont"))
+            builder.cbranch(builder.icmp_signed("<=", k, cap_v), pack, cont)
 
-        builder.position_at_end(body)
-        at = builder.gep(src_ptr, [builder.mul(i, ir.Constant(i64, lanes))])
-        v = builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
-        bits = builder.bitcast(v, ivec)
-        acc_next = builder.fadd(acc, builder.fpext(v, dvec) if width == 32 else v)
-        top_next = builder.select(builder.icmp_unsigned(">", bits, top), bits, top)
-        # Per-lane counts in the patterns' width: 32 bits for float32 rows, exact up to
-        # 2^32 blocks (6.9e10 values in one row, 275 GB).
-        cnt_next = builder.add(cnt, builder.zext(builder.icmp_unsigned(">", bits, low_s), ivec))
-        builder.cbranch(builder.icmp_signed("<=", k, cap_v), pack, cont)
+            builder.position_at_end(pack)
+            mask = builder.fcmp_ordered(">", v, cut_s)  # NaN is never above
+            builder.call(compress, [v, builder.gep(dst_ptr, [k]), mask])
+            kept = builder.zext(builder.call(popcount, [builder.bitcast(mask, ir.IntType(lanes))]), i64)
+            k_packed = builder.add(k, kept)
+            builder.branch(cont)
 
-        builder.position_at_end(pack)
-        mask = builder.fcmp_ordered(">", v, cut_s)  # NaN is never above
-        builder.call(compress, [v, builder.gep(dst_ptr, [k]), mask])
-        kept = builder.zext(builder.call(popcount, [builder.bitcast(mask, ir.IntType(lanes))]), i64)
-        k_packed = builder.add(k, kept)
-        builder.branch(cont)
+            builder.position_at_end(cont)
+            k_next = builder.phi(i64)
+            k_next.add_incoming(k_packed, pack)
+            k_next.add_incoming(k, body)
+            return [acc, top, cnt, k_next]
 
-        builder.position_at_end(cont)
-        k_next = builder.phi(i64)
-        k_next.add_incoming(k_packed, pack)
-        k_next.add_incoming(k, body)
-        for phi, nxt in ((i, builder.add(i, ir.Constant(i64, 1))), (acc, acc_next), (top, top_next),
-                         (cnt, cnt_next), (k, k_next)):
-            phi.add_incoming(nxt, cont)
-        builder.branch(loop)
-
-        builder.position_at_end(done)
+        start = [ir.Constant(dvec, [0.0] * lanes), ir.Constant(ivec, [0] * lanes), ir.Constant(ivec, [0] * lanes),
+                 ir.Constant(i64, 0)]
+        acc, top, cnt, k = _block_loop(builder, nblk, start, step)
         out = _reduce_lanes(builder, [acc, top, builder.zext(cnt, qvec)], [_fadd, _umax, _iadd])
         return context.make_tuple(builder, sig.return_type, out + [k])
 

@@ -48,6 +48,19 @@ TILE = 4096
 OPEN_BLOCK = 1024  # open pixels resolved together: their C x 1024 increments stay in cache
 NONE = -2
 MANY = -1
+PAIR_AHEAD = 16  # pixels between a prefetch and its use in _pair_labels
+PAIR = -3  # two claimants c < k: the state PAIR - (c + (k << 16)); see pair_state
+
+
+def pair_state(low: int, high: int) -> int:
+    """The claim state of a pixel claimed by exactly two classes ``low < high`` (at most 2**15 - 1).
+
+    Examples
+    --------
+    >>> pair_state(2, 5) == PAIR - 2 - 5 * 65536
+    True
+    """
+    return PAIR - (low + (high << 16))
 
 
 @intrinsic
@@ -92,34 +105,38 @@ def input_thresholds(threshold: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray
 
 
 @njit(cache=True, nogil=True)
-def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t0, t1, t2, t3, k0, k1, k2, k3, count, owner, value, total):
-    """The claims of four rows of a tile (ascending classes; class C: a pad row
-    of zeros) on its counters, with thresholds ``t`` and tie cuts ``k`` (a cut
-    <= 0 claims no tie).
+def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t0, t1, t2, t3, k0, k1, k2, k3, claim, last, total):
+    """The claims of four rows (ascending classes; class C: a pad row of
+    zeros): ``claim[j]`` gains the key ``k`` of each row whose value is above
+    its threshold ``t``, and ``last[j]`` becomes its class ``c``.
 
+    A key is ``1 + (c << 16)``: the low half counts the claimants, the high
+    half sums their classes (modulo 2**16).  With ``last``, the highest
+    claimant, that names both claimants of a pixel claimed twice.
     Four rows at a time: four streams from memory at once read about twice as
-    fast as one (measured, this class loop alone on (4, 21, 512, 512): 8-10
-    -> 4.5-5 ms), and the counters are loaded and stored once per four
-    classes.  One loop with the tie test: a second, plain compare loop was ~10%
-    faster but doubled this function's compile time.  (A separate function: the
-    same loop written inside the kernel did not vectorise.)
+    fast as one, and the counters are loaded and stored once per four
+    classes.  One compare and one add per value: ties are handled by the
+    caller through the thresholds (see :func:`_claims`).  (A separate
+    function: the same loop written inside the kernel did not vectorise.)
     """
-    for j in range(r0.size):
+    for j in range(claim.size):
         v0, v1, v2, v3 = r0[j], r1[j], r2[j], r3[j]
         total[j] = total[j] + v0 + v1 + v2 + v3  # class by class, as one row at a time
-        a0 = (v0 > t0) | ((v0 == t0) & (j < k0))
-        a1 = (v1 > t1) | ((v1 == t1) & (j < k1))
-        a2 = (v2 > t2) | ((v2 == t2) & (j < k2))
-        a3 = (v3 > t3) | ((v3 == t3) & (j < k3))
-        count[j] += np.int32(a0) + np.int32(a1) + np.int32(a2) + np.int32(a3)
-        owner[j] = c3 if a3 else (c2 if a2 else (c1 if a1 else (c0 if a0 else owner[j])))
-        value[j] = v3 if a3 else (v2 if a2 else (v1 if a1 else (v0 if a0 else value[j])))
+        a0, a1, a2, a3 = v0 > t0, v1 > t1, v2 > t2, v3 > t3
+        claim[j] += (k0 if a0 else 0) + (k1 if a1 else 0) + (k2 if a2 else 0) + (k3 if a3 else 0)
+        last[j] = c3 if a3 else (c2 if a2 else (c1 if a1 else (c0 if a0 else last[j])))
 
 
 @parallel_kernel(cache=True)
-def _claims(p3, t_in, tie_cut, rows, n_rows, labels, tau_part, m_part, n_off):
+def _claims(p3, t_in, t_tie, tie_cut, rows, n_rows, labels, tau_part, m_part, n_off):
     """:func:`claims` on the per-class arrays of :func:`_claim_inputs`, in tasks
     of one image by one tile of pixels (see the module docstring).
+
+    A tie (a value equal to an exact threshold) is claimed before the class's
+    tie cut only: each group of four rows is run in segments between the cuts
+    that fall inside the tile, each class compared with ``t_tie`` (the value
+    below its threshold: ``v > t_tie`` iff ``v >= t``) before its cut and
+    ``t_in`` after it.  Most tiles are one segment.
 
     With an ``n_off`` of one entry per task it also counts the pixels of each
     task whose class sum is off 1 by more than SUM_TOL (``rows`` then lists
@@ -133,38 +150,55 @@ def _claims(p3, t_in, tie_cut, rows, n_rows, labels, tau_part, m_part, n_off):
         i0 = (task % n_tiles) * TILE
         i1 = min(d, i0 + TILE)
         n = i1 - i0
-        # Branch-free per-tile counters (they vectorise): claims, last claimant
-        # and its probability; the class sums in the input's precision (a sum
-        # of C values errs by ~C ulp, 2.5e-6 for 21 float32 classes, far inside
-        # SUM_TOL), in class order; a pad row of zeros (class C).
-        count = np.empty(n, dtype=np.int32)
-        owner = np.empty(n, dtype=np.int32)  # read only where count == 1: no need to zero it
-        value = np.empty(n, dtype=p3.dtype)  # the last claimant's probability, likewise
+        # Branch-free per-tile counters (they vectorise): the claim keys; the
+        # class sums in the input's precision (a sum of C values errs by ~C
+        # ulp, 2.5e-6 for 21 float32 classes, far inside SUM_TOL), in class
+        # order; a pad row of zeros (class C).
+        claim = np.empty(n, dtype=np.int32)
+        last = np.empty(n, dtype=np.int32)  # read only where a class claimed: no need to clear it
         total = np.empty(n, dtype=p3.dtype)
         pad = np.empty(n, dtype=p3.dtype)
         for j in range(n):
-            count[j] = 0
+            claim[j] = 0
             total[j] = 0.0
             pad[j] = 0.0
         # Four rows at a time (see _claim_rows), ascending classes, padded with class C.
         for g in range(0, n_rows[b], 4):
             c0, c1, c2, c3 = rows[b, g], rows[b, g + 1], rows[b, g + 2], rows[b, g + 3]
-            _claim_rows(p3[b, c0, i0:i1], p3[b, c1, i0:i1] if c1 < n_cls else pad,
-                        p3[b, c2, i0:i1] if c2 < n_cls else pad, p3[b, c3, i0:i1] if c3 < n_cls else pad,
-                        c0, c1, c2, c3, t_in[b, c0], t_in[b, c1], t_in[b, c2], t_in[b, c3],
-                        tie_cut[b, c0] - i0, tie_cut[b, c1] - i0, tie_cut[b, c2] - i0, tie_cut[b, c3] - i0,
-                        count, owner, value, total)
+            r0 = p3[b, c0, i0:i1]
+            r1 = p3[b, c1, i0:i1] if c1 < n_cls else pad
+            r2 = p3[b, c2, i0:i1] if c2 < n_cls else pad
+            r3 = p3[b, c3, i0:i1] if c3 < n_cls else pad
+            e0 = min(max(tie_cut[b, c0] - i0, 0), n)
+            e1 = min(max(tie_cut[b, c1] - i0, 0), n)
+            e2 = min(max(tie_cut[b, c2] - i0, 0), n)
+            e3 = min(max(tie_cut[b, c3] - i0, 0), n)
+            lo = 0
+            while lo < n:
+                hi = n
+                for e in (e0, e1, e2, e3):
+                    hi = e if lo < e < hi else hi
+                _claim_rows(r0[lo:hi], r1[lo:hi], r2[lo:hi], r3[lo:hi],
+                            np.int32(c0), np.int32(c1), np.int32(c2), np.int32(c3),
+                            t_tie[b, c0] if hi <= e0 else t_in[b, c0], t_tie[b, c1] if hi <= e1 else t_in[b, c1],
+                            t_tie[b, c2] if hi <= e2 else t_in[b, c2], t_tie[b, c3] if hi <= e3 else t_in[b, c3],
+                            np.int32(1 + (c0 << 16)), np.int32(1 + (c1 << 16)),
+                            np.int32(1 + (c2 << 16)), np.int32(1 + (c3 << 16)), claim[lo:hi], last[lo:hi], total[lo:hi])
+                lo = hi
         lab = labels[b, i0:i1]
         tau_row = tau_part[task]
         m_row = m_part[task]
         for j in range(n):
-            if count[j] == 1:  # in pixel order: m's float64 sums keep their order
-                o = owner[j]
+            count = claim[j] & 0xFFFF
+            o = last[j]
+            if count == 1:  # in pixel order: m's float64 sums keep their order
                 lab[j] = o
                 tau_row[o] += 1.0
-                m_row[o] += value[j]
+                m_row[o] += p3[b, o, i0 + j]
+            elif count == 2:
+                lab[j] = PAIR - ((((claim[j] >> 16) - o) & 0xFFFF) + (np.int64(o) << 16))
             else:
-                lab[j] = NONE if count[j] == 0 else MANY
+                lab[j] = NONE if count == 0 else MANY
         if n_off.size > 0:
             off = 0
             for j in range(n):
@@ -177,6 +211,8 @@ def _claim_inputs(p3, threshold, tie_end, active, check):
 
     ``t_in`` (B, C+1): thresholds in the input's dtype (:func:`input_thresholds`),
     +inf for inactive classes and for class C, the pad row of zeros;
+    ``t_tie`` (B, C+1): the same, one step lower where the threshold is exact
+    (``v > t_tie`` claims the ties too);
     ``tie_cut`` (B, C+1): ``tie_end`` where the threshold is exact, else 0 (no
     ties: a float64 threshold that is no input value ties nothing); ``rows``
     (B, C+3) and ``n_rows`` (B,): the classes each image reads in class order
@@ -184,11 +220,16 @@ def _claim_inputs(p3, threshold, tie_end, active, check):
     C to a multiple of four.
     """
     n_img, n_cls, _ = p3.shape
+    if n_cls >= 2**15:  # the claim keys of _claim_rows hold class indices in 16 bits
+        raise ValueError(f"probs: at most {2**15 - 1} classes are supported, got {n_cls}")
     t, exact = input_thresholds(threshold, p3.dtype)
     t_in = np.full((n_img, n_cls + 1), np.inf, dtype=p3.dtype)
     t_in[:, :n_cls] = np.where(active, t, np.inf)
     tie_cut = np.zeros((n_img, n_cls + 1), dtype=np.int64)
     tie_cut[:, :n_cls] = np.where(active & exact, tie_end, 0)
+    t_tie = t_in.copy()
+    tied = tie_cut > 0
+    t_tie[tied] = np.nextafter(t_in[tied], p3.dtype.type(-np.inf))
     read = np.ones_like(active) if check else active.astype(bool)
     rows = np.full((n_img, n_cls + 3), n_cls, dtype=np.int64)
     n_rows = np.zeros(n_img, dtype=np.int64)
@@ -196,7 +237,7 @@ def _claim_inputs(p3, threshold, tie_end, active, check):
         cls = np.flatnonzero(read[b])
         rows[b, : cls.size] = cls
         n_rows[b] = cls.size
-    return t_in, tie_cut, rows, n_rows
+    return t_in, t_tie, tie_cut, rows, n_rows
 
 
 def claims(p3, threshold, tie_end, active, labels, tau_part, m_part) -> None:
@@ -255,6 +296,40 @@ def _increment_terms(metric, smooth, tau, mu, m):
         return one, zero, a, e + 1.0, one, one, zero
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _score(p, u, v, w, y, z, s, h):
+    """:func:`_increment` of probability ``p`` (float64) on the constants of
+    :func:`_increment_terms`: the one formula of the vectorised and the pixel-by-pixel paths."""
+    return ((u * (p - v) - w * (1.0 - p)) / (y - z * p)) * s - h
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pair_labels(flat, d, i0, t, pos, out):
+    """Labels of the pixels ``pos`` of a tile (from ``i0``) claimed by exactly
+    two classes (state :func:`pair_state`): the higher increment, ties
+    (DELTA_TIE_RTOL) to the lower class, as :func:`_first_within` over the two
+    claimants.  ``flat``: the image's ``(C, d)`` probabilities, flattened;
+    ``t``: the constants of :func:`_increment_terms`, ``(C, 7)``.  (Scalar
+    indices only: a slice per pixel costs two atomic reference counts.)
+    """
+    for q in range(pos.size):
+        # The two values lie in two class rows of the tile, far apart: fetch
+        # those of the pixel PAIR_AHEAD places on while this one is scored.
+        if q + PAIR_AHEAD < pos.size:
+            ja = pos[q + PAIR_AHEAD]
+            ahead = PAIR - out[ja]
+            _prefetch(flat, (ahead & 0xFFFF) * d + i0 + ja)
+            _prefetch(flat, (ahead >> 16) * d + i0 + ja)
+        j = pos[q]
+        code = PAIR - out[j]
+        c = code & 0xFFFF
+        k = code >> 16
+        x_low = _score(np.float64(flat[c * d + i0 + j]), t[c, 0], t[c, 1], t[c, 2], t[c, 3], t[c, 4], t[c, 5], t[c, 6])
+        x_high = _score(np.float64(flat[k * d + i0 + j]), t[k, 0], t[k, 1], t[k, 2], t[k, 3], t[k, 4], t[k, 5], t[k, 6])
+        best = max(x_low, x_high)
+        out[j] = c if x_low >= best - DELTA_TIE_RTOL * abs(best) else k
+
+
 # error_model="numpy": a division by zero gives inf instead of raising, so the
 # increment loop (a division per pixel) vectorises.  The IoU divisor e + 1 - p
 # is never zero: it is >= 1 - p + tau + (mu - m) with m <= mu, so zero would
@@ -277,14 +352,14 @@ def _increments(row, pos, unclaimed, t, cut, terms, inc, best, next_row):
         _prefetch(next_row, pos[q])
     for q in range(pos.size):  # then a vectorised loop
         p = inc[q]
-        x = ((u * (p - v) - w * (1.0 - p)) / (y - z * p)) * s - h
+        x = _score(p, u, v, w, y, z, s, h)
         x = x if (unclaimed[q] != 0) | (p > t) | ((p == t) & (pos[q] < cut)) else -np.inf
         inc[q] = x
         best[q] = x if x > best[q] else best[q]
 
 
 @parallel_kernel(cache=True)
-def _conflicts(p3, terms, plan, n_comp, labels, void, void_index):
+def _conflicts(p3, terms, by_class, plan, n_comp, labels, void, void_index):
     """:func:`conflicts` on the per-class arrays it prepares, in tasks of one
     image by one tile of pixels."""
     n_img, n_cls, d = p3.shape
@@ -297,20 +372,27 @@ def _conflicts(p3, terms, plan, n_comp, labels, void, void_index):
         out = labels[b, i0:i1]
         # Work arrays of fixed sizes (sized by the open pixels: measured slower).
         idx = np.empty(TILE, dtype=np.int32)
+        pairs = np.empty(TILE, dtype=np.int32)
         unclaimed = np.empty(k_max, dtype=np.int32)
         label = np.empty(k_max, dtype=np.int32)
         best = np.empty(k_max)
         floor = np.empty(k_max)
         incs = np.empty(n_cls * k_max)  # one block of increments per competing class
-        # The open pixels, gathered into a list (branch-free); under the void
-        # policy unclaimed pixels take void_index at once.
+        # The open pixels, gathered into lists (branch-free): those claimed
+        # by two classes, and the others; under the void policy unclaimed
+        # pixels take void_index at once.
         lowest_open = MANY if void else NONE
         n = 0
+        n_pairs = 0
         for j in range(i1 - i0):
             s = out[j]
             idx[n] = j
             n += (s < 0) & (s >= lowest_open)
+            pairs[n_pairs] = j
+            n_pairs += s <= PAIR
             out[j] = void_index if void & (s == NONE) else s
+        # A pixel claimed by two classes: only those two compete.
+        _pair_labels(p3[b].reshape(-1), d, i0, by_class[b], pairs[:n_pairs], out)
         comp = plan[1, b]
         # Blocks of open pixels: their increments (C x OPEN_BLOCK) stay in cache.
         for q0 in range(0, n, k_max):
@@ -361,7 +443,8 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
     n_comp = competing.sum(axis=1).astype(np.int64)
     for b in range(n_img):
         plan[1, b, : n_comp[b]] = np.flatnonzero(competing[b])
-    _conflicts(p3, terms, plan, n_comp, labels, bool(void), int(void_index))
+    by_class = np.ascontiguousarray(terms[:7].transpose(1, 2, 0))  # (B, C, 7): one class's constants together
+    _conflicts(p3, terms, by_class, plan, n_comp, labels, bool(void), int(void_index))
 
 
 @njit(cache=True, nogil=True)

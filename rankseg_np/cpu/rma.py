@@ -198,23 +198,17 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
     lo = 0.5 * lam1 * (1.0 - BAND_SLACK)
     hi = 0.5 * lamc * (1.0 + BAND_SLACK)
 
-    s_top = 0.0
-    n_top = 0
-    n_band = 0
-    for i in range(rest.size):
-        v = rest[i]
-        if v > hi:
-            s_top += v
-            n_top += 1
-        elif v >= lo:
-            n_band += 1
-    band = np.empty(n_band)
+    # The mask {p > hi} and the band lo <= p <= hi (lo <= hi: lamc >= lam1, as
+    # gc >= g1), in vectorised reads rather than branches on every entry.
+    s_top, n_top = sum_above(rest, hi)
+    n_band = sum_above(rest, np.nextafter(lo, -np.inf))[1] - n_top  # p >= lo iff p > the float64 below lo
+    band = np.empty(n_band + 1)  # one entry of room: the loop below writes every entry, keeps the band's
     j = 0
     for i in range(rest.size):
-        v = rest[i]
-        if v >= lo and v <= hi:
-            band[j] = v
-            j += 1
+        v = np.float64(rest[i])
+        band[j] = v
+        j += (v >= lo) & (v <= hi)
+    band = band[:n_band]
     band, _ = sort_desc_stable(band, np.zeros(n_band, dtype=np.int64))  # descending
     best_k = band_best(band, s_top, n_top, mu, smooth)
     if best_k == 0:
