@@ -25,7 +25,7 @@ NONE, MANY = -2, -1
 
 def pair_state(low: int, high: int) -> int:
     """The documented claim state of a pixel claimed by exactly the two classes low < high."""
-    return -3 - low - 65536 * high
+    return -3 - low - 2**32 * high
 
 
 def oracle_increment(p: float, metric: str, smooth: float, tau: float, mu: float, m: float) -> float:
@@ -234,3 +234,21 @@ def test_float32_threshold_rounding(dtype):
         want, want_states, _, _ = oracle(p3, *decision, "dice", 0.0, True, 255)
         assert np.array_equal(states, want_states), t
         assert np.array_equal(labels, want), t
+
+
+@pytest.mark.parametrize("n_cls", [2**15 - 1, 2**15 + 3])
+def test_many_classes(n_cls):
+    """Class indices past 16 bits (the claim keys widen to 64 bits from 2**15 classes): sole
+    claimants, pairs and triples of high classes, and an unclaimed pixel, as the rule says."""
+    d = 5
+    p3 = np.zeros((1, n_cls, d), dtype=np.float32)
+    for pixel, owners in enumerate([(1, n_cls - 1), (n_cls - 1,), (n_cls - 2, n_cls - 1), (5, n_cls - 3, n_cls - 1)]):
+        p3[0, list(owners), pixel] = np.float32(0.6) + np.float32(0.01) * np.arange(len(owners), dtype=np.float32)
+    p3[0, n_cls - 2, 4] = np.float32(0.3)  # pixel 4: claimed by none
+    decision = RowDecision(np.full((1, n_cls), 0.5), np.zeros((1, n_cls), dtype=np.int64),
+                           np.ones((1, n_cls), dtype=bool), p3.astype(np.float64).sum(axis=2))
+    labels, states, tau, m = run_kernels(p3, decision, "dice", 0.0, False, 255, True, False)
+    want, want_states, want_tau, want_m = oracle(p3, *decision, "dice", 0.0, False, 255)
+    assert states[0, 0] == pair_state(1, n_cls - 1) and states[0, 2] == pair_state(n_cls - 2, n_cls - 1)
+    assert np.array_equal(states, want_states) and np.array_equal(labels, want)
+    assert np.array_equal(tau, want_tau) and np.array_equal(m, want_m)

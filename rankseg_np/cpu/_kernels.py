@@ -433,7 +433,15 @@ def mask_row(row, t, k, out):
     if t_in > t:
         t_in = np.nextafter(t_in, row.dtype.type(-np.inf))
     if k <= 0 or t_in != t:  # a threshold that is no value of the dtype ties nothing
-        for j in range(row.size):
+        q = row.size // 4
+        r1, r2, r3 = row[q:], row[2 * q:], row[3 * q:]
+        o1, o2, o3 = out[q:], out[2 * q:], out[3 * q:]
+        for j in range(q):  # four streams side by side (see _block_loop)
+            out[j] = row[j] > t_in
+            o1[j] = r1[j] > t_in
+            o2[j] = r2[j] > t_in
+            o3[j] = r3[j] > t_in
+        for j in range(4 * q, row.size):
             out[j] = row[j] > t_in
     else:
         for j in range(row.size):

@@ -49,18 +49,18 @@ OPEN_BLOCK = 1024  # open pixels resolved together: their C x 1024 increments st
 NONE = -2
 MANY = -1
 PAIR_AHEAD = 16  # pixels between a prefetch and its use in _pair_labels
-PAIR = -3  # two claimants c < k: the state PAIR - (c + (k << 16)); see pair_state
+PAIR = -3  # two claimants c < k: the state PAIR - (c + (k << 32)); see pair_state
 
 
 def pair_state(low: int, high: int) -> int:
-    """The claim state of a pixel claimed by exactly two classes ``low < high`` (at most 2**15 - 1).
+    """The claim state of a pixel claimed by exactly two classes ``low < high``.
 
     Examples
     --------
-    >>> pair_state(2, 5) == PAIR - 2 - 5 * 65536
+    >>> pair_state(2, 5) == PAIR - 2 - 5 * 2**32
     True
     """
-    return PAIR - (low + (high << 16))
+    return PAIR - (low + (high << 32))
 
 
 @intrinsic
@@ -110,9 +110,10 @@ def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t0, t1, t2, t3, k0, k1, k2, k3, 
     zeros): ``claim[j]`` gains the key ``k`` of each row whose value is above
     its threshold ``t``, and ``last[j]`` becomes its class ``c``.
 
-    A key is ``1 + (c << 16)``: the low half counts the claimants, the high
-    half sums their classes (modulo 2**16).  With ``last``, the highest
-    claimant, that names both claimants of a pixel claimed twice.
+    A key is ``1 + (c << bits)`` (see :func:`_claim_inputs`): the low bits
+    count the claimants, the high bits sum their classes (modulo
+    ``2**bits``).  With ``last``, the highest claimant, that names both
+    claimants of a pixel claimed twice.
     Four rows at a time: four streams from memory at once read about twice as
     fast as one, and the counters are loaded and stored once per four
     classes.  One compare and one add per value: ties are handled by the
@@ -128,7 +129,7 @@ def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t0, t1, t2, t3, k0, k1, k2, k3, 
 
 
 @parallel_kernel(cache=True)
-def _claims(p3, t_in, t_tie, tie_cut, rows, n_rows, labels, tau_part, m_part, n_off):
+def _claims(p3, t_in, t_tie, tie_cut, rows, n_rows, keys, bits, labels, tau_part, m_part, n_off):
     """:func:`claims` on the per-class arrays of :func:`_claim_inputs`, in tasks
     of one image by one tile of pixels (see the module docstring).
 
@@ -154,7 +155,7 @@ def _claims(p3, t_in, t_tie, tie_cut, rows, n_rows, labels, tau_part, m_part, n_
         # class sums in the input's precision (a sum of C values errs by ~C
         # ulp, 2.5e-6 for 21 float32 classes, far inside SUM_TOL), in class
         # order; a pad row of zeros (class C).
-        claim = np.empty(n, dtype=np.int32)
+        claim = np.empty(n, dtype=keys.dtype)
         last = np.empty(n, dtype=np.int32)  # read only where a class claimed: no need to clear it
         total = np.empty(n, dtype=p3.dtype)
         pad = np.empty(n, dtype=p3.dtype)
@@ -182,21 +183,21 @@ def _claims(p3, t_in, t_tie, tie_cut, rows, n_rows, labels, tau_part, m_part, n_
                             np.int32(c0), np.int32(c1), np.int32(c2), np.int32(c3),
                             t_tie[b, c0] if hi <= e0 else t_in[b, c0], t_tie[b, c1] if hi <= e1 else t_in[b, c1],
                             t_tie[b, c2] if hi <= e2 else t_in[b, c2], t_tie[b, c3] if hi <= e3 else t_in[b, c3],
-                            np.int32(1 + (c0 << 16)), np.int32(1 + (c1 << 16)),
-                            np.int32(1 + (c2 << 16)), np.int32(1 + (c3 << 16)), claim[lo:hi], last[lo:hi], total[lo:hi])
+                            keys[c0], keys[c1], keys[c2], keys[c3], claim[lo:hi], last[lo:hi], total[lo:hi])
                 lo = hi
         lab = labels[b, i0:i1]
         tau_row = tau_part[task]
         m_row = m_part[task]
+        low_bits = (1 << bits) - 1
         for j in range(n):
-            count = claim[j] & 0xFFFF
+            count = claim[j] & low_bits
             o = last[j]
             if count == 1:  # in pixel order: m's float64 sums keep their order
                 lab[j] = o
                 tau_row[o] += 1.0
                 m_row[o] += p3[b, o, i0 + j]
             elif count == 2:
-                lab[j] = PAIR - ((((claim[j] >> 16) - o) & 0xFFFF) + (np.int64(o) << 16))
+                lab[j] = PAIR - ((((claim[j] >> bits) - o) & low_bits) + (np.int64(o) << 32))
             else:
                 lab[j] = NONE if count == 0 else MANY
         if n_off.size > 0:
@@ -217,11 +218,12 @@ def _claim_inputs(p3, threshold, tie_end, active, check):
     ties: a float64 threshold that is no input value ties nothing); ``rows``
     (B, C+3) and ``n_rows`` (B,): the classes each image reads in class order
     (the active ones, or all of them when checking the class sums), padded with
-    C to a multiple of four.
+    C to a multiple of four; ``keys`` (C+1,) and ``bits``: the claim keys of
+    :func:`_claim_rows`, ``1 + (c << bits)``, int32 with 16 bits (the count and
+    the sum of two classes below 2**15 fit) or, for 2**15 classes or more,
+    int64 with 32.
     """
     n_img, n_cls, _ = p3.shape
-    if n_cls >= 2**15:  # the claim keys of _claim_rows hold class indices in 16 bits
-        raise ValueError(f"probs: at most {2**15 - 1} classes are supported, got {n_cls}")
     t, exact = input_thresholds(threshold, p3.dtype)
     t_in = np.full((n_img, n_cls + 1), np.inf, dtype=p3.dtype)
     t_in[:, :n_cls] = np.where(active, t, np.inf)
@@ -237,7 +239,9 @@ def _claim_inputs(p3, threshold, tie_end, active, check):
         cls = np.flatnonzero(read[b])
         rows[b, : cls.size] = cls
         n_rows[b] = cls.size
-    return t_in, t_tie, tie_cut, rows, n_rows
+    bits = 16 if n_cls < 2**15 else 32
+    keys = 1 + (np.arange(n_cls + 1, dtype=np.int64) << bits)
+    return t_in, t_tie, tie_cut, rows, n_rows, keys.astype(np.int32 if bits == 16 else np.int64), bits
 
 
 def claims(p3, threshold, tie_end, active, labels, tau_part, m_part) -> None:
@@ -318,12 +322,12 @@ def _pair_labels(flat, d, i0, t, pos, out):
         if q + PAIR_AHEAD < pos.size:
             ja = pos[q + PAIR_AHEAD]
             ahead = PAIR - out[ja]
-            _prefetch(flat, (ahead & 0xFFFF) * d + i0 + ja)
-            _prefetch(flat, (ahead >> 16) * d + i0 + ja)
+            _prefetch(flat, (ahead & 0xFFFFFFFF) * d + i0 + ja)
+            _prefetch(flat, (ahead >> 32) * d + i0 + ja)
         j = pos[q]
         code = PAIR - out[j]
-        c = code & 0xFFFF
-        k = code >> 16
+        c = code & 0xFFFFFFFF
+        k = code >> 32
         x_low = _score(np.float64(flat[c * d + i0 + j]), t[c, 0], t[c, 1], t[c, 2], t[c, 3], t[c, 4], t[c, 5], t[c, 6])
         x_high = _score(np.float64(flat[k * d + i0 + j]), t[k, 0], t[k, 1], t[k, 2], t[k, 3], t[k, 4], t[k, 5], t[k, 6])
         best = max(x_low, x_high)
