@@ -78,8 +78,9 @@ def as_bits(a: np.ndarray) -> np.ndarray:
 def sum_above(row, t):
     """Sum and count of the entries strictly above ``t`` (compared and summed in float64).
 
-    The sum's order is :func:`scan_row`'s (per-lane sums of 64-byte blocks, a
-    fixed tree, then the tail in order), so it has the same bits on every CPU.
+    The sum's order is :func:`scan_row`'s (per-lane sums of 64-byte blocks in
+    :func:`_block_loop`'s order, a fixed tree, then the tail in order), so it
+    has the same bits on every CPU.
     """
     row = np.ascontiguousarray(row)  # a no-op for the contiguous rows of the solvers
     lanes = 64 // row.itemsize
@@ -300,7 +301,7 @@ def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
 @njit(cache=True, nogil=True)
 def scan_row(row, bits, low, cut, out):
     """One read of a row: its float64 sum, its largest bit pattern, how many patterns exceed
-    ``low``, and its entries above ``cut`` packed in order into ``out``.
+    ``low``, and its entries above ``cut`` packed into ``out`` in reading order.
 
     ``bits`` is ``row`` viewed as unsigned integers of the same width (see
     :func:`bit_pattern`).  For non-negative floats the order of bit patterns
@@ -313,10 +314,13 @@ def scan_row(row, bits, low, cut, out):
     Unlike a float maximum, the integer one vectorises.
 
     Returns ``(sum, top, n_low, k)``; ``out[:k]`` holds the entries above
-    ``cut`` in order, all of them when ``k`` is at most ``out.size`` less one
-    64-byte block (packing stops past that; the count goes on).  Sum order:
-    per-lane sums of the 64-byte blocks in a fixed tree (:func:`_scan_blocks`),
-    then the tail in order.
+    ``cut``, all of them when ``k`` is at most ``out.size`` less one 64-byte
+    block (packing stops past that; the count goes on).  Reading order: the
+    64-byte blocks in :func:`_block_loop`'s order (the row's four quarters
+    side by side), then the tail in turn; the solvers use the packed entries
+    as a set (sums, counts, a sort), never their positions.  Sum order:
+    per-lane sums of the blocks in that order, a fixed tree
+    (:func:`_scan_blocks`), then the tail in order.
     """
     lanes = 64 // row.itemsize
     n_blocks = row.size // lanes

@@ -183,7 +183,7 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
     is sorted, f is compared (through its steps, :func:`band_best`) at every
     tie-group end in [tau_L, tau_U], and the first maximum wins.  Returns
     (threshold, tie_end) with whole tie groups only: the mask is ``{p > hi}`` or ``{p >= v}``.
-    ``packed`` holds the row's entries above ``LOW``, in order.
+    ``packed`` holds the row's entries above ``LOW`` (in scan_row's reading order).
     """
     a = mu + smooth
     # Both iterations start from the mask {p > 1/2}, the gc one at the higher
@@ -219,7 +219,7 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
 @njit(cache=True, nogil=True)
 def _open_row(row, bits, r, one, prune, low, threshold, tie_end, active, mu, bad):
     """The one full read of row r (:func:`~rankseg_np.cpu._kernels.scan_row`) and its outputs for an
-    inactive row.  Returns (active, sum, sum and count above 1/2, the entries above LOW in order)."""
+    inactive row.  Returns (active, sum, sum and count above 1/2, the entries above LOW)."""
     lanes = 64 // row.itemsize
     out = np.empty(row.size // PACK_AT_MOST + lanes, dtype=row.dtype)
     total, top, n_low, k = scan_row(row, bits, low, row.dtype.type(LOW), out)
