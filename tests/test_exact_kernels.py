@@ -6,7 +6,7 @@ paths they open (docs/exact.md sections 1 and 3).
   truncated series stay within it against ``log1p`` / direct sums;
 * ``_largest_s`` is the largest ``s`` of the nodes ``make_rule`` builds;
 * ``_widen`` returns a bracket outside which no volume survives (brute force
-  over the sorted row); ``_packed_index`` = ``np.flatnonzero``;
+  over the sorted row); ``_tie_end`` = the lowest-index ties by ``np.flatnonzero``;
 * the solver's own scores of its candidate volumes (``_scored_volumes``) =
   the oracle's within 1e-12 absolute (the bound of docs/exact.md), on medium
   rows (every candidate) and on packed rows (a sample of candidates);
@@ -118,13 +118,23 @@ def test_largest_s_is_the_rules_largest(smooth):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 3000))
-def test_packed_index(seed, n):
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3000), st.sampled_from([np.float32, np.float64]))
+def test_tie_end(seed, n, dtype):
+    """A mask that keeps some pixels of a tie group keeps the lowest-index ones: _tie_end gives one
+    past the last, from a band gathered in scan_row's reading order (packed) or in row order."""
+    from rankseg_np.cpu._kernels import as_bits, bit_pattern, scan_row
+
     rng = np.random.default_rng(seed)
-    row = rng.choice([0.1, 0.25, 0.3, 0.9], n).astype(np.float32)
-    above = np.flatnonzero(row > np.float32(0.25))
-    for pos in range(0, above.size, max(1, above.size // 7)):
-        assert E._packed_index(row, np.float32(0.25), pos) == above[pos]
+    row = rng.choice([0.1, 0.25, 0.3, 0.9], n).astype(dtype)
+    out = np.empty(n + 64, dtype=dtype)
+    cut = dtype(0.25)
+    k = scan_row(row, as_bits(row), bit_pattern(0.25, row.dtype), cut, out)[3]
+    for packed, band, where in ((True, out[:k], np.arange(k)), (False, row[row > cut], np.flatnonzero(row > cut))):
+        bv, bi = E.sort_desc_stable(band.astype(np.float64), where.astype(np.int64))
+        for i in range(bv.size):
+            v = bv[i]
+            kept = int(np.count_nonzero(bv[: i + 1] == v))  # pixels equal to v in the mask bv[:i + 1]
+            assert E._tie_end(row, bv, bi, i, packed) == np.flatnonzero(row == v)[kept - 1] + 1
 
 
 @settings(max_examples=60, deadline=None)

@@ -705,15 +705,29 @@ def _concat(a, b, c):
 
 
 @njit(cache=True, nogil=True)
-def _packed_index(row, cut, pos):
-    """Index in ``row`` of its ``pos``-th entry above ``cut`` (0-based, in order)."""
-    k = -1
-    for i in range(row.size):
-        if row[i] > cut:
-            k += 1
-            if k == pos:
-                return i
-    return row.size - 1  # not reached: pos counts packed entries
+def _tie_end(row, bv, bi, i, packed):
+    """One past the row index of the last pixel of the mask ``bv[:i + 1]`` (the band sorted
+    descending) that equals ``v = bv[i]``, when the mask keeps some of the pixels equal to ``v``
+    and not others: the mask keeps the lowest-index ones.
+
+    ``bi`` holds row indices when the band was gathered from the row (in row order, and the
+    sort keeps ties in that order), positions among the packed entries when ``packed``:
+    ``scan_row`` packs in its reading order, not in row order, so the row is searched for
+    the n-th pixel equal to ``v`` (every pixel equal to ``v`` is in the band).
+    """
+    if not packed:
+        return bi[i] + 1
+    v = bv[i]
+    first = i
+    while first > 0 and bv[first - 1] == v:
+        first -= 1
+    n = i - first + 1  # pixels equal to v in the mask
+    for j in range(row.size):
+        if row[j] == v:
+            n -= 1
+            if n == 0:
+                return j + 1
+    return row.size  # not reached: every pixel equal to v is in the row
 
 
 @njit(cache=True, nogil=True)
@@ -753,7 +767,7 @@ def _scored_volumes(row, packed_v, n_low, mu, metric, smooth, rule):
     top_v, s_top, band_v, band_i, mid_v = _gather(src, counts, b_lo, b_hi, r_bin)
     n_top = top_v.size
     w_n = band_v.size
-    bv, bi = sort_desc_stable(band_v, band_i)  # descending; ties keep index order
+    bv, bi = sort_desc_stable(band_v, band_i)  # descending; ties keep their order (see _tie_end)
     cum = np.empty(w_n + 1)  # S_tau for tau = n_top + i
     cum[0] = s_top
     for i in range(w_n):
@@ -854,8 +868,7 @@ def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
     i = best_tau - n_top - 1
     v = bv[i]
     if i + 1 < w_n and bv[i + 1] == v:
-        at = _packed_index(row, row.dtype.type(PACK_CUT), bi[i]) if packed else bi[i]
-        return v, at + 1, True, mu, False
+        return v, _tie_end(row, bv, bi, i, packed), True, mu, False
     return v, d, True, mu, False
 
 
