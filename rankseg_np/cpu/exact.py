@@ -734,8 +734,9 @@ def _tie_end(row, bv, bi, i, packed):
 def _scored_volumes(row, packed_v, n_low, mu, metric, smooth, rule):
     """The candidate volumes of an active row and their exact scores.
 
-    ``n_low`` counts the entries above PACK_CUT, ``packed_v`` holds them in
-    order when ``0 < n_low <= d // PACK_AT_MOST``, ``mu`` is the row's sum.
+    ``n_low`` counts the entries above PACK_CUT, ``packed_v`` holds them (in
+    ``scan_row``'s reading order) when ``0 < n_low <= d // PACK_AT_MOST``,
+    ``mu`` is the row's sum.
     Returns ``(zero, c0, f, n_top, bv, bi, packed, b_hi)``: ``zero`` the
     empty mask's score (-inf when it is no candidate), ``f[tau - c0]`` the
     score of volume ``tau`` in ``[c0, c0 + f.size)`` (``c0 = -1``, ``f``
