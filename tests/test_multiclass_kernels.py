@@ -252,3 +252,34 @@ def test_many_classes(n_cls):
     assert states[0, 0] == pair_state(1, n_cls - 1) and states[0, 2] == pair_state(n_cls - 2, n_cls - 1)
     assert np.array_equal(states, want_states) and np.array_equal(labels, want)
     assert np.array_equal(tau, want_tau) and np.array_equal(m, want_m)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tie_cuts_at_tile_edges_and_several_in_one_tile(dtype):
+    """Claims run in segments between the tie cuts inside a tile: cuts one before, at and one after a
+    tile edge, three cuts inside one tile in one group of four rows, cuts before 0 and past d, an
+    inactive class among them, and nine classes (the last group padded): states, tau, m and labels
+    as the rule says, in every tile."""
+    tile = multiclass.TILE
+    n_cls, d = 9, 2 * tile + 37
+    rng = np.random.default_rng(23)
+    p3 = rng.choice(np.array([0.0, 0.25, 0.5, 0.75], dtype=dtype), size=(2, n_cls, d))
+    # Exact thresholds (every value equal to one is a tie): classes 0-3 claim only their ties,
+    # classes 4-7 the 0.75s and their ties, class 8 every value above 0.25 and its ties.
+    threshold = np.tile(np.array([0.75] * 4 + [0.5] * 4 + [0.25]), (2, 1))
+    tie_end = np.array([[tile - 1, tile, tile + 1, 2 * tile, 100, 200, 300, -5, d + 9],
+                        [2 * tile + 1, tile - 1, 3, 0, tile + 7, tile + 2000, tile + 4000, d, 17]])
+    active = np.ones((2, n_cls), dtype=bool)
+    active[0, 6] = False
+    active[1, 3] = False
+    mu = p3.astype(np.float64).sum(axis=2)
+    decision = RowDecision(threshold, tie_end, active, mu)
+    for metric, smooth, void, checked, serial in [("dice", 0.0, False, False, False), ("iou", 1.0, True, True, True)]:
+        labels, states, tau, m = run_kernels(p3, decision, metric, smooth, void, 255, checked, serial)
+        want, want_states, want_tau, want_m = oracle(p3, *decision, metric, smooth, void, 255)
+        assert np.array_equal(states, want_states)
+        assert np.array_equal(tau, want_tau) and np.array_equal(m, want_m)
+        assert np.array_equal(labels, want)
+    for b in range(2):  # every kind of claim state in each of the first two tiles of each image
+        for part in (states[b, :tile], states[b, tile: 2 * tile]):
+            assert (part >= 0).any() and (part == NONE).any() and (part == MANY).any() and (part <= -3).any()
