@@ -201,7 +201,8 @@ def _dice_smooth_row(row, packed, mu, smooth, s0, n0):
     # The mask {p > hi} and the band lo <= p <= hi (lo <= hi: lamc >= lam1, as
     # gc >= g1), in vectorised reads rather than branches on every entry.
     s_top, n_top = sum_above(rest, hi)
-    n_band = sum_above(rest, np.nextafter(lo, -np.inf))[1] - n_top  # p >= lo iff p > the float64 below lo
+    # p >= lo iff p > the float64 just below lo (max: never negative, even were lo > hi)
+    n_band = max(sum_above(rest, np.nextafter(lo, -np.inf))[1] - n_top, 0)
     band = np.empty(n_band + 1)  # one entry of room: the loop below writes every entry, keeps the band's
     j = 0
     for i in range(rest.size):
