@@ -7,6 +7,10 @@
 
 Every method runs in one process on the same array; times are the best of
 ``--repeat`` wall-clock runs after a warm-up call (Numba compiles there).
+The one-pass argmax is timed again after every method and keeps its best
+over the whole table: on the shared 2-core machine its best of 7 moved
+between 2.3 and 5.2 ms from one run to the next, and a slow set of its runs
+would flatter every ratio.
 Two yardsticks, measured in the same table:
 
 * **one-pass argmax**: ``rankseg_np.cli._baseline.argmax_once``, a parallel
@@ -137,11 +141,16 @@ def run(shape, dtype, repeat, full=True, exact=False, compat=False):
          f"1-min load {os.getloadavg()[0]:.1f}\n")
     emit("| method | time (ms) | x 1-pass | x np.argmax | GB/s | peak extra memory (MiB) |")
     emit("|---|---:|---:|---:|---:|---:|")
+    cases = methods(probs, full, exact, compat)
+    runs = {name: max(2, repeat // 2) if factor == 0 else repeat for name, _, factor in cases}
     results = {}
     memory = {}
-    for name, fn, factor in methods(probs, full, exact, compat):
-        results[name] = best_time(fn, max(2, repeat // 2) if factor == 0 else repeat)
+    yardstick = dict((name, fn) for name, fn, _ in cases)[BASE]
+    for name, fn, _ in cases:
+        results[name] = best_time(fn, runs[name])
         memory[name] = peak_extra_bytes(fn)
+        if name != BASE:  # the yardstick's best over the whole table (see the module docstring)
+            results[BASE] = min(results[BASE], best_time(yardstick, runs[BASE]))
     base = results[BASE]
     npa = results["np.argmax(probs, axis=1)"]
     for name, t in results.items():

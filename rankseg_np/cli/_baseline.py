@@ -86,3 +86,23 @@ def best_time(fn: Callable[[], Any], repeat: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def best_times(
+    cases: list[tuple[str, Callable[[], Any]]], repeat: Callable[[str], int], yardstick: str
+) -> dict[str, float]:
+    """Best wall times (seconds) of named cases, the ``yardstick`` case timed again after every other.
+
+    The yardstick keeps its best time over the whole table: on a shared
+    machine its best of a few runs moved between 2.3 and 5.2 ms from one run
+    of ``benchmarks/bench_rma.py`` to the next, and one slow set of yardstick
+    runs would flatter every ratio of the table.  ``repeat(name)`` gives each
+    case's number of timed calls (after one warm-up call).
+    """
+    times: dict[str, float] = {}
+    again = dict(cases)[yardstick]
+    for name, fn in cases:
+        times[name] = best_time(fn, repeat(name))
+        if name != yardstick and yardstick in times:
+            times[yardstick] = min(times[yardstick], best_time(again, repeat(yardstick)))
+    return times
