@@ -7,6 +7,8 @@ paths they open (docs/exact.md sections 1 and 3).
 * ``_largest_s`` is the largest ``s`` of the nodes ``make_rule`` builds;
 * ``_widen`` returns a bracket outside which no volume survives (brute force
   over the sorted row); ``_tie_end`` = the lowest-index ties by ``np.flatnonzero``;
+* a mask cutting through a group of ties on a packed row has the volume the
+  solver's own scores chose, with the lowest-index ties;
 * the solver's own scores of its candidate volumes (``_scored_volumes``) =
   the oracle's within 1e-12 absolute (the bound of docs/exact.md), on medium
   rows (every candidate) and on packed rows (a sample of candidates);
@@ -135,6 +137,43 @@ def test_tie_end(seed, n, dtype):
             v = bv[i]
             kept = int(np.count_nonzero(bv[: i + 1] == v))  # pixels equal to v in the mask bv[:i + 1]
             assert E._tie_end(row, bv, bi, i, packed) == np.flatnonzero(row == v)[kept - 1] + 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("metric", ["dice", "iou"])
+def test_cut_inside_a_tie_group_of_packed_rows(metric, dtype):
+    """Packed rows (entries above 1/4 read in scan_row's block order, not row order) whose chosen
+    volume cuts through a group of ties: the mask rankseg writes has exactly that volume, and keeps
+    the lowest-index ties.
+
+    With a huge smooth a pixel at 1/2 moves the score by less than float64 resolves, so the first
+    maximum of the solver's scores lands inside the group of 1/2s on many rows; a value between
+    1/4 and 1/2 keeps the band above 1/4 (the packed path).  Both are counted: the test must
+    reach the cut on packed rows.  The volume comes from the solver's own scores
+    (``_scored_volumes`` on the entries scan_row packs, as ``_exact_row`` calls it): every such
+    volume is optimal to float64 noise, so only the solver itself says which one the mask must have.
+    """
+    from rankseg_np.cpu._kernels import as_bits, bit_pattern, scan_row
+
+    rng = np.random.default_rng(7)
+    d, smooth = 1000, 1e9
+    rows = rng.uniform(0.0, 0.25, (32, d)) ** rng.uniform(1, 3, (32, 1))  # at or below 1/4: not packed
+    for row in rows:
+        hi = rng.choice(d, int(rng.integers(40, d // E.PACK_AT_MOST)), replace=False)
+        row[hi] = rng.choice([0.35, 0.5, 0.5, 0.8], hi.size)
+    rows = rows.astype(dtype)
+    masks = rankseg(rows[None], metric=metric, smooth=smooth, solver="exact", output_mode="multilabel")[0]
+    cuts = 0
+    for row, mask in zip(rows, masks):
+        out = np.empty(d // E.PACK_AT_MOST + 64 // row.itemsize, dtype=dtype)
+        mu, _, n_low, k = scan_row(row, as_bits(row), bit_pattern(E.PACK_CUT, row.dtype), dtype(E.PACK_CUT), out)
+        zero, c0, f, _, _, _, packed, _ = E._scored_volumes(row, out[:k], n_low, mu, METRIC_CODES[metric], smooth,
+                                                             rules(smooth))
+        tau = c0 + int(np.argmax(f))  # the first maximum, as _exact_row
+        assert f.size and f.max() > zero
+        assert np.array_equal(mask, np.isin(np.arange(d), np.argsort(-row, kind="stable")[:tau]))
+        cuts += packed and bool(np.any(row[~mask] == row[mask].min()))  # pixels equal to the cut value left out
+    assert cuts >= 10, cuts
 
 
 @settings(max_examples=60, deadline=None)
