@@ -864,8 +864,8 @@ def _exact_row(row, bits, one, prune, low, metric, smooth, rule):
         # {p >= (b_hi + 1) / NB}, the pixels of the bins above the band.
         return (b_hi + 1) / NB, d, True, mu, False
     # The mask: {p > v} plus the lowest-index pixels equal to v (all ties sit
-    # in the band, sorted by index).  Only a cut inside a group of ties needs
-    # the index of its last included pixel.
+    # in the band; _tie_end finds them in row order).  Only a cut inside a
+    # group of ties needs the index of its last included pixel.
     i = best_tau - n_top - 1
     v = bv[i]
     if i + 1 < w_n and bv[i + 1] == v:
