@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from rankseg_np import rankseg
-from rankseg_np.cli._baseline import argmax_once
+from rankseg_np.cli._baseline import argmax_once, best_times
 
 from _common import softmax_probs
 
@@ -143,14 +143,9 @@ def run(shape, dtype, repeat, full=True, exact=False, compat=False):
     emit("|---|---:|---:|---:|---:|---:|")
     cases = methods(probs, full, exact, compat)
     runs = {name: max(2, repeat // 2) if factor == 0 else repeat for name, _, factor in cases}
-    results = {}
-    memory = {}
-    yardstick = dict((name, fn) for name, fn, _ in cases)[BASE]
-    for name, fn, _ in cases:
-        results[name] = best_time(fn, runs[name])
-        memory[name] = peak_extra_bytes(fn)
-        if name != BASE:  # the yardstick's best over the whole table (see the module docstring)
-            results[BASE] = min(results[BASE], best_time(yardstick, runs[BASE]))
+    # The yardstick keeps its best over the whole table (see the module docstring).
+    results = best_times([(name, fn) for name, fn, _ in cases], runs.__getitem__, BASE, timer=best_time)
+    memory = {name: peak_extra_bytes(fn) for name, fn, _ in cases}
     base = results[BASE]
     npa = results["np.argmax(probs, axis=1)"]
     for name, t in results.items():

@@ -89,20 +89,25 @@ def best_time(fn: Callable[[], Any], repeat: int) -> float:
 
 
 def best_times(
-    cases: list[tuple[str, Callable[[], Any]]], repeat: Callable[[str], int], yardstick: str
+    cases: list[tuple[str, Callable[[], Any]]],
+    repeat: Callable[[str], int],
+    yardstick: str,
+    timer: Callable[[Callable[[], Any], int], float] | None = None,
 ) -> dict[str, float]:
-    """Best wall times (seconds) of named cases, the ``yardstick`` case timed again after every other.
+    """Best times (seconds) of named cases, the ``yardstick`` case timed again after every other.
 
     The yardstick keeps its best time over the whole table: on a shared
     machine its best of a few runs moved between 2.3 and 5.2 ms from one run
     of ``benchmarks/bench_rma.py`` to the next, and one slow set of yardstick
     runs would flatter every ratio of the table.  ``repeat(name)`` gives each
-    case's number of timed calls (after one warm-up call).
+    case's number of timed calls (after one warm-up call); ``timer(fn, n)``
+    times them (default :func:`best_time`, wall clock).
     """
+    timer = timer or best_time
     times: dict[str, float] = {}
     again = dict(cases)[yardstick]
     for name, fn in cases:
-        times[name] = best_time(fn, repeat(name))
+        times[name] = timer(fn, repeat(name))
         if name != yardstick and yardstick in times:
-            times[yardstick] = min(times[yardstick], best_time(again, repeat(yardstick)))
+            times[yardstick] = min(times[yardstick], timer(again, repeat(yardstick)))
     return times
