@@ -156,6 +156,55 @@ def load_benchmark(name: str):
     return module
 
 
+def test_floor_benchmark_counts_the_lines_a_conflicts_pass_needs(monkeypatch):
+    """bench_floor.py's line count (its argument that multiclass RMA reads the input about three
+    times) against a pixel-by-pixel count, on claim states from the real claims pass."""
+    from rankseg_np.cpu import masks_from, multiclass, rma
+
+    monkeypatch.syspath_prepend(str(EXAMPLES.parent / "benchmarks"))
+    floor = load_benchmark("bench_floor")
+    line = floor.LINE
+    # A hand count: 2 classes, 20 pixels = one full line and a partial one of 4.
+    states = np.full((1, 20), 0, dtype=np.int64)
+    claimed = np.zeros((1, 2, 20), dtype=bool)
+    claimed[0, 0] = True
+    states[0, 3] = multiclass.pair_state(0, 1)  # contested by both: line 0 of both rows
+    claimed[0, 1, 3] = True
+    states[0, 18] = multiclass.NONE  # unclaimed, both classes active: line 1 of both rows
+    claimed[0, :, 18] = False
+    assert floor.lines_to_read(states, claimed, np.ones((1, 2), dtype=bool)) == 1.0
+    states[0, 3] = 0  # now class 0 alone claims pixel 3: no line of row 1 needed in line 0 ...
+    claimed[0, 1, 3] = False
+    assert floor.lines_to_read(states, claimed, np.ones((1, 2), dtype=bool)) == 0.5  # ... nor in row 0
+    assert floor.lines_to_read(states, claimed, np.array([[True, False]])) == 0.25  # unclaimed: class 0 only
+    # Random softmax through the real claims pass, one image with no active class (every class competes).
+    rng = np.random.default_rng(5)
+    logits = rng.normal(scale=2.0, size=(3, 4, 70))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    probs[2] = 1.0 / 4
+    p3 = probs.astype(np.float32)
+    cfg = check_config(4)
+    decision = rma.decide(p3, cfg)
+    assert not decision.active[2].any() and decision.active[:2].any()
+    n_tasks = 3 * ((70 + multiclass.TILE - 1) // multiclass.TILE)
+    states = np.empty((3, 70), dtype=np.int64)
+    multiclass.claims(p3, decision.threshold, decision.tie_end, decision.active, states,
+                      np.zeros((n_tasks, 4)), np.zeros((n_tasks, 4)))
+    claimed = masks_from(p3, decision)
+    lines = []
+    for b in range(3):
+        for c in range(4):
+            for start in range(0, 70, line):
+                need = False
+                for j in range(start, min(70, start + line)):
+                    n_claim = int(claimed[b, :, j].sum())
+                    competes = decision.active[b, c] or not decision.active[b].any()
+                    need |= (n_claim >= 2 and claimed[b, c, j]) or (n_claim == 0 and competes)
+                lines.append(need)
+    assert 0.0 < np.mean(lines) < 1.0
+    assert floor.lines_to_read(states, claimed, decision.active) == pytest.approx(np.mean(lines), abs=0)
+
+
 def test_quality_study_small_objects(tmp_path):
     """The quick study's numbers are recounts of the data, and RMA's gain on calibrated small objects is real."""
     from scipy import stats
