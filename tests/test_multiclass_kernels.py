@@ -167,8 +167,13 @@ def test_kernels_match_the_rule(case, checked, serial):
     assert np.array_equal(labels, want)
 
 
-def test_kernels_match_the_rule_across_tiles():
-    """Several tiles per image (tau/m summed per tile, then across tiles), a tie cut inside a later tile."""
+@pytest.mark.parametrize("increments", [None, 4 * 7])
+def test_kernels_match_the_rule_across_tiles(increments, monkeypatch):
+    """Several tiles per image (tau/m summed per tile, then across tiles), a tie cut inside a later tile;
+    also with room for the increments of only 7 open pixels at a time (as with 150,000 classes)."""
+    if increments is not None:
+        monkeypatch.setattr(multiclass, "INCREMENTS_AT_MOST", increments)
+        assert multiclass.open_block(4) == 7
     rng = np.random.default_rng(7)
     n_img, n_cls, d = 2, 4, 2 * multiclass.TILE + 37
     p3 = rng.choice(np.array([0.0, 0.1, 0.25, 0.4, 0.5, 0.9], dtype=np.float32), size=(n_img, n_cls, d))

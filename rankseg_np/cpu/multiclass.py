@@ -50,6 +50,7 @@ from ._threads import parallel_kernel
 
 TILE = 4096
 OPEN_BLOCK = 1024  # open pixels resolved together: their C x 1024 increments stay in cache
+INCREMENTS_AT_MOST = 1 << 20  # float64 increments a task holds (8 MiB): fewer open pixels per block past 1024 classes
 NONE = -2
 MANY = -1
 PAIR_AHEAD = 16  # pixels between a prefetch and its use in _pair_labels
@@ -367,12 +368,11 @@ def _increments(row, pos, unclaimed, t, cut, terms, inc, best, next_row):
 
 
 @parallel_kernel(cache=True)
-def _conflicts(p3, terms, by_class, plan, n_comp, labels, void, void_index):
+def _conflicts(p3, terms, by_class, plan, n_comp, labels, void, void_index, k_max):
     """:func:`conflicts` on the per-class arrays it prepares, in tasks of one
     image by one tile of pixels."""
     n_img, n_cls, d = p3.shape
     n_tiles = (d + TILE - 1) // TILE
-    k_max = OPEN_BLOCK
     for task in prange(n_img * n_tiles):
         b = task // n_tiles
         i0 = (task % n_tiles) * TILE
@@ -409,7 +409,7 @@ def _conflicts(p3, terms, by_class, plan, n_comp, labels, void, void_index):
         # A pixel claimed by two classes: only those two compete.
         _pair_labels(p3[b].reshape(-1), d, i0, by_class[b], pairs[:n_pairs], out)
         comp = plan[1, b]
-        # Blocks of open pixels: their increments (C x OPEN_BLOCK) stay in cache.
+        # Blocks of open pixels (k_max, see open_block): their increments stay in cache.
         for q0 in range(0, n, k_max):
             k = min(n, q0 + k_max) - q0
             pos = idx[q0:q0 + k]
@@ -460,7 +460,21 @@ def conflicts(p3, threshold, tie_end, active, labels, tau, mu, m, metric, smooth
     for b in range(n_img):
         plan[1, b, : n_comp[b]] = np.flatnonzero(competing[b])
     by_class = np.ascontiguousarray(terms[:7].transpose(1, 2, 0))  # (B, C, 7): one class's constants together
-    _conflicts(p3, terms, by_class, plan, n_comp, labels, bool(void), int(void_index))
+    _conflicts(p3, terms, by_class, plan, n_comp, labels, bool(void), int(void_index), open_block(n_cls))
+
+
+def open_block(n_cls: int) -> int:
+    """Open pixels a conflicts task resolves together: ``OPEN_BLOCK``, fewer when their
+    increments (one float64 per class and pixel) would pass ``INCREMENTS_AT_MOST``.
+
+    The labels do not depend on it (each pixel's increments are its own).
+
+    Examples
+    --------
+    >>> open_block(21), open_block(4096), open_block(2**20)
+    (1024, 256, 1)
+    """
+    return max(1, min(OPEN_BLOCK, INCREMENTS_AT_MOST // max(1, n_cls)))
 
 
 @njit(cache=True, nogil=True)
