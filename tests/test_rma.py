@@ -295,17 +295,25 @@ def _scan_order(row):
 
 def _scan_order_sum(row, above=-np.inf):
     """The float64 sum of scan_row and sum_above (of the entries above ``above``) transcribed:
-    per-lane sums of 64-byte blocks in their order, halves added lane by lane, then the tail in order."""
+    per-lane sums of 64-byte blocks, one for each quarter of the row (blocks kQ + i in turn; the
+    blocks left over go to the first quarter's), added as (s0 + s1) + (s2 + s3), halves added
+    lane by lane, then the tail in order."""
     lanes = 64 // row.itemsize
-    blocks, tail = _block_order(row)
-    row = np.where(row.astype(np.float64) > above, row.astype(np.float64), 0.0)
-    acc = np.zeros(lanes)
-    for block in blocks:
-        acc = acc + row[block]
+    n_blocks = row.size // lanes
+    quarter = n_blocks // 4
+    values = np.where(row.astype(np.float64) > above, row.astype(np.float64), 0.0)
+    block = values[: n_blocks * lanes].reshape(n_blocks, lanes)
+    acc = np.zeros((4, lanes))
+    for i in range(quarter):
+        for k in range(4):
+            acc[k] = acc[k] + block[k * quarter + i]
+    for b in range(4 * quarter, n_blocks):
+        acc[0] = acc[0] + block[b]
+    acc = (acc[0] + acc[1]) + (acc[2] + acc[3])
     while acc.size > 1:
         acc = acc[: acc.size // 2] + acc[acc.size // 2:]
     total = acc[0]
-    for v in row[tail]:
+    for v in values[n_blocks * lanes:]:
         total += float(v)
     return total
 

@@ -76,16 +76,21 @@ def as_bits(a: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def sum_above(row, t):
-    """Sum and count of the entries strictly above ``t`` (compared and summed in float64).
+    """Sum and count of the entries strictly above ``t`` (the float64 ``t``: compared exactly,
+    summed in float64).
 
-    The sum's order is :func:`scan_row`'s (per-lane sums of 64-byte blocks in
-    :func:`_block_loop`'s order, a fixed tree, then the tail in order), so it
-    has the same bits on every CPU.
+    The sum's order is :func:`scan_row`'s (per-lane sums of 64-byte blocks, one
+    for each quarter of the row in :func:`_block_loop`'s order, a fixed tree,
+    then the tail in order), so it has the same bits on every CPU.
     """
     row = np.ascontiguousarray(row)  # a no-op for the contiguous rows of the solvers
     lanes = 64 // row.itemsize
     n_blocks = row.size // lanes
-    s, n = _sum_above_blocks(row, n_blocks, t)
+    # v > t exactly when v > t_in, the largest value of the row's dtype at most t (as in mask_row).
+    t_in = row.dtype.type(t)
+    if t_in > t:
+        t_in = np.nextafter(t_in, row.dtype.type(-np.inf))
+    s, n = _sum_above_blocks(row, n_blocks, t_in)
     for i in range(n_blocks * lanes, row.size):
         v = row[i]
         if v > t:
@@ -131,14 +136,16 @@ def _umax(builder, a, b):
 
 
 def _block_loop(builder, n_blocks, state, step):
-    """Emit ``state = step(builder, b, state)`` for the 64-byte blocks ``b`` of a row in
-    their fixed order, and return the final state.
+    """Emit ``state = step(builder, b, q, state)`` for the 64-byte blocks ``b`` of a row in
+    their fixed order, ``q`` the quarter of the row ``b`` lies in, and return the final state.
 
-    The order: with ``Q = n_blocks // 4``, blocks ``i, Q + i, 2Q + i, 3Q + i`` for
-    ``i = 0 .. Q-1``, then blocks ``4Q ..`` in turn.  Reading the four quarters of a
-    row side by side keeps four streams from memory in flight, which reads a
-    row about 1.7x as fast as one stream (measured here: a plain sum of 88 MB
-    on two threads, 5.3 -> 3.1 ms); ``step`` may branch (it ends in any block).
+    The order: with ``Q = n_blocks // 4``, blocks ``i, Q + i, 2Q + i, 3Q + i`` (quarters
+    ``q = 0, 1, 2, 3``) for ``i = 0 .. Q-1``, then blocks ``4Q ..`` in turn (``q = 0``).
+    Reading the four quarters of a row side by side keeps four streams from memory in
+    flight, which reads a row about 1.7x as fast as one stream (measured here: a plain
+    sum of 88 MB on two threads, 5.3 -> 3.1 ms).  Sums keep one accumulator per quarter
+    (:func:`_quarter_sums`): four independent chains of additions instead of one.
+    ``step`` may branch (it ends in any block).
     """
     i64 = ir.IntType(64)
     quarter = builder.lshr(n_blocks, ir.Constant(i64, 2))
@@ -158,7 +165,7 @@ def _block_loop(builder, n_blocks, state, step):
     builder.position_at_end(body4)
     now = phis
     for q in range(4):
-        now = step(builder, builder.add(builder.mul(quarter, ir.Constant(i64, q)), i), now)
+        now = step(builder, builder.add(builder.mul(quarter, ir.Constant(i64, q)), i), q, now)
     i.add_incoming(builder.add(i, ir.Constant(i64, 1)), builder.block)
     for phi, x in zip(phis, now):
         phi.add_incoming(x, builder.block)
@@ -172,7 +179,7 @@ def _block_loop(builder, n_blocks, state, step):
         phi.add_incoming(x, head4)
     builder.cbranch(builder.icmp_signed("<", j, n_blocks), body1, done)
     builder.position_at_end(body1)
-    now = step(builder, j, rest)
+    now = step(builder, j, 0, rest)
     j.add_incoming(builder.add(j, ir.Constant(i64, 1)), builder.block)
     for phi, x in zip(rest, now):
         phi.add_incoming(x, builder.block)
@@ -182,13 +189,19 @@ def _block_loop(builder, n_blocks, state, step):
     return rest
 
 
+def _quarter_sums(builder, sums):
+    """The four per-quarter accumulators of a sum added in a fixed tree, ``(s0 + s1) + (s2 + s3)``."""
+    return builder.fadd(builder.fadd(sums[0], sums[1]), builder.fadd(sums[2], sums[3]))
+
+
 @intrinsic
 def _sum_above_blocks(typingctx, src, n_blocks, t):
-    """The 64-byte blocks of :func:`sum_above` in :func:`_block_loop`'s order, with per-lane
-    float64 sums and counts reduced in a fixed tree (no fast-math flags: LLVM keeps the order)."""
+    """The 64-byte blocks of :func:`sum_above` in :func:`_block_loop`'s order: entries above ``t``
+    (a value of the row's dtype) counted, and summed in float64 per lane and per quarter, then
+    reduced in a fixed tree (no fast-math flags: LLVM keeps the order)."""
     if not (
         isinstance(src, types.Array) and src.ndim == 1 and src.layout == "C"
-        and src.dtype in (types.float32, types.float64) and isinstance(t, types.Float)
+        and src.dtype in (types.float32, types.float64) and t == src.dtype
     ):
         return None
     value = src.dtype
@@ -198,21 +211,27 @@ def _sum_above_blocks(typingctx, src, n_blocks, t):
         src_arr, nblk, t_v = args
         lanes = 512 // width
         i64, f64 = ir.IntType(64), ir.DoubleType()
-        vec, dvec, qvec = ir.VectorType(context.get_value_type(value), lanes), ir.VectorType(f64, lanes), ir.VectorType(i64, lanes)
+        vec, dvec = ir.VectorType(context.get_value_type(value), lanes), ir.VectorType(f64, lanes)
         src_ptr = context.make_array(sig.args[0])(context, builder, src_arr).data
-        t_s = _splat(builder, context.cast(builder, t_v, sig.args[2], types.float64), dvec)
+        t_s = _splat(builder, t_v, vec)
         zero = ir.Constant(dvec, [0.0] * lanes)
+        popcount = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}"
+        )
 
-        def step(builder, b, state):
-            acc, cnt = state
+        def step(builder, b, q, state):
+            sums, cnt = state[:4], state[4]
             at = builder.gep(src_ptr, [builder.mul(b, ir.Constant(i64, lanes))])
             v = builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
+            above = builder.fcmp_ordered(">", v, t_s)  # in the row's precision: one compare per lane
             vd = builder.fpext(v, dvec) if width == 32 else v
-            above = builder.fcmp_ordered(">", vd, t_s)
-            return [builder.fadd(acc, builder.select(above, vd, zero)), builder.add(cnt, builder.zext(above, qvec))]
+            sums[q] = builder.fadd(sums[q], builder.select(above, vd, zero))
+            kept = builder.zext(builder.call(popcount, [builder.bitcast(above, ir.IntType(lanes))]), i64)
+            return sums + [builder.add(cnt, kept)]
 
-        acc, cnt = _block_loop(builder, nblk, [zero, ir.Constant(qvec, [0] * lanes)], step)
-        return context.make_tuple(builder, sig.return_type, _reduce_lanes(builder, [acc, cnt], [_fadd, _iadd]))
+        *sums, cnt = _block_loop(builder, nblk, [zero] * 4 + [ir.Constant(i64, 0)], step)
+        (acc,) = _reduce_lanes(builder, [_quarter_sums(builder, sums)], [_fadd])
+        return context.make_tuple(builder, sig.return_type, [acc, cnt])
 
     return types.Tuple([types.float64, types.int64])(src, types.int64, t), codegen
 
@@ -222,8 +241,9 @@ def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
     """The 64-byte blocks of :func:`scan_row`, in :func:`_block_loop`'s order: returns (sum, top
     pattern, count of patterns above ``low``, entries packed into ``dst``).
 
-    The float64 sum is kept in one accumulator per lane and the lanes are
-    added in a fixed tree at the end, written out in IR without fast-math
+    The float64 sum is kept in one accumulator per lane and quarter of the
+    row, and the quarters (:func:`_quarter_sums`) and lanes are added in a
+    fixed tree at the end, written out in IR without fast-math
     flags: LLVM may not reorder it, so the sum has the same bits on every CPU
     (AVX-512, AVX2 or none; ``tests/test_rma.py`` checks it against a NumPy
     transcription of the order).  While at most ``cap`` entries are packed,
@@ -260,12 +280,12 @@ def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
             builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}"
         )
 
-        def step(builder, b, state):  # per-lane sums, tops and counts, entries packed
-            acc, top, cnt, k = state
+        def step(builder, b, q, state):  # per-lane sums (one per quarter), tops and counts, entries packed
+            sums, (top, cnt, k) = state[:4], state[4:]
             at = builder.gep(src_ptr, [builder.mul(b, ir.Constant(i64, lanes))])
             v = builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
             bits = builder.bitcast(v, ivec)
-            acc = builder.fadd(acc, builder.fpext(v, dvec) if width == 32 else v)
+            sums[q] = builder.fadd(sums[q], builder.fpext(v, dvec) if width == 32 else v)
             top = builder.select(builder.icmp_unsigned(">", bits, top), bits, top)
             # Per-lane counts in the patterns' width: 32 bits for float32 rows, exact up to
             # 2^32 blocks (6.9e10 values in one row, 275 GB).
@@ -285,11 +305,12 @@ def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
             k_next = builder.phi(i64)
             k_next.add_incoming(k_packed, pack)
             k_next.add_incoming(k, body)
-            return [acc, top, cnt, k_next]
+            return sums + [top, cnt, k_next]
 
-        start = [ir.Constant(dvec, [0.0] * lanes), ir.Constant(ivec, [0] * lanes), ir.Constant(ivec, [0] * lanes),
-                 ir.Constant(i64, 0)]
-        acc, top, cnt, k = _block_loop(builder, nblk, start, step)
+        start = [ir.Constant(dvec, [0.0] * lanes)] * 4 + [
+            ir.Constant(ivec, [0] * lanes), ir.Constant(ivec, [0] * lanes), ir.Constant(i64, 0)]
+        *sums, top, cnt, k = _block_loop(builder, nblk, start, step)
+        acc = _quarter_sums(builder, sums)
         out = _reduce_lanes(builder, [acc, top, builder.zext(cnt, qvec)], [_fadd, _umax, _iadd])
         return context.make_tuple(builder, sig.return_type, out + [k])
 
@@ -319,8 +340,8 @@ def scan_row(row, bits, low, cut, out):
     64-byte blocks in :func:`_block_loop`'s order (the row's four quarters
     side by side), then the tail in turn; the solvers use the packed entries
     as a set (sums, counts, a sort), never their positions.  Sum order:
-    per-lane sums of the blocks in that order, a fixed tree
-    (:func:`_scan_blocks`), then the tail in order.
+    per-lane sums of the blocks in that order, one for each quarter, a fixed
+    tree (:func:`_scan_blocks`), then the tail in order.
     """
     lanes = 64 // row.itemsize
     n_blocks = row.size // lanes
