@@ -367,6 +367,24 @@ def test_sum_above_is_its_documented_sum(dtype, n, seed, t, tie):
     assert sum_above(strided, t) == (s, count)
 
 
+@settings(max_examples=200)
+@given(st.sampled_from([np.float32, np.float64]), st.integers(1, 300), st.integers(0, 2**32 - 1),
+       st.sampled_from(["value", "above", "below"]))
+def test_sum_above_beside_an_entry(dtype, n, seed, where):
+    """sum_above with ``t`` an entry or one float64 step beside it: for float32 rows a ``t`` between
+    two float32 values, which rounds to the entry ("below"), yet the entries equal to it are above
+    ``t`` (sum_above compares in the row's precision against the largest value at most ``t``)."""
+    from rankseg_np.cpu._kernels import sum_above
+
+    rng = np.random.default_rng(seed)
+    row = np.round(rng.random(n), 2).astype(dtype)  # ties
+    v = float(row[rng.integers(0, n)])
+    t = {"value": v, "above": np.nextafter(v, 2.0), "below": np.nextafter(v, -1.0)}[where]
+    s, count = sum_above(row, t)
+    assert count == np.count_nonzero(row.astype(np.float64) > t)
+    assert s == _scan_order_sum(row, t)
+
+
 @settings(max_examples=300)
 @given(
     st.sampled_from([np.float32, np.float64]),
