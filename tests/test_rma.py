@@ -409,6 +409,29 @@ def test_mask_row_is_the_tie_rule(dtype, n, seed, where, k):
     np.testing.assert_array_equal(out, (wide > t) | ((wide == t) & (np.arange(n) < k)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masks_of_strided_and_fortran_views(dtype):
+    """materialize and mask_row on rows that are not C-contiguous (a Fortran-order array, strided
+    and offset views, a strided output): the same masks as on contiguous copies."""
+    from rankseg_np.cpu._kernels import mask_row, materialize
+
+    rng = np.random.default_rng(3)
+    p = np.round(rng.random((4, 301)), 2).astype(dtype)
+    threshold = np.array([0.5, np.nextafter(0.25, 1.0), 0.7, -1.0])
+    tie_end = np.array([0, 0, 40, 0])  # row 2: ties at 0.7 before pixel 40
+    for view in (np.asfortranarray(p), np.repeat(p, 2, axis=1)[:, ::2], p[:, 1:]):
+        d = view.shape[1]
+        wide = view.astype(np.float64)
+        want = (wide > threshold[:, None]) | ((wide == threshold[:, None]) & (np.arange(d) < tie_end[:, None]))
+        out = np.empty((4, d), dtype=np.bool_)
+        materialize(view, threshold, tie_end, out)
+        np.testing.assert_array_equal(out, want)
+        strided_out = np.empty((4, 2 * d), dtype=np.bool_)[:, ::2]
+        for r in range(4):
+            mask_row(view[r], threshold[r], tie_end[r], strided_out[r])
+        np.testing.assert_array_equal(strided_out, want)
+
+
 def test_scan_row_stops_packing_past_its_room():
     row = np.linspace(0.0, 1.0, 1000, dtype=np.float32)
     (total, _, n_low, k), out = _scan(row, 0.25, 0.25, 100)

@@ -14,7 +14,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .._decision import RowDecision
 from .._validate import raise_bad_values
@@ -75,6 +75,21 @@ def as_bits(a: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def dtype_floor(t, row):
+    """The largest value of ``row``'s dtype at most the float64 ``t``.
+
+    For an entry ``v`` of the row, ``v > t`` exactly when ``v > dtype_floor(t, row)``
+    (no value of the dtype lies between them), so a float32 row is compared in float32:
+    16 lanes of a 64-byte block at once instead of 8.  (:func:`bit_pattern` and
+    :func:`rankseg_np.cpu.multiclass.input_thresholds` do the same in NumPy.)
+    """
+    t_in = row.dtype.type(t)  # rounded to nearest
+    if t_in > t:
+        t_in = np.nextafter(t_in, row.dtype.type(-np.inf))
+    return t_in
+
+
+@njit(cache=True, nogil=True)
 def sum_above(row, t):
     """Sum and count of the entries strictly above ``t`` (the float64 ``t``: compared exactly,
     summed in float64).
@@ -86,14 +101,10 @@ def sum_above(row, t):
     row = np.ascontiguousarray(row)  # a no-op for the contiguous rows of the solvers
     lanes = 64 // row.itemsize
     n_blocks = row.size // lanes
-    # v > t exactly when v > t_in, the largest value of the row's dtype at most t (as in mask_row).
-    t_in = row.dtype.type(t)
-    if t_in > t:
-        t_in = np.nextafter(t_in, row.dtype.type(-np.inf))
-    s, n = _sum_above_blocks(row, n_blocks, t_in)
+    s, n = _sum_above_blocks(row, n_blocks, dtype_floor(t, row))
     for i in range(n_blocks * lanes, row.size):
         v = row[i]
-        if v > t:
+        if v > t:  # the same test as the blocks' (see dtype_floor)
             s += v
             n += 1
     return s, n
@@ -223,7 +234,7 @@ def _sum_above_blocks(typingctx, src, n_blocks, t):
             sums, cnt = state[:4], state[4]
             at = builder.gep(src_ptr, [builder.mul(b, ir.Constant(i64, lanes))])
             v = builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
-            above = builder.fcmp_ordered(">", v, t_s)  # in the row's precision: one compare per lane
+            above = builder.fcmp_ordered(">", v, t_s)  # in the row's precision: one compare for the block
             vd = builder.fpext(v, dvec) if width == 32 else v
             sums[q] = builder.fadd(sums[q], builder.select(above, vd, zero))
             kept = builder.zext(builder.call(popcount, [builder.bitcast(above, ir.IntType(lanes))]), i64)
@@ -480,28 +491,41 @@ def _mask_blocks(typingctx, src, n_blocks, t, dst):
     return types.void(src, types.int64, t, dst), codegen
 
 
+def _mask_above(row, t_in, out):
+    """``out[j] = row[j] > t_in`` for ``t_in`` a value of the row's dtype (in kernels only)."""
+    raise NotImplementedError("called from Numba kernels only")
+
+
+@overload(_mask_above)
+def _mask_above_by_layout(row, t_in, out):
+    if row.layout == "C" and out.layout == "C":
+        def by_blocks(row, t_in, out):
+            lanes = 64 // row.itemsize
+            n_blocks = row.size // lanes
+            _mask_blocks(row, n_blocks, t_in, out)
+            for j in range(n_blocks * lanes, row.size):
+                out[j] = row[j] > t_in
+        return by_blocks
+
+    def strided(row, t_in, out):  # views of other layouts: LLVM's own loop
+        for j in range(row.size):
+            out[j] = row[j] > t_in
+    return strided
+
+
 @njit(cache=True, nogil=True)
 def mask_row(row, t, k, out):
     """out[j] = row[j] > t or (row[j] == t and j < k): one block, indexed from 0.
 
-    The tie cut is usually before the block, leaving ``p > t``, and that test
-    runs in the row's precision (:func:`_mask_blocks`, whole 64-byte blocks):
-    with ``t_in`` the largest value of the row's dtype at most ``t``, ``v > t``
-    exactly when ``v > t_in`` (no value of the dtype lies between them), so
-    float32 rows compare 16 lanes at a time instead of 8 (measured in cache:
-    34 -> 24 us per 2^18 values, before _mask_blocks).  Indexing slices from 0
-    lets Numba prove the indices non-negative, so the loop with ties vectorises
-    (it does not for ``range(i0, i1)``: measured 4-5x slower).
+    The tie cut is usually before the block, leaving ``p > t``: compared in the
+    row's precision (:func:`dtype_floor`), whole 64-byte blocks at a time
+    (:func:`_mask_blocks`).  Indexing slices from 0 lets Numba prove the
+    indices non-negative, so the loop with ties vectorises too (it does not
+    for ``range(i0, i1)``: measured 4-5x slower).
     """
-    t_in = row.dtype.type(t)  # rounded to nearest
-    if t_in > t:
-        t_in = np.nextafter(t_in, row.dtype.type(-np.inf))
+    t_in = dtype_floor(t, row)
     if k <= 0 or t_in != t:  # a threshold that is no value of the dtype ties nothing
-        lanes = 64 // row.itemsize
-        n_blocks = row.size // lanes
-        _mask_blocks(row, n_blocks, t_in, out)
-        for j in range(n_blocks * lanes, row.size):
-            out[j] = row[j] > t_in
+        _mask_above(row, t_in, out)
     else:
         for j in range(row.size):
             v = row[j]

@@ -110,10 +110,10 @@ def input_thresholds(threshold: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray
 
 
 @njit(cache=True, nogil=True)
-def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t0, t1, t2, t3, k0, k1, k2, k3, claim, last, total, lastv):
+def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t0, t1, t2, t3, k0, k1, k2, k3, claim, last, total, last_value):
     """The claims of four rows (ascending classes; class C: a pad row of
     zeros): ``claim[j]`` gains the key ``k`` of each row whose value is above
-    its threshold ``t``, ``last[j]`` becomes its class ``c`` and ``lastv[j]``
+    its threshold ``t``, ``last[j]`` becomes its class ``c`` and ``last_value[j]``
     its value (a sole claimant's value, with no second read of its row).
 
     A key is ``1 + (c << bits)`` (see :func:`_claim_inputs`): the low bits
@@ -132,7 +132,7 @@ def _claim_rows(r0, r1, r2, r3, c0, c1, c2, c3, t0, t1, t2, t3, k0, k1, k2, k3, 
         a0, a1, a2, a3 = v0 > t0, v1 > t1, v2 > t2, v3 > t3
         claim[j] += (k0 if a0 else 0) + (k1 if a1 else 0) + (k2 if a2 else 0) + (k3 if a3 else 0)
         last[j] = c3 if a3 else (c2 if a2 else (c1 if a1 else (c0 if a0 else last[j])))
-        lastv[j] = v3 if a3 else (v2 if a2 else (v1 if a1 else (v0 if a0 else lastv[j])))
+        last_value[j] = v3 if a3 else (v2 if a2 else (v1 if a1 else (v0 if a0 else last_value[j])))
 
 
 @parallel_kernel(cache=True)
@@ -165,7 +165,7 @@ def _claims(p3, t_in, t_tie, tie_cut, rows, n_rows, keys, bits, labels, tau_part
         claim = np.empty(n, dtype=keys.dtype)
         last = np.empty(n, dtype=np.int32)  # read only where a class claimed: no need to clear it
         total = np.empty(n, dtype=p3.dtype)
-        lastv = np.empty(n, dtype=p3.dtype)  # likewise
+        last_value = np.empty(n, dtype=p3.dtype)  # likewise
         pad = np.empty(n, dtype=p3.dtype)
         for j in range(n):
             claim[j] = 0
@@ -192,7 +192,7 @@ def _claims(p3, t_in, t_tie, tie_cut, rows, n_rows, keys, bits, labels, tau_part
                             t_tie[b, c0] if hi <= e0 else t_in[b, c0], t_tie[b, c1] if hi <= e1 else t_in[b, c1],
                             t_tie[b, c2] if hi <= e2 else t_in[b, c2], t_tie[b, c3] if hi <= e3 else t_in[b, c3],
                             keys[c0], keys[c1], keys[c2], keys[c3],
-                            claim[lo:hi], last[lo:hi], total[lo:hi], lastv[lo:hi])
+                            claim[lo:hi], last[lo:hi], total[lo:hi], last_value[lo:hi])
                 lo = hi
         lab = labels[b, i0:i1]
         tau_row = tau_part[task]
@@ -204,7 +204,7 @@ def _claims(p3, t_in, t_tie, tie_cut, rows, n_rows, keys, bits, labels, tau_part
             if count == 1:  # in pixel order: m's float64 sums keep their order
                 lab[j] = o
                 tau_row[o] += 1.0
-                m_row[o] += lastv[j]
+                m_row[o] += last_value[j]
             elif count == 2:
                 lab[j] = PAIR - ((((claim[j] >> bits) - o) & low_bits) + (np.int64(o) << 32))
             else:
