@@ -192,17 +192,18 @@ def test_floor_benchmark_counts_the_lines_a_conflicts_pass_needs(monkeypatch):
                       np.zeros((n_tasks, 4)), np.zeros((n_tasks, 4)))
     claimed = masks_from(p3, decision)
     lines = []
+    values = np.zeros((3, 4, 70), dtype=bool)
     for b in range(3):
         for c in range(4):
             for start in range(0, 70, line):
-                need = False
                 for j in range(start, min(70, start + line)):
                     n_claim = int(claimed[b, :, j].sum())
                     competes = decision.active[b, c] or not decision.active[b].any()
-                    need |= (n_claim >= 2 and claimed[b, c, j]) or (n_claim == 0 and competes)
-                lines.append(need)
+                    values[b, c, j] = (n_claim >= 2 and claimed[b, c, j]) or (n_claim == 0 and competes)
+                lines.append(values[b, c, start:start + line].any())
     assert 0.0 < np.mean(lines) < 1.0
     assert floor.lines_to_read(states, claimed, decision.active) == pytest.approx(np.mean(lines), abs=0)
+    np.testing.assert_array_equal(floor.values_needed(states, claimed, decision.active), values)
 
 
 def test_quality_study_small_objects(tmp_path):
