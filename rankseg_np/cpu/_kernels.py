@@ -200,6 +200,19 @@ def _block_loop(builder, n_blocks, state, step):
     return rest
 
 
+def _load_block(builder, ptr, b, vec, width):
+    """Block ``b`` (64 bytes: ``vec.count`` values of ``width`` bits) of the row at ``ptr``."""
+    at = builder.gep(ptr, [builder.mul(b, ir.Constant(ir.IntType(64), vec.count))])
+    return builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
+
+
+def _popcount(builder, lanes):
+    """LLVM's population count of a ``lanes``-bit mask (a compare of a block, bitcast)."""
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}"
+    )
+
+
 def _quarter_sums(builder, sums):
     """The four per-quarter accumulators of a sum added in a fixed tree, ``(s0 + s1) + (s2 + s3)``."""
     return builder.fadd(builder.fadd(sums[0], sums[1]), builder.fadd(sums[2], sums[3]))
@@ -226,14 +239,11 @@ def _sum_above_blocks(typingctx, src, n_blocks, t):
         src_ptr = context.make_array(sig.args[0])(context, builder, src_arr).data
         t_s = _splat(builder, t_v, vec)
         zero = ir.Constant(dvec, [0.0] * lanes)
-        popcount = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}"
-        )
+        popcount = _popcount(builder, lanes)
 
         def step(builder, b, q, state):
             sums, cnt = state[:4], state[4]
-            at = builder.gep(src_ptr, [builder.mul(b, ir.Constant(i64, lanes))])
-            v = builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
+            v = _load_block(builder, src_ptr, b, vec, width)
             above = builder.fcmp_ordered(">", v, t_s)  # in the row's precision: one compare for the block
             vd = builder.fpext(v, dvec) if width == 32 else v
             sums[q] = builder.fadd(sums[q], builder.select(above, vd, zero))
@@ -287,14 +297,11 @@ def _scan_blocks(typingctx, src, n_blocks, low, cut, dst, cap):
             builder.module, ir.FunctionType(ir.VoidType(), [vec, scalar.as_pointer(), ir.VectorType(i1, lanes)]),
             f"llvm.masked.compressstore.v{lanes}f{width}",
         )
-        popcount = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}"
-        )
+        popcount = _popcount(builder, lanes)
 
         def step(builder, b, q, state):  # per-lane sums (one per quarter), tops and counts, entries packed
             sums, (top, cnt, k) = state[:4], state[4:]
-            at = builder.gep(src_ptr, [builder.mul(b, ir.Constant(i64, lanes))])
-            v = builder.load(builder.bitcast(at, vec.as_pointer()), align=width // 8)
+            v = _load_block(builder, src_ptr, b, vec, width)
             bits = builder.bitcast(v, ivec)
             sums[q] = builder.fadd(sums[q], builder.fpext(v, dvec) if width == 32 else v)
             top = builder.select(builder.icmp_unsigned(">", bits, top), bits, top)
@@ -479,10 +486,10 @@ def _mask_blocks(typingctx, src, n_blocks, t, dst):
         t_s = _splat(builder, t_v, vec)
 
         def step(builder, b, q, state):
-            at = builder.mul(b, ir.Constant(i64, lanes))
-            v = builder.load(builder.bitcast(builder.gep(src_ptr, [at]), vec.as_pointer()), align=width // 8)
+            v = _load_block(builder, src_ptr, b, vec, width)
             above = builder.zext(builder.fcmp_ordered(">", v, t_s), bvec)
-            builder.store(above, builder.bitcast(builder.gep(dst_ptr, [at]), bvec.as_pointer()), align=1)
+            at = builder.gep(dst_ptr, [builder.mul(b, ir.Constant(i64, lanes))])
+            builder.store(above, builder.bitcast(at, bvec.as_pointer()), align=1)
             return state
 
         _block_loop(builder, nblk, [], step)
